@@ -1,0 +1,90 @@
+"""Flags and error handling shared by the ``vladata`` commands."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from vladata.errors import VladataError
+
+
+def parse_quantiles(text: str | None) -> tuple[float, ...]:
+    """``"[0.01,0.05,0.95,0.99]"`` or ``"0.01 0.99"`` -> (0.01, ...)."""
+    if text is None:
+        return (0.01, 0.99)
+    parts = [p for p in text.strip().strip("[]()").replace(",", " ").split() if p]
+    try:
+        qs = tuple(float(p) for p in parts)
+    except ValueError:
+        raise click.BadParameter(f"expected numbers like [0.01,0.99], got {text!r}") from None
+    bad = [q for q in qs if not 0.0 <= q <= 1.0]
+    if not qs or bad:
+        raise click.BadParameter(f"quantiles must be numbers in [0, 1], got {text!r}")
+    return qs
+
+
+def fails_cleanly(f):
+    """Turn vladata errors into a one-line message and exit status 1 (no traceback)."""
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except VladataError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted: the output is incomplete; rerun with --resume", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+def convert_options(f):
+    """The options every ``vladata convert <source>`` command takes."""
+    options = [
+        click.option("--workers", "-j", type=click.IntRange(1), default=1, show_default=True,
+                     help="Worker processes, each writing its own parts of the store."),
+        click.option("--resume", is_flag=True,
+                     help="Finish an interrupted conversion: redo only the unfinished parts."),
+        click.option("--overwrite", is_flag=True, help="Replace whatever is at OUT."),
+        click.option("--image-codec", type=click.Choice(["raw", "lz4", "jpeg"]), default="raw",
+                     show_default=True, help="How camera frames are stored (raw/lz4: lossless)."),
+        click.option("--jpeg-quality", type=click.IntRange(1, 100), default=90, show_default=True),
+        click.option("--part-frames", type=int, default=None,
+                     help="Frames per part (a multiple of 1024); default from size and workers."),
+        click.option("--quantiles", default=None, metavar="[Q,...]",
+                     help="Quantiles to compute, default [0.01,0.99]."),
+        click.option("--image-stats", is_flag=True, help="Also per-channel image mean/std."),
+        click.option("--format", "fmt", type=click.Choice(["zarr", "wds"]), default="zarr",
+                     show_default=True,
+                     help="zarr: the random-access store; wds: also WebDataset shards in OUT/wds."),
+        click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def run_convert(source, out: str, *, workers=1, resume=False, overwrite=False, image_codec="raw",
+                jpeg_quality=90, part_frames=None, quantiles=None, image_stats=False, fmt="zarr",
+                as_json=False) -> None:
+    """Convert ``source`` to a store at ``out`` and print the summary (the convert commands' body)."""
+    from vladata.store.writer import convert
+    try:
+        summary = convert(source, out, workers=workers, resume=resume, overwrite=overwrite,
+                          image_codec=image_codec, jpeg_quality=jpeg_quality,
+                          part_frames=part_frames, quantiles=parse_quantiles(quantiles),
+                          image_stats=image_stats, progress=not as_json)
+        if fmt == "wds":
+            from pathlib import Path
+
+            import vladata
+            from vladata.stream import export_wds
+            export_wds(vladata.open(out), Path(out) / "wds")
+    except VladataError as e:
+        raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: {out} is incomplete; rerun with --resume", err=True)
+        sys.exit(130)
+    click.echo(json.dumps(summary.to_dict(), indent=1) if as_json else str(summary))

@@ -1,0 +1,106 @@
+"""The ``vladata`` command: convert, sample, inspect, stats, export."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from cli.common import convert_options, fails_cleanly, parse_quantiles, run_convert
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vlakit")
+def main():
+    """Convert robot-learning datasets into the vlakit store and inspect them."""
+
+
+@main.group()
+def convert():
+    """Convert a raw dataset (one subcommand per source format) into a store."""
+
+
+@convert.command("calvin")
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path())
+@click.option("--keys", default=None, metavar="K1,K2",
+              help="npz keys to store (default: rgb_static,rgb_gripper,robot_obs,scene_obs,"
+                   "rel_actions,actions); add depth_static, depth_gripper, rgb_tactile, "
+                   "depth_tactile on request.")
+@click.option("--split", "splits", multiple=True, type=click.Choice(["training", "validation"]),
+              help="Only these split folders (default: both).")
+@convert_options
+@fails_cleanly
+def convert_calvin(src, out, keys, splits, **opts):
+    """Convert a CALVIN split root SRC (training/ + validation/) into the store OUT."""
+    from vladata.sources.calvin import DEFAULT_KEYS, CalvinSource
+    chosen = tuple(k.strip() for k in keys.split(",")) if keys else DEFAULT_KEYS
+    source = CalvinSource(src, keys=chosen, **({"splits": splits} if splits else {}))
+    run_convert(source, out, **opts)
+
+
+@main.group()
+def sample():
+    """Write a small sample dataset in a raw source format (for demos and tests)."""
+
+
+@sample.command("calvin")
+@click.argument("out", type=click.Path())
+@click.option("--train-segments", default=3, show_default=True)
+@click.option("--val-segments", default=2, show_default=True)
+@click.option("--frames", default="180,260", show_default=True, help="Segment length range.")
+@click.option("--image-size", default="200,84", show_default=True,
+              help="Static and gripper camera sizes.")
+@click.option("--seed", default=0, show_default=True)
+def sample_calvin(out, train_segments, val_segments, frames, image_size, seed):
+    """Write a CALVIN split root at OUT, laid out exactly like the real dataset."""
+    from vladata.samples.calvin import write_sample
+    lo, hi = (int(x) for x in frames.split(","))
+    static, gripper = (int(x) for x in image_size.split(","))
+    path = write_sample(out, train_segments=train_segments, val_segments=val_segments,
+                        frames_per_segment=(lo, hi), static_size=static, gripper_size=gripper,
+                        seed=seed)
+    click.echo(f"wrote a CALVIN sample to {path}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@fails_cleanly
+def inspect(path, as_json):
+    """Summarise the store at PATH: frames, episodes, splits, features, statistics."""
+    import vladata
+    ds = vladata.open(path)
+    info = ds.summary()
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+        return
+    from cli.tables import format_summary
+    click.echo(format_summary(info))
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--quantiles", default=None, metavar="[Q,...]",
+              help="Quantiles, e.g. [0.01,0.05,0.95,0.99] (default [0.01,0.99]).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@fails_cleanly
+def stats(path, quantiles, as_json):
+    """Recompute exact statistics of PATH; rewrite meta/stats.json and the normalised actions."""
+    import vladata
+    from vladata.stats import stats_to_json
+    from vladata.store.finalize import recompute
+    vladata.open(path)  # refuses an incomplete store
+    qs = parse_quantiles(quantiles)
+    result = recompute(path, qs)
+    if as_json:
+        click.echo(json.dumps(stats_to_json(result, split=vladata.open(path).info["stats_split"],
+                                            quantiles=qs), indent=1))
+        return
+    from cli.tables import format_stats
+    ds = vladata.open(path)
+    click.echo(format_stats(result, ds.features, split=ds.info["stats_split"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""vladata: convert robot-learning logs into one canonical store and read it back fast.
+
+>>> import vladata
+>>> ds = vladata.open("calvin.vla")            # doctest: +SKIP
+>>> ds.episodes, ds.segments, ds.stats["action"]["q01"], ds.episode(0)   # doctest: +SKIP
+"""
+
+from vladata.dataset import Dataset, open  # noqa: A004
+from vladata.episode import Episode, EpisodeInfo, FeatureSpec, Segment, Source, iter_episodes
+from vladata.errors import (IncompleteStoreError, NonFiniteError, SourceFormatError, StatsError,
+                            StoreError, UnsafePickleError, VladataError)
+# bound after the submodule import on purpose: `vladata.normalize` is the function
+try:  # TEMPORARY while vladata/normalize.py and tokenize.py are being written (lead removes)
+    from vladata.normalize import Normalization, denormalize, normalize  # noqa: E402
+    from vladata.tokenize import ActionTokenizer  # noqa: E402
+except ImportError:
+    pass
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):  # the writer (and its process-pool machinery) loads on first use
+    if name == "convert":
+        from vladata.store.writer import convert
+        return convert
+    raise AttributeError(f"module 'vladata' has no attribute {name!r}")
+
+
+__all__ = ["open", "Dataset", "Episode", "EpisodeInfo", "FeatureSpec", "Segment", "Source",
+           "iter_episodes", "VladataError", "SourceFormatError", "UnsafePickleError",
+           "StoreError", "IncompleteStoreError", "StatsError", "NonFiniteError", "convert",
+           "normalize", "denormalize", "Normalization", "ActionTokenizer"]

@@ -1,0 +1,129 @@
+"""Opening a store: :func:`open` -> :class:`Dataset`.
+
+A :class:`Dataset` is a thin, read-only view of a complete store (its layout is documented in
+:mod:`vladata.store.layout`): metadata tables as polars DataFrames, statistics as numpy arrays,
+features as zarr arrays, whole episodes as numpy arrays, and training windows
+(:meth:`Dataset.windows`). Nothing is loaded until asked for.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import zarr
+
+from vladata.episode import FeatureSpec
+from vladata.errors import IncompleteStoreError, StoreError
+from vladata.store import layout
+
+
+def open(path: str | os.PathLike) -> "Dataset":  # noqa: A001 -- mirrors zarr.open / builtins.open
+    """Open the complete store at ``path``; raise :class:`IncompleteStoreError` if unfinished."""
+    p = Path(path)
+    if not (p / "zarr.json").exists():
+        raise StoreError(f"{p}: not a vlakit store (no zarr.json)")
+    if not (p / layout.MANIFEST).exists():
+        raise IncompleteStoreError(f"{p}: the store is incomplete (no {layout.MANIFEST}): its "
+                                   "conversion was interrupted or failed; rerun it with --resume")
+    return Dataset(p)
+
+
+class Dataset:
+    """A complete vlakit store. See the module docstring."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+        self.root = zarr.open_group(path, mode="r")
+        attrs = self.root.attrs.get("vlakit")
+        if not attrs:
+            raise StoreError(f"{path}: zarr.json carries no 'vlakit' attributes")
+        version = attrs.get("format_version")
+        if version not in layout.READABLE_VERSIONS:
+            raise StoreError(f"{path}: store format version {version} is not readable by this "
+                             f"vlakit (reads {layout.READABLE_VERSIONS}); upgrade vlakit")
+        self.info: dict = attrs
+        self.features = {k: FeatureSpec.from_dict(v) for k, v in attrs["features"].items()}
+
+    # -- tables and statistics -----------------------------------------------------------------
+    @cached_property
+    def episodes(self) -> pl.DataFrame:
+        return pl.read_parquet(Path(self.path) / "meta" / "episodes.parquet")
+
+    @cached_property
+    def segments(self) -> pl.DataFrame:
+        return pl.read_parquet(Path(self.path) / "meta" / "segments.parquet")
+
+    @cached_property
+    def stats(self) -> dict[str, dict[str, np.ndarray]]:
+        from vladata.store.finalize import load_stats
+        return load_stats(self.path)[0]
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.info["num_frames"])
+
+    def __len__(self) -> int:
+        return int(self.info["num_episodes"])
+
+    # -- frames --------------------------------------------------------------------------------
+    def array(self, name: str) -> zarr.Array:
+        if name not in self.info["features"]:
+            raise KeyError(f"{self.path}: no feature {name!r}; features: {sorted(self.features)}")
+        return self.root[f"{layout.DATA}/{name}"]
+
+    def episode(self, i: int, keys: builtins.list[str] | None = None) -> dict[str, np.ndarray]:
+        """All frames of episode ``i``: feature name -> array (T, ...), images decoded."""
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"episode {i} out of range: the store has {n} episodes")
+        i %= n
+        row = self.episodes.row(i, named=True)
+        lo, hi = row["start"], row["start"] + row["length"]
+        out = {}
+        for name in keys or self.features:
+            arr = self.array(name)
+            if self.info["features"][name]["storage"]["codec"] == "jpeg":
+                from vladata.images import decode_jpeg
+                out[name] = np.stack([decode_jpeg(b) for b in arr[lo:hi]])
+            else:
+                out[name] = np.asarray(arr[lo:hi])
+        return out
+
+    def windows(self, **kwargs):
+        """Training windows of this store: see :class:`vladata.windows.WindowDataset`."""
+        from vladata.windows import WindowDataset
+        return WindowDataset(self, **kwargs)
+
+    # -- summary -------------------------------------------------------------------------------
+    def summary(self) -> dict:
+        """What ``vladata inspect`` prints: a JSON-able description of the store."""
+        eps = self.episodes
+        splits = {s: {"episodes": int(c), "frames": int(f)} for s, c, f in
+                  eps.group_by("split", maintain_order=True)
+                     .agg(pl.len(), pl.col("length").sum()).iter_rows()}
+        return {
+            "path": self.path, "format_version": self.info["format_version"],
+            "source": self.info["source"], "fps": self.info["fps"],
+            "frames": self.num_frames, "episodes": len(self), "segments": self.segments.height,
+            "splits": splits,
+            "features": {k: {x: v[x] for x in ("dtype", "shape", "kind", "names") if x in v}
+                         | {"codec": v["storage"]["codec"]}
+                         for k, v in self.info["features"].items()},
+            "stats_split": self.info.get("stats_split"),
+            "normalization": self.info.get("normalization"),
+            "tokenizer": self.info.get("tokenizer"),
+        }
+
+    def __repr__(self) -> str:
+        return (f"vladata.Dataset({self.path!r}: {len(self)} episodes, {self.num_frames} frames, "
+                f"{len(self.features)} features)")
+
+
+def dumps_summary(ds: Dataset) -> str:
+    return json.dumps(ds.summary(), indent=1)

@@ -1,0 +1,150 @@
+"""The canonical episode and the contract every source reader fulfils.
+
+A source reader (``vladata.sources.<name>``) turns raw logs into this one shape:
+
+- :class:`FeatureSpec` -- what one per-frame feature looks like (dtype, per-frame shape, names).
+- :class:`Segment` -- a language annotation over frames ``start..end`` (inclusive) of an episode.
+- :class:`EpisodeInfo` -- what is known of an episode before its frames are read: its length,
+  split, source id and language segments. The writer plans the store from these.
+- :class:`Episode` -- an :class:`EpisodeInfo` plus its frames: feature name -> array with a
+  leading time axis T.
+- :class:`Source` -- the protocol: ``features()``, ``plan()``, ``read(i, lo, hi)``. It must be
+  picklable (paths and settings only) because conversion workers receive it.
+
+Feature names follow LeRobot's dotted convention: ``observation.images.<camera>`` (uint8 HxWx3),
+``observation.depth.<camera>`` (float32 HxW), ``observation.state``, ``action`` (the control the
+policy learns, A=7 end-effector deltas + gripper where the source has them) and any
+``action.<variant>`` the source keeps beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol, runtime_checkable
+
+import numpy as np
+
+from vladata.errors import SourceFormatError
+
+#: Feature kinds. ``image``: uint8 (H, W, C); ``depth``: float32 (H, W); ``lowdim``: a vector.
+KINDS = ("image", "depth", "lowdim", "other")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One per-frame feature of a store: ``dtype`` and ``shape`` of a single frame."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    kind: str = "lowdim"
+    names: tuple[str, ...] | None = None
+    source_dtype: str | None = None  # what the raw data held, when it was cast (float64 -> float32)
+    description: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        object.__setattr__(self, "dtype", np.dtype(self.dtype).name)
+        if self.kind not in KINDS:
+            raise ValueError(f"feature kind {self.kind!r} is not one of {KINDS}")
+        if self.names is not None:
+            object.__setattr__(self, "names", tuple(self.names))
+            if self.kind == "lowdim" and len(self.shape) == 1 and len(self.names) != self.shape[0]:
+                raise ValueError(f"{len(self.names)} names for a feature of shape {self.shape}")
+
+    def to_dict(self) -> dict:
+        d = {"dtype": self.dtype, "shape": list(self.shape), "kind": self.kind}
+        if self.names is not None:
+            d["names"] = list(self.names)
+        if self.source_dtype is not None:
+            d["source_dtype"] = self.source_dtype
+        if self.description:
+            d["description"] = self.description
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureSpec":
+        return cls(dtype=d["dtype"], shape=tuple(d["shape"]), kind=d.get("kind", "lowdim"),
+                   names=tuple(d["names"]) if d.get("names") is not None else None,
+                   source_dtype=d.get("source_dtype"), description=d.get("description", ""))
+
+
+@dataclass
+class Segment:
+    """A language annotation: frames ``start..end`` (both inclusive, offsets within the episode)."""
+
+    start: int
+    end: int
+    instruction: str
+    task: str = ""
+    embedding: np.ndarray | None = None  # float32 (E,), e.g. CALVIN's 384-d MiniLM embedding
+
+
+@dataclass
+class EpisodeInfo:
+    """An episode as planned: everything but its frames."""
+
+    length: int
+    source_id: str
+    split: str = "train"
+    segments: list[Segment] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)  # small JSON-able extras (scene, file path, ...)
+
+
+@dataclass
+class Episode:
+    """An episode with its frames: ``frames[name]`` has shape ``(length, *spec.shape)``."""
+
+    info: EpisodeInfo
+    frames: dict[str, np.ndarray]
+
+    @property
+    def length(self) -> int:
+        return self.info.length
+
+    def validate(self, features: dict[str, FeatureSpec], *, file: object = None) -> None:
+        """Raise :class:`SourceFormatError` if a frame array disagrees with its spec."""
+        for name, spec in features.items():
+            if name not in self.frames:
+                raise SourceFormatError("feature missing from episode", file=file,
+                                        episode=self.info.source_id, key=name)
+            arr = self.frames[name]
+            want = (self.length, *spec.shape)
+            if spec.dtype == "object":  # encoded bytes, one per frame
+                ok = arr.shape[:1] == want[:1]
+            else:
+                ok = tuple(arr.shape) == want
+            if not ok:
+                raise SourceFormatError(f"expected shape {want}, got {tuple(arr.shape)}",
+                                        file=file, episode=self.info.source_id, key=name)
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What the store writer needs of a raw dataset.
+
+    ``plan()`` lists every episode in store order; ``read(i, lo, hi)`` returns frames
+    ``lo..hi-1`` of planned episode ``i`` as ``{feature: array}``, exactly matching
+    ``features()``. Reading a sub-range lets conversion workers split the store at shard
+    boundaries, which need not fall on episode boundaries; a source that can only read whole
+    episodes reads the whole one and slices.
+    """
+
+    name: str
+    fps: float
+
+    def features(self) -> dict[str, FeatureSpec]: ...
+
+    def plan(self) -> list[EpisodeInfo]: ...
+
+    def read(self, i: int, lo: int = 0, hi: int | None = None) -> dict[str, np.ndarray]: ...
+
+    def describe(self) -> dict: ...  # JSON-able facts recorded in the store (gripper convention, ...)
+
+
+def iter_episodes(source: Source) -> Iterator[Episode]:
+    """Every planned episode of ``source`` with its frames, in store order."""
+    features = source.features()
+    for i, info in enumerate(source.plan()):
+        ep = Episode(info, source.read(i))
+        ep.validate(features)
+        yield ep

@@ -1,0 +1,69 @@
+"""The error hierarchy of vladata.
+
+Every error names *where* the problem is (file, episode, key, frame) and *what was expected*, so a
+user can fix the input without reading our code. They subclass builtins so ``except ValueError``
+still works for callers that do not know vladata.
+"""
+
+from __future__ import annotations
+
+
+class VladataError(Exception):
+    """Base class of every error vladata raises on purpose."""
+
+
+class SourceFormatError(VladataError, ValueError):
+    """Raw input does not match the format its reader expects.
+
+    >>> raise SourceFormatError("missing key 'rel_actions'", file="episode_0000001.npz")
+    Traceback (most recent call last):
+    ...
+    vladata.errors.SourceFormatError: episode_0000001.npz: missing key 'rel_actions'
+    """
+
+    def __init__(self, message: str, *, file: object = None, episode: object = None,
+                 key: str | None = None, frame: int | None = None):
+        self.file, self.episode, self.key, self.frame = file, episode, key, frame
+        where = []
+        if file is not None:
+            where.append(str(file))
+        if episode is not None:
+            where.append(f"episode {episode}")
+        if key is not None:
+            where.append(f"key {key!r}")
+        if frame is not None:
+            where.append(f"frame {frame}")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+
+class UnsafePickleError(SourceFormatError):
+    """A pickled file asked for something other than plain containers, numbers, strings, arrays."""
+
+
+class StoreError(VladataError, ValueError):
+    """A store is missing, incomplete, or of a format version this code cannot read."""
+
+
+class IncompleteStoreError(StoreError):
+    """A conversion was interrupted: the manifest that marks a complete store is absent."""
+
+
+class StatsError(VladataError, ValueError):
+    """A statistic is missing or cannot be computed (NaN/inf in the data, empty feature)."""
+
+
+class NonFiniteError(StatsError):
+    """NaN or inf in a feature; names the feature, episode and frame where it occurs."""
+
+    def __init__(self, message: str, *, feature: str | None = None, episode: int | None = None,
+                 frame: int | None = None, row: int | None = None, dim: int | None = None):
+        self.feature, self.episode, self.frame, self.row, self.dim = feature, episode, frame, row, dim
+        super().__init__(message)
+
+
+class ConfigError(VladataError, ValueError):
+    """A configuration has one or more errors; all of them are listed in the message."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = list(errors)
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {e}" for e in self.errors))

@@ -1,0 +1,1 @@
+"""Generators of small datasets laid out exactly like the real formats (for demos and tests)."""

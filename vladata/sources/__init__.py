@@ -1,0 +1,1 @@
+"""Source readers: one module per raw format, each turning raw logs into canonical episodes."""

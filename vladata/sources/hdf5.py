@@ -1,0 +1,476 @@
+"""HDF5 robot logs -> canonical episodes: ALOHA/ACT, robomimic, or any layout via a mapping file.
+
+All three layouts are read by one mapping-driven reader (:class:`Hdf5Source`); ALOHA and robomimic
+are mappings built from the declarative tables below plus what the first file holds (its
+cameras, its observation keys), with layout-specific planning (episode order, splits, language).
+
+**ALOHA / ACT** (``layout="aloha"``): a folder of ``episode_<i>.hdf5`` (natural order), one
+episode per file, 50 Hz. ``/observations/qpos|qvel|effort`` and ``/action`` are (T, 14) float32:
+[left 6 joints, left gripper, right 6 joints, right gripper]; the grippers are normalised by
+ACT's ``*_GRIPPER_POSITION_NORMALIZE_FN`` = (x - close) / (open - close), so 0 = closed and
+1 = open. ``/observations/images/<cam>`` is uint8 (T, 480, 640, 3) as recorded (RGB), or, when the
+root attribute ``compress`` is set, (T, padded_len) uint8 holding ``cv2.imencode('.jpg')`` bytes
+zero-padded to a common length, with ``/compress_len`` (n_cams, T). cv2 encodes the RGB array as
+if it were BGR, so a standard (RGB) decoder returns R and B swapped; this reader decodes with
+channel order ``bgr`` (the same pixels ``cv2.imdecode`` returns), which is the array that was
+recorded. ``compress_len``'s rows follow the recording config's camera order, which the file
+does not record, so it is checked for shape only and the padded buffer is decoded whole (the
+decoder stops at the JPEG end marker), as ACT's own loader does. Mobile ALOHA's ``/base_action``
+(T, 2) becomes ``action.base``.
+
+**robomimic** (``layout="robomimic"``): one file; ``data/demo_<N>`` in numeric order (demo_10
+after demo_2); ``obs/<key>``: ``*_image`` -> ``observation.images.<cam>``, ``*_depth`` ->
+``observation.depth.<cam>``, the proprio keys of :data:`ROBOMIMIC_STATE` -> ``observation.state``
+(concatenated), any other low-dim key -> ``observation.<key>``; ``actions`` -> ``action`` (float64
+in the file, stored float32), ``actions_abs`` -> ``action.abs``. ``mask/<filter>`` lists demo
+names: a demo in ``mask/valid`` gets split ``validation``, else ``train``; every filter holding a
+demo is kept in its metadata. The ``ep_meta`` attribute's ``lang`` (robocasa) becomes a segment
+over the whole demo. fps is ``env_args.env_kwargs.control_freq`` (robosuite's default 20 when
+absent). The gripper convention is robosuite's (-1 = open, +1 = closed on the last action
+dimension) when ``env_args.type`` is robosuite (1), else ``unknown``.
+
+**mapping** (``layout="mapping"``): a YAML mapping file (:mod:`vladata.sources.mapping`) names the
+episode files/groups and which key becomes which feature.
+
+Errors name the file, the episode (file or demo) and the key.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from vladata.episode import EpisodeInfo, FeatureSpec, Segment
+from vladata.errors import SourceFormatError
+from vladata.sources.mapping import (EpisodesMap, FeatureMap, Mapping, Part,
+                                     decode_image, image_format, load_mapping, segments_from_runs)
+
+LAYOUTS = ("aloha", "robomimic", "mapping")
+
+# -- ALOHA / ACT ---------------------------------------------------------------------------------
+ALOHA_FPS = 50.0
+ALOHA_JOINTS = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate",
+                "gripper")
+ALOHA_NAMES = tuple(f"{side}_{j}" for side in ("left", "right") for j in ALOHA_JOINTS)
+ALOHA_KEYS = (  # (hdf5 key, feature, required, names)
+    ("observations/qpos", "observation.state", True, ALOHA_NAMES),
+    ("observations/qvel", "observation.velocity", False, ALOHA_NAMES),
+    ("observations/effort", "observation.effort", False, ALOHA_NAMES),
+    ("action", "action", True, ALOHA_NAMES),
+    ("base_action", "action.base", False, ("linear_vel", "angular_vel")),
+)
+ALOHA_IMAGES = "observations/images"
+ALOHA_GRIPPER = ("entries 6 (left) and 13 (right) of state and action: 0 = closed, 1 = open "
+                 "(ACT's (x - close) / (open - close) normalisation)")
+
+# -- robomimic -----------------------------------------------------------------------------------
+ROBOMIMIC_FPS = 20.0  # robosuite's default control_freq, used when env_args does not say
+ROBOMIMIC_STATE = {  # proprio keys concatenated into observation.state, in this order
+    "robot0_eef_pos": ("eef_x", "eef_y", "eef_z"),
+    "robot0_eef_quat": ("eef_qx", "eef_qy", "eef_qz", "eef_qw"),
+    "robot0_gripper_qpos": ("gripper_qpos_left", "gripper_qpos_right"),
+}
+ROBOMIMIC_ACTIONS = (("actions", "action"), ("actions_abs", "action.abs"))
+ROBOSUITE_TYPE = 1
+ROBOSUITE_GRIPPER = "last action dimension: -1 = open, +1 = closed (robosuite gripper action)"
+ROBOSUITE_OSC_NAMES = ("dx", "dy", "dz", "drx", "dry", "drz", "gripper")
+
+
+def natural_key(s: str) -> list:
+    """Sort key that orders embedded integers numerically (demo_2 < demo_10)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def _open(path: Path, episode: object = None) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError:
+        raise SourceFormatError("file not found", file=path, episode=episode) from None
+    except OSError as e:
+        raise SourceFormatError(f"unreadable HDF5 file, truncated or corrupt ({e})", file=path,
+                                episode=episode) from None
+
+
+def _dataset(f: h5py.File, group: str, key: str, file: Path, episode: str) -> h5py.Dataset:
+    path = f"{group}/{key}" if group else key
+    obj = f.get(path)
+    if not isinstance(obj, h5py.Dataset):
+        what = "missing" if obj is None else "a group, not a dataset"
+        raise SourceFormatError(f"dataset {what}", file=file, episode=episode, key=path)
+    return obj
+
+
+def _groups(f: h5py.File, pattern: str) -> list[str]:
+    """Group paths matching a '/'-separated fnmatch pattern, natural order."""
+    level = [""]
+    for piece in pattern.strip("/").split("/"):
+        nxt = []
+        for g in level:
+            node = f[g] if g else f
+            for k in node.keys():
+                if fnmatch.fnmatchcase(k, piece) and isinstance(node[k], h5py.Group):
+                    nxt.append(f"{g}/{k}" if g else k)
+        level = nxt
+    return sorted(level, key=natural_key)
+
+
+@dataclass(frozen=True)
+class EpisodeRef:
+    file: str
+    group: str  # "" = the file's root
+
+    @property
+    def id(self) -> str:
+        return f"{Path(self.file).name}:{self.group}" if self.group else Path(self.file).name
+
+
+@dataclass
+class Hdf5Source:
+    """HDF5 logs of one layout (``aloha``, ``robomimic`` or ``mapping``); see the module docstring.
+
+    ``path`` is a folder of episode files or one file; ``mapping_file`` is required for
+    ``layout="mapping"``; ``instruction`` labels every episode that has no language of its own.
+    """
+
+    path: str
+    layout: str = "mapping"
+    mapping_file: str | None = None
+    instruction: str | None = None
+    fps: float | None = None
+    name: str = ""
+    _mapping: Mapping | None = field(default=None, repr=False)
+    _refs: list[EpisodeRef] | None = field(default=None, repr=False)
+    _plan: list[EpisodeInfo] | None = field(default=None, repr=False)
+    _features: dict[str, FeatureSpec] | None = field(default=None, repr=False)
+    _facts: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout {self.layout!r} is not one of {LAYOUTS}")
+        if self.layout == "mapping":
+            if self.mapping_file is None:
+                raise ValueError("layout 'mapping' needs a mapping file (--map mapping.yaml)")
+            self._mapping = load_mapping(self.mapping_file)
+            if self._mapping.format != "hdf5":
+                raise SourceFormatError(f"mapping is for format {self._mapping.format!r}, not hdf5",
+                                        file=self.mapping_file)
+        if not Path(self.path).exists():
+            raise SourceFormatError("path does not exist", file=self.path)
+        mapping = self.mapping()
+        self.name = self.name or (self.layout if self.layout != "mapping" else mapping.name)
+        self.fps = float(self.fps or mapping.fps)
+
+    # -- the mapping and the episodes ---------------------------------------------------------
+    def mapping(self) -> Mapping:
+        if self._mapping is None:
+            refs = self.episode_refs()
+            if not refs:
+                raise SourceFormatError(f"no {self.layout} episodes found", file=self.path)
+            with _open(Path(refs[0].file), refs[0].id) as f:
+                build = _aloha_mapping if self.layout == "aloha" else _robomimic_mapping
+                self._mapping = build(f, refs[0], self._facts)
+        return self._mapping
+
+    def episode_refs(self) -> list[EpisodeRef]:
+        if self._refs is None:
+            root = Path(self.path)
+            if self.layout == "robomimic":
+                if not root.is_file():
+                    raise SourceFormatError("robomimic datasets are one .hdf5 file", file=root)
+                with _open(root) as f:
+                    if not isinstance(f.get("data"), h5py.Group):
+                        raise SourceFormatError("group missing", file=root, key="data")
+                    demos = [k for k in f["data"].keys() if re.fullmatch(r"demo_\d+", k)]
+                self._refs = [EpisodeRef(str(root), f"data/{d}") for d in sorted(demos, key=natural_key)]
+            else:
+                eps = EpisodesMap("episode_*.hdf5") if self.layout == "aloha" else self._mapping.episodes
+                files = [root] if root.is_file() else sorted(
+                    (p for p in root.glob(eps.files) if p.is_file()), key=lambda p: natural_key(p.name))
+                refs = []
+                for p in files:
+                    if eps.group is None:
+                        refs.append(EpisodeRef(str(p), ""))
+                    else:
+                        with _open(p) as f:
+                            refs += [EpisodeRef(str(p), g) for g in _groups(f, eps.group)]
+                self._refs = refs
+        return self._refs
+
+    # -- planning ------------------------------------------------------------------------------
+    def plan(self) -> list[EpisodeInfo]:
+        if self._plan is None:
+            feats, m = self.features(), self.mapping()
+            masks = self._robomimic_masks() if self.layout == "robomimic" else {}
+            plan = []
+            for ref in self.episode_refs():
+                with _open(Path(ref.file), ref.id) as f:
+                    n = self._check_episode(f, ref, feats)
+                    info = EpisodeInfo(length=n, source_id=ref.id, split=m.split,
+                                       metadata={"file": Path(ref.file).name, "group": ref.group})
+                    info.segments = self._language(f, ref, n)
+                    if self.layout == "robomimic":
+                        self._robomimic_episode(f, ref, info, masks)
+                plan.append(info)
+            self._plan = plan
+        return self._plan
+
+    def _check_episode(self, f: h5py.File, ref: EpisodeRef, feats: dict[str, FeatureSpec]) -> int:
+        """Every mapped key exists with a common length and the first episode's frame shape."""
+        n = None
+        for fm in self.mapping().features:
+            for part in fm.parts:
+                ds = _dataset(f, ref.group, part.key, Path(ref.file), ref.id)
+                where = dict(file=ref.file, episode=ref.id, key=ds.name.lstrip("/"))
+                if ds.ndim == 0:
+                    raise SourceFormatError("expected a per-frame dataset (T, ...), got a scalar", **where)
+                if n is None:
+                    n = int(ds.shape[0])
+                elif ds.shape[0] != n:
+                    raise SourceFormatError(f"has {ds.shape[0]} frames, other keys have {n}", **where)
+                want = self._facts.setdefault(("shape", fm.name, part.key), ds.shape[1:])
+                encoded = fm.kind == "image" and fm.encoding != "raw"
+                if (ds.ndim != 1 + len(want)) if encoded else (ds.shape[1:] != want):
+                    raise SourceFormatError(f"frame shape {ds.shape[1:]}, expected {want} as in the "
+                                            "first episode", **where)
+        if self.layout == "aloha" and self._facts.get("compress"):
+            _check_compress_len(f, ref, n, len(self._facts["cameras"]))
+        return int(n or 0)
+
+    def _language(self, f: h5py.File, ref: EpisodeRef, n: int) -> list[Segment]:
+        lang = self.mapping().language
+        segs: list[Segment] = []
+        if lang is not None and lang.attr is not None:
+            node = f[ref.group] if ref.group else f
+            v = node.attrs.get(lang.attr)
+            if v is None:
+                raise SourceFormatError("language attribute missing", file=ref.file, episode=ref.id,
+                                        key=f"{ref.group}@{lang.attr}")
+            v = v.decode() if isinstance(v, bytes) else str(v)
+            segs = [Segment(0, n - 1, v, lang.task or v)] if v and n else []
+        elif lang is not None and lang.key is not None:
+            ds = _dataset(f, ref.group, lang.key, Path(ref.file), ref.id)
+            vals = [v.decode() if isinstance(v, bytes) else str(v) for v in ds[()]]
+            if len(vals) != n:
+                raise SourceFormatError(f"{len(vals)} language entries for {n} frames",
+                                        file=ref.file, episode=ref.id, key=lang.key)
+            segs = segments_from_runs(vals, task=lang.task)
+        elif lang is not None and lang.instruction:
+            segs = [Segment(0, n - 1, lang.instruction, lang.task or lang.instruction)] if n else []
+        if not segs and self.instruction and n:
+            segs = [Segment(0, n - 1, self.instruction, self.instruction)]
+        return segs
+
+    def _robomimic_masks(self) -> dict[str, set[str]]:
+        with _open(Path(self.path)) as f:
+            g = f.get("mask")
+            if not isinstance(g, h5py.Group):
+                return {}
+            return {k: {v.decode() if isinstance(v, bytes) else str(v) for v in g[k][()]}
+                    for k in g.keys() if isinstance(g[k], h5py.Dataset)}
+
+    def _robomimic_episode(self, f, ref: EpisodeRef, info: EpisodeInfo, masks) -> None:
+        demo = ref.group.split("/")[-1]
+        filters = sorted(k for k, names in masks.items() if demo in names)
+        info.split = "validation" if demo in masks.get("valid", ()) else "train"
+        info.metadata.update(demo=demo, filters=filters)
+        g = f[ref.group]
+        ns = g.attrs.get("num_samples")
+        if ns is not None and int(ns) != info.length:
+            raise SourceFormatError(f"attribute num_samples = {int(ns)} but actions has "
+                                    f"{info.length} rows", file=ref.file, episode=ref.id,
+                                    key=f"{ref.group}@num_samples")
+        meta = g.attrs.get("ep_meta")
+        if meta is not None:
+            try:
+                lang = json.loads(meta).get("lang")
+            except (ValueError, AttributeError):
+                raise SourceFormatError("ep_meta is not a JSON object", file=ref.file,
+                                        episode=ref.id, key=f"{ref.group}@ep_meta") from None
+            if lang:
+                info.segments = [Segment(0, info.length - 1, str(lang), str(lang))]
+
+    # -- features and reading ------------------------------------------------------------------
+    def features(self) -> dict[str, FeatureSpec]:
+        if self._features is None:
+            ref = self.episode_refs()[0]
+            feats = {}
+            with _open(Path(ref.file), ref.id) as f:
+                for fm in self.mapping().features:
+                    first = self._read_feature(f, ref, fm, 0, 1)
+                    dss = [_dataset(f, ref.group, p.key, Path(ref.file), ref.id) for p in fm.parts]
+                    src = str(dss[0].dtype)
+                    names = fm.names
+                    if names is not None and fm.kind == "lowdim" and len(names) != first.shape[1]:
+                        raise SourceFormatError(f"{len(names)} names for {first.shape[1]} values",
+                                                file=ref.file, episode=ref.id, key=fm.name)
+                    feats[fm.name] = FeatureSpec(
+                        dtype=first.dtype, shape=first.shape[1:], kind=fm.kind, names=names,
+                        source_dtype=src if src != first.dtype.name else None,
+                        description=" + ".join(p.key for p in fm.parts))
+            self._features = feats
+        return self._features
+
+    def read(self, i: int, lo: int = 0, hi: int | None = None) -> dict[str, np.ndarray]:
+        ref, info = self.episode_refs()[i], self.plan()[i]
+        hi = info.length if hi is None else hi
+        with _open(Path(ref.file), ref.id) as f:
+            return {fm.name: self._read_feature(f, ref, fm, lo, hi) for fm in self.mapping().features}
+
+    def _read_feature(self, f, ref: EpisodeRef, fm: FeatureMap, lo: int, hi: int) -> np.ndarray:
+        arrays = []
+        for part in fm.parts:
+            ds = _dataset(f, ref.group, part.key, Path(ref.file), ref.id)
+            where = dict(file=ref.file, episode=ref.id, key=ds.name.lstrip("/"))
+            try:
+                a = ds[lo:hi]
+            except (OSError, ValueError, TypeError) as e:
+                raise SourceFormatError(f"unreadable data ({e})", **where) from None
+            if fm.kind == "image":
+                return _image_frames(a, fm, lo, where)
+            if fm.kind == "depth":
+                a = a[..., 0] if a.ndim == 4 and a.shape[-1] == 1 else a
+                if a.ndim != 3:
+                    raise SourceFormatError(f"expected depth (T, H, W), got {a.shape}", **where)
+                return a.astype(np.float32)
+            if a.dtype.kind not in "fiub":
+                raise SourceFormatError(f"expected numbers, got dtype {a.dtype}", **where)
+            a = a.reshape(len(a), -1)
+            if part.index is not None:
+                if max(part.index) >= a.shape[1]:
+                    raise SourceFormatError(f"index {max(part.index)} out of range for "
+                                            f"{a.shape[1]} values", **where)
+                a = a[:, list(part.index)]
+            arrays.append(a)
+        return np.concatenate(arrays, axis=1).astype(fm.dtype)
+
+    def describe(self) -> dict:
+        m = self.mapping()
+        feats = self.features()
+        d = {"layout": self.layout, "path": str(Path(self.path).resolve()), "fps": self.fps,
+             "gripper": m.gripper, "action_space": m.action_space, "robot": m.robot,
+             "cameras": [k.split(".", 2)[2] for k, s in feats.items() if s.kind == "image"],
+             "action_names": list(feats["action"].names or ()),
+             "state_names": list(feats["observation.state"].names or ())
+             if "observation.state" in feats else [],
+             "mapping": m.to_dict()}
+        d.update({k: v for k, v in self._facts.items() if isinstance(k, str) and k != "cameras"})
+        return d
+
+
+def _image_frames(a: np.ndarray, fm: FeatureMap, lo: int, where: dict) -> np.ndarray:
+    """(T, H, W, 3) raw or (T, L) encoded buffers -> uint8 (T, H, W, 3) RGB."""
+    if fm.encoding == "raw":
+        if a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8:
+            raise SourceFormatError(f"expected uint8 (T, H, W, 3), got {a.dtype} {a.shape}", **where)
+        return np.ascontiguousarray(a[..., ::-1]) if fm.channel_order == "bgr" else a
+    out = []
+    for t, buf in enumerate(a):
+        data = buf.tobytes() if isinstance(buf, np.ndarray) else bytes(buf)
+        if image_format(data) != fm.encoding:
+            raise SourceFormatError(f"frame is not a {fm.encoding} image (magic bytes "
+                                    f"{data[:4].hex()})", frame=lo + t, **where)
+        try:
+            img = decode_image(data, fm.encoding, fm.channel_order)
+        except (ValueError, OSError) as e:
+            raise SourceFormatError(f"corrupt {fm.encoding} image ({e})", frame=lo + t, **where) from None
+        if out and img.shape != out[0].shape:
+            raise SourceFormatError(f"image shape {img.shape} differs from {out[0].shape}",
+                                    frame=lo + t, **where)
+        out.append(img)
+    return np.stack(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
+
+
+def _check_compress_len(f: h5py.File, ref: EpisodeRef, n: int, n_cams: int) -> None:
+    cl = f.get("compress_len")
+    if cl is not None and tuple(cl.shape) != (n_cams, n):
+        raise SourceFormatError(f"expected shape ({n_cams}, {n}) (cameras, frames), got "
+                                f"{tuple(cl.shape)}", file=ref.file, episode=ref.id, key="compress_len")
+
+
+def _aloha_mapping(f: h5py.File, ref: EpisodeRef, facts: dict) -> Mapping:
+    feats = []
+    images = f.get(ALOHA_IMAGES)
+    if not isinstance(images, h5py.Group) or not list(images.keys()):
+        raise SourceFormatError("no camera datasets", file=ref.file, episode=ref.id, key=ALOHA_IMAGES)
+    compress = bool(f.attrs.get("compress", False))
+    cams = sorted(images.keys())
+    for cam in cams:
+        ds = images[cam]
+        if ds.ndim == 2:  # JPEG buffers; ``compress`` may be missing in older files
+            enc, order = "jpeg", "bgr"
+        elif ds.ndim == 4:
+            enc, order = "raw", "rgb"
+        else:
+            raise SourceFormatError(f"expected (T, H, W, 3) or (T, padded_len) images, got "
+                                    f"{ds.shape}", file=ref.file, episode=ref.id, key=ds.name)
+        feats.append(FeatureMap(f"observation.images.{cam}", (Part(key=f"{ALOHA_IMAGES}/{cam}"),),
+                                dtype="uint8", encoding=enc, channel_order=order))
+    for key, name, required, names in ALOHA_KEYS:
+        if key in f:
+            feats.append(FeatureMap(name, (Part(key=key),), names=names if f[key].ndim == 2 and
+                                    f[key].shape[1] == len(names) else None))
+        elif required:
+            raise SourceFormatError("dataset missing", file=ref.file, episode=ref.id, key=key)
+    facts.update(compress=compress, sim=bool(f.attrs.get("sim", False)), cameras=cams,
+                 image_decode=("JPEG (cv2.imencode of RGB arrays) decoded with channel order bgr,"
+                               " returning the recorded RGB array" if compress else
+                               "raw uint8 arrays as recorded (RGB)"))
+    return Mapping(format="hdf5", fps=ALOHA_FPS, features=tuple(feats), name="aloha",
+                   robot="aloha", gripper=ALOHA_GRIPPER, action_space="joint position targets (14)")
+
+
+def _robomimic_mapping(f: h5py.File, ref: EpisodeRef, facts: dict) -> Mapping:
+    try:
+        env = json.loads(f["data"].attrs.get("env_args", "{}"))
+    except ValueError:
+        raise SourceFormatError("env_args is not JSON", file=ref.file, key="data@env_args") from None
+    env_type = env.get("type", env.get("env_type"))
+    kwargs = env.get("env_kwargs") or {}
+    fps = float(kwargs.get("control_freq") or ROBOMIMIC_FPS)
+    obs = f[ref.group].get("obs")
+    if not isinstance(obs, h5py.Group):
+        raise SourceFormatError("group missing", file=ref.file, episode=ref.id, key=f"{ref.group}/obs")
+    images, depth, state, other = [], [], [], []
+    for k in sorted(obs.keys()):
+        if k.endswith("_image"):
+            images.append(FeatureMap(f"observation.images.{k[:-6]}", (Part(key=f"obs/{k}"),), dtype="uint8"))
+        elif k.endswith("_depth"):
+            depth.append(FeatureMap(f"observation.depth.{k[:-6]}", (Part(key=f"obs/{k}"),)))
+        elif k not in ROBOMIMIC_STATE:
+            other.append(FeatureMap(f"observation.{k}", (Part(key=f"obs/{k}"),)))
+    for k, names in ROBOMIMIC_STATE.items():
+        if k in obs:
+            state.append((Part(key=f"obs/{k}"), names if obs[k].shape[1:] == (len(names),) else None))
+    feats = images + depth
+    if state:
+        names = None if any(n is None for _, n in state) else sum((n for _, n in state), ())
+        feats.append(FeatureMap("observation.state", tuple(p for p, _ in state), names=names))
+    feats += other
+    g = f[ref.group]
+    if "actions" not in g:
+        raise SourceFormatError("dataset missing", file=ref.file, episode=ref.id, key=f"{ref.group}/actions")
+    robosuite = env_type == ROBOSUITE_TYPE
+    controller = (kwargs.get("controller_configs") or {}).get("type", "unknown") \
+        if isinstance(kwargs.get("controller_configs"), dict) else "unknown"
+    for key, name in ROBOMIMIC_ACTIONS:
+        if key in g:
+            a_dim = g[key].shape[1:]
+            names = ROBOSUITE_OSC_NAMES if robosuite and controller == "OSC_POSE" and a_dim == (7,) \
+                and key == "actions" else None
+            feats.append(FeatureMap(name, (Part(key=key),), names=names))
+    facts.update(env_name=env.get("env_name", "unknown"), env_type=env_type, controller=controller,
+                 fps_from="env_args.env_kwargs.control_freq" if kwargs.get("control_freq")
+                 else "robosuite default control_freq (20 Hz)",
+                 splits="mask/valid -> validation, otherwise train")
+    robots = kwargs.get("robots", "")
+    return Mapping(format="hdf5", fps=fps, features=tuple(feats), name="robomimic",
+                   robot=",".join(robots) if isinstance(robots, list) else str(robots),
+                   gripper=ROBOSUITE_GRIPPER if robosuite else "unknown",
+                   action_space=f"{controller} actions normalised to [-1, 1]" if robosuite else "unknown",
+                   episodes=EpisodesMap(files=Path(ref.file).name, group="data/demo_*"))

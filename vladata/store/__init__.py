@@ -1,0 +1,1 @@
+"""The canonical store: layout (``layout``), writing (``writer``) and fast reading (``shard_reader``)."""

@@ -1,0 +1,243 @@
+"""Statistics and the derived action arrays of a store (the last stage of conversion).
+
+Conversion workers run the first statistics pass (:func:`new_accumulators`,
+:func:`update_accumulators`) on the rows they write and save its state with each part.
+:func:`finish` merges those states, runs the second, exact-quantile pass over the low-dim arrays
+read back from the store (small next to the images), writes ``meta/stats.json``, then
+``data/action.norm`` and ``data/action.tokens`` and records how they were made in the store
+attributes. :func:`recompute` does both passes from a finished store (``vladata stats``).
+
+Statistics cover the rows of the ``stats_split`` episodes (``train``, or ``all`` when the store
+has no train split); NaN/inf anywhere in a low-dim float feature is an error that names the
+feature, episode and frame.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import zarr
+
+from vladata.episode import FeatureSpec
+from vladata.errors import NonFiniteError, StatsError
+from vladata.normalize import GripperConvention, Normalization, normalize
+from vladata.stats import (ImageStatsAccumulator, StatsAccumulator, locate_nonfinite,
+                           stats_from_json, stats_to_json)
+from vladata.store import layout
+from vladata.tokenize import ActionTokenizer
+
+NORM_KEY, TOKENS_KEY = "action.norm", "action.tokens"
+
+
+# -- pass 1, in the workers --------------------------------------------------------------------
+
+def new_accumulators(features: dict[str, FeatureSpec], stat_feats: list[str], *,
+                     image_stats: bool = False) -> dict:
+    accs = {n: StatsAccumulator(int(np.prod(features[n].shape)), name=n) for n in stat_feats}
+    if image_stats:
+        accs.update({n: ImageStatsAccumulator(channels=s.shape[-1])
+                     for n, s in features.items() if s.kind == "image"})
+    return accs
+
+
+def check_finite(frames: dict[str, np.ndarray], stat_feats: list[str], job, row0: int) -> None:
+    """Raise NonFiniteError naming feature, episode and frame of the first NaN/inf."""
+    for name in stat_feats:
+        x = frames[name]
+        if np.isfinite(x).all():
+            continue
+        r = int(np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[0][0])
+        _raise_located(name, row0 + r, job.starts, x[r])
+
+
+def _raise_located(name: str, row: int, starts: np.ndarray, value) -> None:
+    ep = int(np.searchsorted(starts, row, side="right")) - 1
+    flat = np.asarray(value, np.float64).ravel()
+    dim = int(np.argwhere(~np.isfinite(flat))[0][0])
+    err = NonFiniteError(f"non-finite value {flat[dim]!r}", row=0, dim=dim)
+    raise locate_nonfinite(err, feature=name, episode=ep, first_frame=row - int(starts[ep]))
+
+
+def update_accumulators(accs: dict, frames: dict[str, np.ndarray], in_stats: np.ndarray) -> None:
+    if not in_stats.any():
+        return
+    for name, acc in accs.items():
+        x = frames[name][in_stats]
+        acc.update(x.reshape(len(x), -1))
+
+
+def save_accumulators(path: Path, accs: dict) -> None:
+    arrays = {f"{name}/{k}": v for name, acc in accs.items() for k, v in acc.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_accumulators(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        grouped: dict[str, dict] = {}
+        for key in z.files:
+            name, _, k = key.rpartition("/")
+            grouped.setdefault(name, {})[k] = z[key]
+    out = {}
+    for name, state in grouped.items():
+        kind = str(state["kind"])
+        cls = StatsAccumulator if kind == "pass1" else ImageStatsAccumulator
+        out[name] = cls.from_state_dict(state, name=name) if cls is StatsAccumulator \
+            else cls.from_state_dict(state)
+    return out
+
+
+# -- pass 2 and the derived arrays -------------------------------------------------------------
+
+def finish(out: Path, features: dict[str, FeatureSpec], parts, starts: np.ndarray,
+           lengths: np.ndarray, in_stats: np.ndarray, stats_split: str, quantiles,
+           source_info: dict) -> dict:
+    """Merge the parts' statistics, finish them exactly, write stats.json and action arrays."""
+    merged: dict = {}
+    for k in range(len(parts)):
+        for name, acc in load_accumulators(out / "meta" / "parts" /
+                                           f"part-{k:05d}.stats.npz").items():
+            merged[name] = acc if name not in merged else merged[name].merge(acc)
+    return _finish(out, features, merged, _row_mask(starts, lengths, in_stats), stats_split,
+                   quantiles, source_info)
+
+
+def recompute(path: str | os.PathLike, quantiles=(0.01, 0.99)) -> dict:
+    """Recompute a finished store's statistics (both passes) and rewrite the derived arrays."""
+    out = Path(path)
+    root = zarr.open_group(out, mode="r+")
+    attrs = dict(root.attrs["vlakit"])
+    features = {k: FeatureSpec.from_dict(v) for k, v in attrs["features"].items()}
+    eps = pl.read_parquet(out / "meta" / "episodes.parquet")
+    starts, lengths = eps["start"].to_numpy(), eps["length"].to_numpy()
+    splits = eps["split"].to_list()
+    stats_split = "train" if "train" in splits else "all"
+    in_stats = np.asarray([stats_split == "all" or s == stats_split for s in splits])
+    mask = _row_mask(starts, lengths, in_stats)
+    merged = {}
+    for name in _stat_features(features):
+        acc = StatsAccumulator(int(np.prod(features[name].shape)), name=name)
+        for b, x in _blocks(root[f"{layout.DATA}/{name}"]):
+            if not np.isfinite(x).all():
+                r = int(np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[0][0])
+                _raise_located(name, b + r, starts, x[r])
+            acc.update(x[mask[b:b + len(x)]].reshape(-1, acc.dim))
+        merged[name] = acc
+    images = _old_image_stats(out)
+    stats = _finish(out, features, merged, mask, stats_split, quantiles,
+                    attrs.get("source_info", {}), images=images)
+    return stats
+
+
+def _finish(out: Path, features, merged: dict, mask: np.ndarray, stats_split: str, quantiles,
+            source_info: dict, images: dict | None = None) -> dict:
+    root = zarr.open_group(out, mode="r+")
+    stats: dict[str, dict[str, np.ndarray]] = {}
+    image_stats = dict(images or {})
+    for name, acc in merged.items():
+        if not isinstance(acc, StatsAccumulator):
+            image_stats[name] = acc.result()
+            continue
+        ref = acc.refiner(quantiles)
+        for b, x in _blocks(root[f"{layout.DATA}/{name}"]):
+            ref.update(x[mask[b:b + len(x)]].reshape(-1, acc.dim))
+        stats[name] = ref.result()
+    doc = stats_to_json(stats, split=stats_split, quantiles=quantiles,
+                        extra={"images": image_stats} if image_stats else None)
+    _atomic_json(out / "meta" / "stats.json", doc)
+    attrs = dict(root.attrs["vlakit"])
+    attrs["stats_split"] = stats_split
+    if "action" in stats and features["action"].kind == "lowdim" and len(features["action"].shape) == 1:
+        norm, tok = write_action_arrays(root, features["action"], stats["action"], source_info)
+        attrs["normalization"], attrs["tokenizer"] = norm.to_dict(), tok.to_dict()
+        attrs["features"] = {**attrs["features"], **_derived_feature_attrs(features["action"])}
+    root.attrs["vlakit"] = attrs
+    return stats
+
+
+def action_normalization(dim: int, source_info: dict) -> Normalization:
+    """Quantile normalisation of every dimension but the gripper (last, for 7-d EEF actions).
+
+    The gripper's convention is what the source records (``source_info["gripper"]``: "-1/1" or
+    "0/1"); it is converted to -1 = closed / +1 = open. A source that records no gripper
+    convention gets every dimension normalised.
+    """
+    convention = source_info.get("gripper")
+    if not convention or dim < 2:
+        return Normalization()
+    return Normalization.for_action(dim=dim, gripper=GripperConvention(source=convention,
+                                                                       target="-1/1", dim=dim - 1))
+
+
+def write_action_arrays(root: zarr.Group, spec: FeatureSpec, stats: dict, source_info: dict):
+    dim = spec.shape[0]
+    norm = action_normalization(dim, source_info)
+    tok = ActionTokenizer()
+    data = root[layout.DATA]
+    src = data["action"]
+    n = src.shape[0]
+    store = {"codec": "raw", "chunk_frames": layout.BLOCK, "shard_frames": None}
+    arr_n = layout.create_array(data, NORM_KEY, FeatureSpec("float32", (dim,)), n, store,
+                                overwrite=True)
+    arr_t = layout.create_array(data, TOKENS_KEY, FeatureSpec("int32", (dim,)), n, store,
+                                overwrite=True)
+    for b, x in _blocks(src):
+        xn = normalize(x, stats, norm)
+        arr_n[b:b + len(x)] = xn
+        arr_t[b:b + len(x)] = tok.encode(xn).astype(np.int32)
+    return norm, tok
+
+
+def _derived_feature_attrs(action: FeatureSpec) -> dict:
+    storage = {"codec": "raw", "chunk_frames": layout.BLOCK, "shard_frames": None}
+    return {
+        NORM_KEY: {**FeatureSpec("float32", action.shape, "lowdim", action.names,
+                                 description="normalised action (see normalization)").to_dict(),
+                   "storage": storage, "derived": True},
+        TOKENS_KEY: {**FeatureSpec("int32", action.shape, "lowdim", action.names,
+                                   description="token ids of action.norm (see tokenizer)").to_dict(),
+                     "storage": storage, "derived": True},
+    }
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+def _stat_features(features: dict[str, FeatureSpec]) -> list[str]:
+    return [n for n, s in features.items() if s.kind == "lowdim" and n not in (NORM_KEY, TOKENS_KEY)
+            and np.issubdtype(np.dtype(s.dtype), np.floating)]
+
+
+def _row_mask(starts: np.ndarray, lengths: np.ndarray, in_stats: np.ndarray) -> np.ndarray:
+    return np.repeat(np.asarray(in_stats, bool), np.asarray(lengths, np.int64))
+
+
+def _blocks(arr: zarr.Array, rows: int = 16 * layout.BLOCK):
+    for b in range(0, arr.shape[0], rows):
+        yield b, np.asarray(arr[b:b + rows])
+
+
+def _old_image_stats(out: Path) -> dict:
+    p = out / "meta" / "stats.json"
+    if not p.exists():
+        return {}
+    doc = json.loads(p.read_text())
+    return (doc.get("extra") or {}).get("images", {})
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def load_stats(path: str | os.PathLike) -> tuple[dict, dict]:
+    """``meta/stats.json`` of a store -> (stats, meta)."""
+    p = Path(path) / "meta" / "stats.json"
+    if not p.exists():
+        raise StatsError(f"{path}: the store has no meta/stats.json (run `vladata stats {path}`)")
+    return stats_from_json(json.loads(p.read_text()))

@@ -1,0 +1,114 @@
+"""The on-disk layout of a vlakit store (format version 1) and the arrays it holds.
+
+A store is one Zarr v3 group, readable by any Zarr v3 reader (``zarr.open_group(path)``)::
+
+    <name>.vla/
+      zarr.json                  group; attributes["vlakit"] = store attributes (see below)
+      data/zarr.json             group of per-frame arrays, all episodes concatenated on axis 0
+      data/<feature>/            one array per feature, shape (N, *frame_shape):
+                                   image, raw/lz4: chunks (1, H, W, C) inside shards of
+                                     IMAGE_SHARD frames (sharding_indexed codec, index at the end)
+                                   image, jpeg: 1-d vlen-bytes array (N,), one JPEG per element,
+                                     chunks (1,) inside shards of IMAGE_SHARD frames; attributes
+                                     {"encoding": "jpeg", "frame_shape": [H, W, C]}
+                                   low-dim: chunks (BLOCK, D), no sharding
+      data/action.norm           float32 (N, A): normalised ``action`` (written at finalize)
+      data/action.tokens         int32 (N, A): token ids of ``action.norm`` (written at finalize)
+      meta/plan.json             the conversion plan (episodes, parts); written first
+      meta/parts/part-NNNNN.json a part's done-marker (+ .stats.npz, its statistics state)
+      meta/episodes.parquet      episode_index, start (row in data/), length, split, source_id, metadata
+      meta/segments.parquet      segment_index, episode_index, start, end (inclusive, offsets within
+                                 the episode), instruction, task, embedding (list<float32> or null)
+      meta/stats.json            per-feature, per-dimension statistics (schemas/stats.schema.json)
+      meta/manifest.json         written LAST: its presence is what makes a store complete
+
+Store attributes (``zarr.json`` -> ``attributes.vlakit``, schemas/store.schema.json):
+``format_version``, ``source`` (name), ``source_info`` (gripper convention, ...), ``fps``,
+``num_frames``, ``num_episodes``, ``features`` (name -> FeatureSpec dict + ``"storage"``),
+and after finalize ``stats_split``, ``normalization`` and ``tokenizer``.
+
+Parts: rows ``[k*part_frames, (k+1)*part_frames)`` form part k. ``part_frames`` is a multiple of
+``BLOCK``, itself a multiple of ``IMAGE_SHARD``, so parts never share a shard or chunk file and
+can be written by separate processes without locks.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import zarr
+from numcodecs import Blosc  # noqa: F401  (kept importable for readers of lz4 stores)
+from zarr.codecs import BloscCodec, BloscShuffle
+
+from vladata.episode import FeatureSpec
+
+FORMAT_VERSION = 1
+READABLE_VERSIONS = (1,)
+IMAGE_SHARD = 64     # frames per image shard file
+BLOCK = 1024         # rows per low-dim chunk; parts are multiples of it
+IMAGE_CODECS = ("raw", "lz4", "jpeg")
+
+META = "meta"
+DATA = "data"
+MANIFEST = "meta/manifest.json"
+PLAN = "meta/plan.json"
+
+
+def storage_for(spec: FeatureSpec, image_codec: str) -> dict:
+    """How a feature is laid out on disk; recorded per feature in the store attributes."""
+    if spec.kind == "image":
+        if image_codec not in IMAGE_CODECS:
+            raise ValueError(f"image codec {image_codec!r} is not one of {IMAGE_CODECS}")
+        return {"codec": image_codec, "chunk_frames": 1, "shard_frames": IMAGE_SHARD}
+    if spec.kind == "depth":
+        return {"codec": "raw", "chunk_frames": 1, "shard_frames": IMAGE_SHARD}
+    return {"codec": "raw", "chunk_frames": BLOCK, "shard_frames": None}
+
+
+def create_array(group: zarr.Group, name: str, spec: FeatureSpec, n: int, storage: dict,
+                 *, overwrite: bool = False) -> zarr.Array:
+    """Create ``data/<name>`` of ``n`` frames laid out as ``storage`` says."""
+    shape = (n, *spec.shape)
+    codec = storage["codec"]
+    if codec == "jpeg":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # vlen-bytes has no ratified v3 spec yet
+            arr = group.create_array(name, shape=(n,), dtype=zarr.core.dtype.VariableLengthBytes(),
+                                     chunks=(1,), shards=(storage["shard_frames"],),
+                                     compressors=None, overwrite=overwrite)
+        arr.attrs.update({"encoding": "jpeg", "frame_shape": list(spec.shape)})
+        return arr
+    compressors = None
+    if codec == "lz4":
+        compressors = [BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.noshuffle)]
+    if storage["shard_frames"]:
+        chunks = (storage["chunk_frames"], *spec.shape)
+        shards = (storage["shard_frames"], *spec.shape)
+    else:
+        chunks, shards = (storage["chunk_frames"], *spec.shape), None
+    return group.create_array(name, shape=shape, dtype=spec.dtype, chunks=chunks, shards=shards,
+                              compressors=compressors, fill_value=0, overwrite=overwrite)
+
+
+def part_ranges(n: int, part_frames: int) -> list[tuple[int, int]]:
+    """Row ranges of the parts of an ``n``-frame store."""
+    if part_frames % BLOCK:
+        raise ValueError(f"part_frames must be a multiple of {BLOCK}, got {part_frames}")
+    return [(a, min(a + part_frames, n)) for a in range(0, n, part_frames)] or [(0, 0)]
+
+
+def default_part_frames(n: int, workers: int) -> int:
+    """Parts of at most 8 blocks, and at least ``2 * workers`` parts when the data allows."""
+    per = -(-n // max(1, 2 * workers))
+    blocks = min(8, max(1, -(-per // BLOCK)))
+    return blocks * BLOCK
+
+
+def jpeg_frame_shape(arr: zarr.Array) -> tuple[int, ...] | None:
+    fs = arr.attrs.get("frame_shape")
+    return tuple(fs) if fs is not None else None
+
+
+__all__ = ["FORMAT_VERSION", "IMAGE_SHARD", "BLOCK", "storage_for", "create_array",
+           "part_ranges", "default_part_frames", "np"]

@@ -1,0 +1,368 @@
+"""Convert a :class:`~vladata.episode.Source` into a store, in parallel and resumably.
+
+The store's tree is documented in :mod:`vladata.store.layout`. Conversion runs in three stages:
+
+1. **plan** -- ``source.plan()`` fixes the episode order, so every episode's first row is known;
+   the arrays are created at full size, ``meta/episodes.parquet`` and ``meta/segments.parquet``
+   are written, and ``meta/plan.json`` records a fingerprint of the plan and the settings.
+2. **parts** -- rows are cut into parts aligned to shard files; each part is written by one
+   worker process (``workers=N``), which also accumulates first-pass statistics of the training
+   rows. A part is done when ``meta/parts/part-NNNNN.json`` exists (written after its data and
+   its statistics state). ``resume=True`` re-plans, checks the fingerprint and redoes only the
+   parts without a marker.
+3. **finalize** -- exact statistics (:mod:`vladata.store.finalize`), normalised and tokenised
+   actions, then ``meta/manifest.json``, written last: a store without it is incomplete and
+   ``vladata.open`` refuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import shutil
+import time
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import zarr
+from tqdm.auto import tqdm
+
+from vladata.episode import EpisodeInfo, FeatureSpec, Source
+from vladata.errors import IncompleteStoreError, NonFiniteError, SourceFormatError, StoreError
+from vladata.store import finalize, layout
+
+_progress_queue = None  # set in worker processes
+
+
+@dataclass
+class Summary:
+    """What a conversion did; ``str(summary)`` is the report printed at the end."""
+
+    path: str
+    episodes: int
+    frames: int
+    segments: int
+    bytes: int
+    parts_written: int
+    parts_reused: int
+    seconds: float
+    splits: dict[str, int] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def __str__(self) -> str:
+        rate = self.frames / self.seconds if self.seconds else 0.0
+        lines = [f"store      {self.path}",
+                 f"episodes   {self.episodes}  ({', '.join(f'{k}: {v}' for k, v in self.splits.items())})",
+                 f"frames     {self.frames}  ({rate:,.0f} frames/s over {self.seconds:.1f} s)",
+                 f"segments   {self.segments}",
+                 f"bytes      {self.bytes:,}  ({self.bytes / 2**20:,.1f} MiB)",
+                 f"parts      {self.parts_written} written, {self.parts_reused} reused"]
+        lines.append(f"skipped    {len(self.skipped)}" + ("" if not self.skipped else ":"))
+        lines += [f"  - {s}" for s in self.skipped[:20]]
+        if len(self.skipped) > 20:
+            lines.append(f"  ... and {len(self.skipped) - 20} more (see meta/manifest.json)")
+        return "\n".join(lines)
+
+
+def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume: bool = False,
+            overwrite: bool = False, image_codec: str = "raw", part_frames: int | None = None,
+            quantiles: tuple[float, ...] = (0.01, 0.99), jpeg_quality: int = 90,
+            image_stats: bool = False, progress: bool = True) -> Summary:
+    """Write ``source`` to a store at ``out``; see the module docstring. Returns a summary."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    _prepare_output(out, resume=resume, overwrite=overwrite)
+    plan = source.plan()
+    features = source.features()
+    n = sum(ep.length for ep in plan)
+    starts = np.cumsum([0] + [ep.length for ep in plan])[:-1].astype(np.int64)
+    part_frames = part_frames or layout.default_part_frames(n, workers)
+    parts = layout.part_ranges(n, part_frames)
+    storage = {name: layout.storage_for(spec, image_codec) for name, spec in features.items()}
+    settings = {"image_codec": image_codec, "part_frames": part_frames, "jpeg_quality": jpeg_quality,
+                "image_stats": image_stats}
+    fingerprint = _fingerprint(source, plan, features, settings)
+    stats_split = "train" if any(ep.split == "train" for ep in plan) else "all"
+
+    if resume and (out / layout.PLAN).exists():
+        old = json.loads((out / layout.PLAN).read_text())
+        if old.get("fingerprint") != fingerprint:
+            raise StoreError(f"{out}: cannot resume: the source or the settings differ from the "
+                             "interrupted conversion (use --overwrite to start again)")
+    else:
+        _create_store(out, source, plan, features, storage, starts, n)
+        _write_json(out / layout.PLAN, {"fingerprint": fingerprint, "settings": settings,
+                                        "num_frames": n, "parts": parts, "stats_split": stats_split})
+
+    done = {k for k in range(len(parts)) if (_marker(out, k)).exists()}
+    todo = [k for k in range(len(parts)) if k not in done]
+    job = _PartJob(source=source, out=str(out), starts=starts,
+                   lengths=np.asarray([ep.length for ep in plan], np.int64),
+                   in_stats=np.asarray([stats_split == "all" or ep.split == stats_split
+                                        for ep in plan]),
+                   features=features, storage=storage, jpeg_quality=jpeg_quality,
+                   image_stats=image_stats)
+    _run_parts(job, parts, todo, workers=workers, total=n,
+               already=sum(parts[k][1] - parts[k][0] for k in done), progress=progress)
+
+    stats = finalize.finish(out, features, parts, starts, job.lengths, job.in_stats, stats_split,
+                            quantiles, source.describe())
+    skipped = list(getattr(source, "skipped", lambda: [])())
+    summary = Summary(path=str(out), episodes=len(plan), frames=n,
+                      segments=sum(len(ep.segments) for ep in plan), bytes=_du(out),
+                      parts_written=len(todo), parts_reused=len(done),
+                      seconds=time.perf_counter() - t0,
+                      splits={s: sum(ep.split == s for ep in plan)
+                              for s in dict.fromkeys(ep.split for ep in plan)},
+                      skipped=skipped)
+    _write_json(out / layout.MANIFEST, {"format_version": layout.FORMAT_VERSION, "complete": True,
+                                        "parts": len(parts), "num_frames": n,
+                                        "stats_features": sorted(stats),
+                                        "summary": summary.to_dict()})
+    for p in (out / "meta" / "parts").glob("*.stats.npz"):
+        p.unlink()  # merged into meta/stats.json
+    return summary
+
+
+# -- stage 1: plan -----------------------------------------------------------------------------
+
+def _prepare_output(out: Path, *, resume: bool, overwrite: bool) -> None:
+    if not out.exists():
+        return
+    if overwrite:
+        shutil.rmtree(out)
+        return
+    if (out / layout.MANIFEST).exists():
+        raise StoreError(f"{out}: a complete store is already there (use --overwrite to replace it)")
+    if not resume:
+        raise IncompleteStoreError(f"{out}: an interrupted conversion is there: use --resume to "
+                                   "finish it or --overwrite to start again")
+
+
+def _fingerprint(source: Source, plan: list[EpisodeInfo], features: dict[str, FeatureSpec],
+                 settings: dict) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"source": source.name, "settings": settings,
+                         "features": {k: v.to_dict() for k, v in features.items()}},
+                        sort_keys=True).encode())
+    for ep in plan:
+        h.update(f"{ep.source_id}|{ep.length}|{ep.split}|{len(ep.segments)}\n".encode())
+    return h.hexdigest()
+
+
+def _create_store(out: Path, source: Source, plan: list[EpisodeInfo],
+                  features: dict[str, FeatureSpec], storage: dict, starts: np.ndarray,
+                  n: int) -> None:
+    root = zarr.open_group(out, mode="w")
+    root.attrs["vlakit"] = {
+        "format_version": layout.FORMAT_VERSION, "source": source.name,
+        "source_info": _jsonable(source.describe()), "fps": float(source.fps),
+        "num_frames": int(n), "num_episodes": len(plan),
+        "features": {k: {**v.to_dict(), "storage": storage[k]} for k, v in features.items()},
+    }
+    data = root.create_group(layout.DATA)
+    for name, spec in features.items():
+        layout.create_array(data, name, spec, n, storage[name])
+    meta = out / layout.META
+    (meta / "parts").mkdir(parents=True, exist_ok=True)
+    episode_table(plan, starts).write_parquet(meta / "episodes.parquet")
+    segment_table(plan).write_parquet(meta / "segments.parquet")
+
+
+def episode_table(plan: list[EpisodeInfo], starts: np.ndarray) -> pl.DataFrame:
+    return pl.DataFrame({
+        "episode_index": np.arange(len(plan), dtype=np.int64),
+        "start": starts.astype(np.int64),
+        "length": np.asarray([ep.length for ep in plan], np.int64),
+        "split": [ep.split for ep in plan],
+        "source_id": [ep.source_id for ep in plan],
+        "metadata": [json.dumps(_jsonable(ep.metadata)) for ep in plan],
+    }, schema_overrides={"split": pl.String, "source_id": pl.String, "metadata": pl.String})
+
+
+def segment_table(plan: list[EpisodeInfo]) -> pl.DataFrame:
+    rows = [(i, s) for i, ep in enumerate(plan) for s in ep.segments]
+    emb = [None if s.embedding is None else np.asarray(s.embedding, np.float32).ravel().tolist()
+           for _, s in rows]
+    return pl.DataFrame({
+        "segment_index": np.arange(len(rows), dtype=np.int64),
+        "episode_index": np.asarray([i for i, _ in rows], np.int64),
+        "start": np.asarray([s.start for _, s in rows], np.int64),
+        "end": np.asarray([s.end for _, s in rows], np.int64),
+        "instruction": [s.instruction for _, s in rows],
+        "task": [s.task for _, s in rows],
+        "embedding": pl.Series("embedding", emb, dtype=pl.List(pl.Float32)),
+    }, schema_overrides={"instruction": pl.String, "task": pl.String})
+
+
+# -- stage 2: parts ----------------------------------------------------------------------------
+
+@dataclass
+class _PartJob:
+    """Everything a worker needs to write any part (picklable)."""
+
+    source: Source
+    out: str
+    starts: np.ndarray
+    lengths: np.ndarray
+    in_stats: np.ndarray  # per episode: counted in the statistics?
+    features: dict[str, FeatureSpec]
+    storage: dict[str, dict]
+    jpeg_quality: int
+    image_stats: bool
+
+
+def _marker(out: Path, k: int) -> Path:
+    return out / "meta" / "parts" / f"part-{k:05d}.json"
+
+
+def _run_parts(job: _PartJob, parts, todo, *, workers: int, total: int, already: int,
+               progress: bool) -> None:
+    bar = tqdm(total=total, initial=already, unit="frame", unit_scale=True, disable=not progress,
+               desc="convert", smoothing=0.1, dynamic_ncols=True)
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            for k in todo:
+                _write_part(job, k, parts[k], report=bar.update)
+            return
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue()
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
+                                 initializer=_init_worker, initargs=(q,)) as pool:
+            futures = {pool.submit(_write_part, job, k, parts[k]) for k in todo}
+            pending = futures
+            while pending:
+                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+                _drain(q, bar)
+                for f in finished:
+                    if f.exception() is not None:
+                        for p in pending:
+                            p.cancel()
+                        raise f.exception()
+            _drain(q, bar)
+    finally:
+        bar.close()
+
+
+def _init_worker(q) -> None:
+    global _progress_queue
+    _progress_queue = q
+
+
+def _drain(q, bar) -> None:
+    while True:
+        try:
+            bar.update(q.get_nowait())
+        except queue_mod.Empty:
+            return
+
+
+def _write_part(job: _PartJob, k: int, rows: tuple[int, int], report=None) -> None:
+    """Write rows ``[lo, hi)`` of every feature, then the part's statistics state and marker."""
+    report = report or (_progress_queue.put if _progress_queue is not None else (lambda n: None))
+    lo, hi = rows
+    out = Path(job.out)
+    data = zarr.open_group(out / layout.DATA, mode="r+")
+    arrays = {name: data[name] for name in job.features}
+    lowdim = [n for n, s in job.features.items() if s.kind == "lowdim"]
+    stat_feats = [n for n in lowdim if np.issubdtype(np.dtype(job.features[n].dtype), np.floating)]
+    accs = finalize.new_accumulators(job.features, stat_feats, image_stats=job.image_stats)
+    block = {n: np.empty((layout.BLOCK, *job.features[n].shape), job.features[n].dtype)
+             for n in lowdim}
+    block_lo = lo
+    for r in range(lo, hi, layout.IMAGE_SHARD):
+        r2 = min(r + layout.IMAGE_SHARD, hi)
+        frames, in_stats = _read_rows(job, r, r2)
+        for name, arr in frames.items():
+            spec = job.features[name]
+            if spec.kind == "lowdim":
+                block[name][r - block_lo:r2 - block_lo] = arr
+            else:
+                _write_frames(arrays[name], r, r2, arr, job.storage[name], job.jpeg_quality)
+        finalize.check_finite(frames, stat_feats, job, r)
+        finalize.update_accumulators(accs, frames, in_stats)
+        if r2 - block_lo == layout.BLOCK or r2 == hi:
+            for name in lowdim:
+                arrays[name][block_lo:r2] = block[name][:r2 - block_lo]
+            block_lo = r2
+        report(r2 - r)
+    finalize.save_accumulators(out / "meta" / "parts" / f"part-{k:05d}.stats.npz", accs)
+    _write_json(_marker(out, k), {"part": k, "rows": [lo, hi]})
+
+
+def _read_rows(job: _PartJob, r: int, r2: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Frames of store rows ``[r, r2)`` (possibly spanning episodes) and a per-row stats mask."""
+    first = int(np.searchsorted(job.starts, r, side="right")) - 1
+    pieces, mask = [], []
+    row = r
+    i = first
+    while row < r2:
+        a = row - int(job.starts[i])
+        b = min(int(job.lengths[i]), r2 - int(job.starts[i]))
+        if b > a:
+            got = job.source.read(i, a, b)
+            for name, spec in job.features.items():
+                arr = got.get(name)
+                want = (b - a, *spec.shape)
+                if arr is None or (spec.dtype != "object" and tuple(arr.shape) != want):
+                    raise SourceFormatError(
+                        f"source returned {None if arr is None else tuple(arr.shape)}, expected "
+                        f"{want}", episode=i, key=name)
+            pieces.append(got)
+            mask.append(np.full(b - a, bool(job.in_stats[i])))
+            row += b - a
+        i += 1
+    if len(pieces) == 1:
+        return pieces[0], mask[0]
+    return ({name: np.concatenate([p[name] for p in pieces]) for name in job.features},
+            np.concatenate(mask))
+
+
+def _write_frames(arr: zarr.Array, r: int, r2: int, frames: np.ndarray, storage: dict,
+                  quality: int) -> None:
+    if storage["codec"] == "jpeg":
+        from vladata.images import encode_jpeg
+        enc = np.empty(r2 - r, dtype=object)
+        for j, f in enumerate(frames):
+            enc[j] = encode_jpeg(np.ascontiguousarray(f), quality=quality)
+        arr[r:r2] = enc
+    else:
+        arr[r:r2] = frames
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+def _write_json(path: Path, obj) -> None:
+    """Write JSON atomically (a reader never sees half a file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*")
+               if p.is_file() and not p.name.endswith(".stats.npz"))
+
+
+__all__ = ["convert", "Summary", "episode_table", "segment_table", "NonFiniteError"]
