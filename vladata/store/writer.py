@@ -24,7 +24,8 @@ import os
 import queue as queue_mod
 import shutil
 import time
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import (FIRST_EXCEPTION, Future, ProcessPoolExecutor, ThreadPoolExecutor,
+                                wait)
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 from vladata.episode import EpisodeInfo, FeatureSpec, Source
 from vladata.errors import IncompleteStoreError, NonFiniteError, SourceFormatError, StoreError
 from vladata.store import finalize, layout
+from vladata.store.shards import ShardWriter, can_write
 
 _progress_queue = None  # set in worker processes
 
@@ -267,36 +269,68 @@ def _drain(q, bar) -> None:
 
 
 def _write_part(job: _PartJob, k: int, rows: tuple[int, int], report=None) -> None:
-    """Write rows ``[lo, hi)`` of every feature, then the part's statistics state and marker."""
+    """Write rows ``[lo, hi)`` of every feature, then the part's statistics state and marker.
+
+    Reading the source (decompression, decoding) and writing shard files overlap: shards go to
+    a writer thread, at most two in flight.
+    """
     report = report or (_progress_queue.put if _progress_queue is not None else (lambda n: None))
     lo, hi = rows
     out = Path(job.out)
     data = zarr.open_group(out / layout.DATA, mode="r+")
     arrays = {name: data[name] for name in job.features}
+    shard_writers = {name: ShardWriter(arr, out / layout.DATA / name)
+                     for name, arr in arrays.items()
+                     if job.features[name].kind != "lowdim" and can_write(arr)}
     lowdim = [n for n, s in job.features.items() if s.kind == "lowdim"]
     stat_feats = [n for n in lowdim if np.issubdtype(np.dtype(job.features[n].dtype), np.floating)]
     accs = finalize.new_accumulators(job.features, stat_feats, image_stats=job.image_stats)
     block = {n: np.empty((layout.BLOCK, *job.features[n].shape), job.features[n].dtype)
              for n in lowdim}
     block_lo = lo
-    for r in range(lo, hi, layout.IMAGE_SHARD):
-        r2 = min(r + layout.IMAGE_SHARD, hi)
-        frames, in_stats = _read_rows(job, r, r2)
-        for name, arr in frames.items():
-            spec = job.features[name]
-            if spec.kind == "lowdim":
-                block[name][r - block_lo:r2 - block_lo] = arr
-            else:
-                _write_frames(arrays[name], r, r2, arr, job.storage[name], job.jpeg_quality)
-        finalize.check_finite(frames, stat_feats, job, r)
-        finalize.update_accumulators(accs, frames, in_stats)
-        if r2 - block_lo == layout.BLOCK or r2 == hi:
-            for name in lowdim:
-                arrays[name][block_lo:r2] = block[name][:r2 - block_lo]
-            block_lo = r2
-        report(r2 - r)
+    in_flight: list[Future] = []
+    with ThreadPoolExecutor(1, thread_name_prefix="vlakit-shards") as io:
+        for r in range(lo, hi, layout.IMAGE_SHARD):
+            r2 = min(r + layout.IMAGE_SHARD, hi)
+            frames, in_stats = _read_rows(job, r, r2)
+            finalize.check_finite(frames, stat_feats, job, r)
+            images = {}
+            for name, arr in frames.items():
+                if job.features[name].kind == "lowdim":
+                    block[name][r - block_lo:r2 - block_lo] = arr
+                else:
+                    images[name] = _encode_frames(arr, job.storage[name], job.jpeg_quality)
+            while len(in_flight) >= 2:
+                in_flight.pop(0).result()
+            in_flight.append(io.submit(_write_images, arrays, shard_writers, images, r, r2))
+            finalize.update_accumulators(accs, frames, in_stats)
+            if r2 - block_lo == layout.BLOCK or r2 == hi:
+                for name in lowdim:
+                    arrays[name][block_lo:r2] = block[name][:r2 - block_lo]
+                block_lo = r2
+            report(r2 - r)
+        for f in in_flight:
+            f.result()
     finalize.save_accumulators(out / "meta" / "parts" / f"part-{k:05d}.stats.npz", accs)
     _write_json(_marker(out, k), {"part": k, "rows": [lo, hi]})
+
+
+def _encode_frames(frames: np.ndarray, storage: dict, quality: int):
+    if storage["codec"] != "jpeg":
+        return frames
+    from vladata.images import encode_jpeg
+    enc = np.empty(len(frames), dtype=object)
+    for j, f in enumerate(frames):
+        enc[j] = encode_jpeg(np.ascontiguousarray(f), quality=quality)
+    return enc
+
+
+def _write_images(arrays, shard_writers, images: dict, r: int, r2: int) -> None:
+    for name, frames in images.items():
+        if name in shard_writers:
+            shard_writers[name].write(r, frames)
+        else:
+            arrays[name][r:r2] = frames
 
 
 def _read_rows(job: _PartJob, r: int, r2: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -325,18 +359,6 @@ def _read_rows(job: _PartJob, r: int, r2: int) -> tuple[dict[str, np.ndarray], n
         return pieces[0], mask[0]
     return ({name: np.concatenate([p[name] for p in pieces]) for name in job.features},
             np.concatenate(mask))
-
-
-def _write_frames(arr: zarr.Array, r: int, r2: int, frames: np.ndarray, storage: dict,
-                  quality: int) -> None:
-    if storage["codec"] == "jpeg":
-        from vladata.images import encode_jpeg
-        enc = np.empty(r2 - r, dtype=object)
-        for j, f in enumerate(frames):
-            enc[j] = encode_jpeg(np.ascontiguousarray(f), quality=quality)
-        arr[r:r2] = enc
-    else:
-        arr[r:r2] = frames
 
 
 # -- helpers -----------------------------------------------------------------------------------

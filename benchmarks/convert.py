@@ -1,0 +1,117 @@
+"""Conversion speed: `vladata convert calvin` against the floor of reading every source file once.
+
+    python benchmarks/convert.py [--frames 3000] [--workdir /tmp/vlakit-bench-convert]
+
+Generates a CALVIN-layout dataset at the real image sizes (200x200 static, 84x84 gripper), then,
+in the same run and on the same files (page cache warm for all):
+- floor, 1 process: np.load every frame file and touch every stored key once;
+- floor, 2 processes: the same split over two processes;
+- conversion with --workers 1 and --workers 2 (raw images), each in a fresh subprocess whose
+  peak RSS (largest process) is reported;
+- conversion with --workers 1 on a dataset twice as long, to show peak memory does not grow with
+  the dataset's length.
+Prints frames/s and the ratio to the matching floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+KEYS = ("rgb_static", "rgb_gripper", "robot_obs", "scene_obs", "rel_actions", "actions")
+
+
+def _read_files(files: list[str]) -> int:
+    n = 0
+    for f in files:
+        with np.load(f) as z:
+            for k in KEYS:
+                n += z[k].size
+    return n
+
+
+def read_floor(root: Path, processes: int) -> tuple[int, float]:
+    files = sorted(str(p) for p in root.glob("*/episode_*.npz"))
+    t = time.perf_counter()
+    if processes == 1:
+        _read_files(files)
+    else:
+        chunks = [files[i::processes] for i in range(processes)]
+        with ProcessPoolExecutor(processes) as pool:
+            list(pool.map(_read_files, chunks))
+    return len(files), time.perf_counter() - t
+
+
+def run_convert(raw: Path, out: Path, workers: int) -> tuple[dict, float, float]:
+    shutil.rmtree(out, ignore_errors=True)
+    code = ("import json,resource,sys;from vladata.sources.calvin import CalvinSource;"
+            "from vladata.store.writer import convert;"
+            f"s=convert(CalvinSource({str(raw)!r}),{str(out)!r},workers={workers},progress=False);"
+            "print(json.dumps(s.to_dict()));"
+            "print(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
+            "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))")
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - t
+    lines = r.stdout.strip().splitlines()
+    return json.loads(lines[-2]), wall, int(lines[-1]) / 1024  # MiB
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=3000, help="frames in the base dataset")
+    ap.add_argument("--workdir", default="/tmp/vlakit-bench-convert")
+    args = ap.parse_args()
+    from vladata.samples.calvin import write_sample
+
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    datasets = {}
+    for label, n in (("base", args.frames), ("double", 2 * args.frames)):
+        seg = 500
+        t = time.perf_counter()
+        datasets[label] = write_sample(work / label, train_segments=max(1, n // seg - 1),
+                                       val_segments=1, frames_per_segment=(seg - 20, seg + 20),
+                                       seed=0, depth=False)
+        print(f"generated {label}: {sum(1 for _ in datasets[label].glob('*/episode_*.npz'))} "
+              f"frames in {time.perf_counter() - t:.0f} s", flush=True)
+
+    raw = datasets["base"]
+    _read_files(sorted(str(p) for p in raw.glob("*/episode_*.npz")))  # warm the page cache
+    rows = []
+    floors = {}
+    for p in (1, 2):
+        n, s = read_floor(raw, p)
+        floors[p] = n / s
+        rows.append((f"read floor, {p} process{'es' if p > 1 else ''}", n / s, 1.0, None))
+    for w in (1, 2):
+        summary, wall, rss = run_convert(raw, work / f"out{w}.vla", w)
+        fps = summary["frames"] / summary["seconds"]
+        rows.append((f"vladata convert --workers {w}", fps, fps / floors[w], rss))
+    summary, wall, rss = run_convert(datasets["double"], work / "outd.vla", 1)
+    fps = summary["frames"] / summary["seconds"]
+    rows.append((f"vladata convert --workers 1, {summary['frames']} frames", fps, None, rss))
+
+    print(f"\nCALVIN conversion, {args.frames} frames (200x200 + 84x84 cameras), "
+          f"{os.cpu_count()} cores")
+    print(f"{'case':<44}{'frames/s':>10}{'x floor':>9}{'peak RSS MiB':>14}")
+    for name, fps, ratio, rss in rows:
+        print(f"{name:<44}{fps:>10,.0f}{'' if ratio is None else f'{ratio:>9.2f}':>9}"
+              f"{'' if rss is None else f'{rss:>14,.0f}':>14}")
+    print(f"scaling 1 -> 2 workers: {rows[3][1] / rows[2][1]:.2f}x "
+          f"(floor scales {floors[2] / floors[1]:.2f}x)")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
