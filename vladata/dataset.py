@@ -78,7 +78,11 @@ class Dataset:
         return self.root[f"{layout.DATA}/{name}"]
 
     def episode(self, i: int, keys: builtins.list[str] | None = None) -> dict[str, np.ndarray]:
-        """All frames of episode ``i``: feature name -> array (T, ...), images decoded."""
+        """All frames of episode ``i``: feature name -> array (T, ...), images decoded.
+
+        The dict is an :class:`~vladata.viz.EpisodeView`: a notebook shows it as filmstrips and
+        plots over time (``.plot()`` gives the figure).
+        """
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"episode {i} out of range: the store has {n} episodes")
@@ -93,7 +97,8 @@ class Dataset:
                 out[name] = np.stack([decode_jpeg(b) for b in arr[lo:hi]])
             else:
                 out[name] = np.asarray(arr[lo:hi])
-        return out
+        from vladata.viz import EpisodeView
+        return EpisodeView(out, ds=self, index=i)
 
     def windows(self, **kwargs):
         """Training windows of this store: see :class:`vladata.windows.WindowDataset`."""
@@ -119,6 +124,15 @@ class Dataset:
             "normalization": self.info.get("normalization"),
             "tokenizer": self.info.get("tokenizer"),
         }
+
+    def _repr_html_(self) -> str:
+        from vladata.viz import summary_html
+        return summary_html(self)
+
+    def plot_distribution(self, feature: str = "action"):
+        """Histogram of each dimension of ``feature`` with q01/q99 marked (a matplotlib Figure)."""
+        from vladata.viz import plot_distribution
+        return plot_distribution(self, feature)
 
     def __repr__(self) -> str:
         return (f"vladata.Dataset({self.path!r}: {len(self)} episodes, {self.num_frames} frames, "
