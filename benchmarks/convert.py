@@ -4,7 +4,8 @@
 
 Generates a CALVIN-layout dataset at the real image sizes (200x200 static, 84x84 gripper), then,
 in the same run and on the same files (page cache warm for all):
-- floor, 1 process: np.load every frame file and touch every stored key once;
+- floor, 1 process: np.load every frame file and touch every stored key once (and the same read
+  through vladata's lean npz reader, which conversion uses);
 - floor, 2 processes: the same split over two processes;
 - conversion with --workers 1 and --workers 2 (raw images), each in a fresh subprocess whose
   peak RSS (largest process) is reported;
@@ -40,15 +41,20 @@ def _read_files(files: list[str]) -> int:
     return n
 
 
-def read_floor(root: Path, processes: int) -> tuple[int, float]:
+def _read_files_lean(files: list[str]) -> int:
+    from vladata.sources.npz import read_npz
+    return sum(a.size for f in files for a in read_npz(f, KEYS).values())
+
+
+def read_floor(root: Path, processes: int, reader=_read_files) -> tuple[int, float]:
     files = sorted(str(p) for p in root.glob("*/episode_*.npz"))
     t = time.perf_counter()
     if processes == 1:
-        _read_files(files)
+        reader(files)
     else:
         chunks = [files[i::processes] for i in range(processes)]
         with ProcessPoolExecutor(processes) as pool:
-            list(pool.map(_read_files, chunks))
+            list(pool.map(reader, chunks))
     return len(files), time.perf_counter() - t
 
 
@@ -93,7 +99,9 @@ def main() -> None:
     for p in (1, 2):
         n, s = read_floor(raw, p)
         floors[p] = n / s
-        rows.append((f"read floor, {p} process{'es' if p > 1 else ''}", n / s, 1.0, None))
+        rows.append((f"read floor (np.load), {p} process{'es' if p > 1 else ''}", n / s, 1.0, None))
+    n, s = read_floor(raw, 1, _read_files_lean)
+    rows.append(("read only, vladata's npz reader, 1 process", n / s, n / s / floors[1], None))
     for w in (1, 2):
         summary, wall, rss = run_convert(raw, work / f"out{w}.vla", w)
         fps = summary["frames"] / summary["seconds"]
@@ -108,7 +116,7 @@ def main() -> None:
     for name, fps, ratio, rss in rows:
         print(f"{name:<44}{fps:>10,.0f}{'' if ratio is None else f'{ratio:>9.2f}':>9}"
               f"{'' if rss is None else f'{rss:>14,.0f}':>14}")
-    print(f"scaling 1 -> 2 workers: {rows[3][1] / rows[2][1]:.2f}x "
+    print(f"scaling 1 -> 2 workers: {rows[4][1] / rows[3][1]:.2f}x "
           f"(floor scales {floors[2] / floors[1]:.2f}x)")
     shutil.rmtree(work, ignore_errors=True)
 

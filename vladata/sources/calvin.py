@@ -20,7 +20,6 @@ Pickles are read with :mod:`vladata.safe_pickle`; nothing in the dataset is exec
 
 from __future__ import annotations
 
-import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ import yaml
 from vladata.episode import EpisodeInfo, FeatureSpec, Segment
 from vladata.errors import SourceFormatError
 from vladata.safe_pickle import load_pickled_npy
+from vladata.sources.npz import read_npz
 
 SPLITS = {"training": "train", "validation": "validation"}
 FPS = 30.0
@@ -258,27 +258,21 @@ def _scene_of(scenes: dict, frame_id: int) -> str | None:
 
 def _load_frame(path: Path, keys, expected: dict | None, episode: str) -> dict[str, np.ndarray]:
     """Read ``keys`` of one CALVIN frame file, checking presence and (if given) shapes."""
-    out = {}
     try:
-        with np.load(path, allow_pickle=False) as z:
-            for k in keys:
-                if k not in z.files:
-                    raise SourceFormatError(f"key missing (file has {sorted(z.files)})", file=path,
-                                            episode=episode, key=k)
-                a = z[k]
-                if expected is not None and tuple(a.shape) != tuple(expected[k]):
-                    raise SourceFormatError(f"expected shape {tuple(expected[k])}, got "
-                                            f"{tuple(a.shape)}", file=path, episode=episode, key=k)
-                out[k] = a
+        out = read_npz(path, keys)
     except FileNotFoundError:
         raise SourceFormatError("frame file missing: the episode's frames are incomplete",
                                 file=path, episode=episode) from None
-    except SourceFormatError:
-        raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+    except KeyError as e:
+        raise SourceFormatError("key missing from the frame file", file=path, episode=episode,
+                                key=e.args[0]) from None
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
         raise SourceFormatError(f"unreadable frame file, truncated or corrupt ({type(e).__name__}:"
                                 f" {e})", file=path, episode=episode) from None
+    if expected is not None:
+        for k in keys:
+            if tuple(out[k].shape) != tuple(expected[k]):
+                raise SourceFormatError(f"expected shape {tuple(expected[k])}, got "
+                                        f"{tuple(out[k].shape)}", file=path, episode=episode, key=k)
     return out
 
-
-FRAME_RE = re.compile(r"episode_(\d{7})\.npz$")
