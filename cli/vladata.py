@@ -102,5 +102,16 @@ def stats(path, quantiles, as_json):
     click.echo(format_stats(result, ds.features, split=ds.info["stats_split"]))
 
 
+def _register() -> None:
+    """The commands of the other source readers, each defined beside its own flags."""
+    from cli import convert_real
+    for cmd in convert_real.commands:
+        convert.add_command(cmd)
+    for cmd in convert_real.sample_commands:
+        sample.add_command(cmd)
+
+
+_register()
+
 if __name__ == "__main__":
     main()

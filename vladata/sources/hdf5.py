@@ -49,7 +49,8 @@ import numpy as np
 from vladata.episode import EpisodeInfo, FeatureSpec, Segment
 from vladata.errors import SourceFormatError
 from vladata.sources.mapping import (EpisodesMap, FeatureMap, Mapping, Part,
-                                     decode_image, image_format, load_mapping, segments_from_runs)
+                                     decode_image, gripper_facts, image_format, load_mapping,
+                                     segments_from_runs)
 
 LAYOUTS = ("aloha", "robomimic", "mapping")
 
@@ -78,7 +79,7 @@ ROBOMIMIC_STATE = {  # proprio keys concatenated into observation.state, in this
 }
 ROBOMIMIC_ACTIONS = (("actions", "action"), ("actions_abs", "action.abs"))
 ROBOSUITE_TYPE = 1
-ROBOSUITE_GRIPPER = "last action dimension: -1 = open, +1 = closed (robosuite gripper action)"
+ROBOSUITE_GRIPPER = "1/-1"  # <closed>/<open> of the last action dimension (robosuite's gripper)
 ROBOSUITE_OSC_NAMES = ("dx", "dy", "dz", "drx", "dry", "drz", "gripper")
 
 
@@ -148,7 +149,8 @@ class Hdf5Source:
     _refs: list[EpisodeRef] | None = field(default=None, repr=False)
     _plan: list[EpisodeInfo] | None = field(default=None, repr=False)
     _features: dict[str, FeatureSpec] | None = field(default=None, repr=False)
-    _facts: dict = field(default_factory=dict, repr=False)
+    _facts: dict = field(default_factory=dict, repr=False)  # layout facts for describe()
+    _shapes: dict = field(default_factory=dict, repr=False)  # (feature, key) -> frame shape
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -187,11 +189,14 @@ class Hdf5Source:
                     if not isinstance(f.get("data"), h5py.Group):
                         raise SourceFormatError("group missing", file=root, key="data")
                     demos = [k for k in f["data"].keys() if re.fullmatch(r"demo_\d+", k)]
-                self._refs = [EpisodeRef(str(root), f"data/{d}") for d in sorted(demos, key=natural_key)]
+                demos.sort(key=natural_key)
+                self._refs = [EpisodeRef(str(root), f"data/{d}") for d in demos]
             else:
-                eps = EpisodesMap("episode_*.hdf5") if self.layout == "aloha" else self._mapping.episodes
+                eps = (EpisodesMap("episode_*.hdf5") if self.layout == "aloha"
+                       else self._mapping.episodes)
                 files = [root] if root.is_file() else sorted(
-                    (p for p in root.glob(eps.files) if p.is_file()), key=lambda p: natural_key(p.name))
+                    (p for p in root.glob(eps.files) if p.is_file()),
+                    key=lambda p: natural_key(p.name))
                 refs = []
                 for p in files:
                     if eps.group is None:
@@ -228,16 +233,18 @@ class Hdf5Source:
                 ds = _dataset(f, ref.group, part.key, Path(ref.file), ref.id)
                 where = dict(file=ref.file, episode=ref.id, key=ds.name.lstrip("/"))
                 if ds.ndim == 0:
-                    raise SourceFormatError("expected a per-frame dataset (T, ...), got a scalar", **where)
+                    raise SourceFormatError("expected a per-frame dataset (T, ...), got a scalar",
+                                            **where)
                 if n is None:
                     n = int(ds.shape[0])
                 elif ds.shape[0] != n:
-                    raise SourceFormatError(f"has {ds.shape[0]} frames, other keys have {n}", **where)
-                want = self._facts.setdefault(("shape", fm.name, part.key), ds.shape[1:])
+                    raise SourceFormatError(f"has {ds.shape[0]} frames, other keys have {n}",
+                                            **where)
+                want = self._shapes.setdefault((fm.name, part.key), ds.shape[1:])
                 encoded = fm.kind == "image" and fm.encoding != "raw"
                 if (ds.ndim != 1 + len(want)) if encoded else (ds.shape[1:] != want):
-                    raise SourceFormatError(f"frame shape {ds.shape[1:]}, expected {want} as in the "
-                                            "first episode", **where)
+                    raise SourceFormatError(f"frame shape {ds.shape[1:]}, expected {want} as in "
+                                            "the first episode", **where)
         if self.layout == "aloha" and self._facts.get("compress"):
             _check_compress_len(f, ref, n, len(self._facts["cameras"]))
         return int(n or 0)
@@ -304,7 +311,7 @@ class Hdf5Source:
                 for fm in self.mapping().features:
                     first = self._read_feature(f, ref, fm, 0, 1)
                     dss = [_dataset(f, ref.group, p.key, Path(ref.file), ref.id) for p in fm.parts]
-                    src = str(dss[0].dtype)
+                    src = str(dss[0].dtype) if fm.kind != "image" else "uint8"
                     names = fm.names
                     if names is not None and fm.kind == "lowdim" and len(names) != first.shape[1]:
                         raise SourceFormatError(f"{len(names)} names for {first.shape[1]} values",
@@ -320,7 +327,8 @@ class Hdf5Source:
         ref, info = self.episode_refs()[i], self.plan()[i]
         hi = info.length if hi is None else hi
         with _open(Path(ref.file), ref.id) as f:
-            return {fm.name: self._read_feature(f, ref, fm, lo, hi) for fm in self.mapping().features}
+            return {fm.name: self._read_feature(f, ref, fm, lo, hi)
+                    for fm in self.mapping().features}
 
     def _read_feature(self, f, ref: EpisodeRef, fm: FeatureMap, lo: int, hi: int) -> np.ndarray:
         arrays = []
@@ -353,13 +361,14 @@ class Hdf5Source:
         m = self.mapping()
         feats = self.features()
         d = {"layout": self.layout, "path": str(Path(self.path).resolve()), "fps": self.fps,
-             "gripper": m.gripper, "action_space": m.action_space, "robot": m.robot,
+             **gripper_facts(m.gripper, self._facts.get("gripper_meaning")),
+             "action_space": m.action_space, "robot": m.robot,
              "cameras": [k.split(".", 2)[2] for k, s in feats.items() if s.kind == "image"],
              "action_names": list(feats["action"].names or ()),
              "state_names": list(feats["observation.state"].names or ())
              if "observation.state" in feats else [],
              "mapping": m.to_dict()}
-        d.update({k: v for k, v in self._facts.items() if isinstance(k, str) and k != "cameras"})
+        d.update({k: v for k, v in self._facts.items() if k not in ("cameras", "gripper_meaning")})
         return d
 
 
@@ -367,7 +376,8 @@ def _image_frames(a: np.ndarray, fm: FeatureMap, lo: int, where: dict) -> np.nda
     """(T, H, W, 3) raw or (T, L) encoded buffers -> uint8 (T, H, W, 3) RGB."""
     if fm.encoding == "raw":
         if a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8:
-            raise SourceFormatError(f"expected uint8 (T, H, W, 3), got {a.dtype} {a.shape}", **where)
+            raise SourceFormatError(f"expected uint8 (T, H, W, 3), got {a.dtype} {a.shape}",
+                                    **where)
         return np.ascontiguousarray(a[..., ::-1]) if fm.channel_order == "bgr" else a
     out = []
     for t, buf in enumerate(a):
@@ -378,7 +388,8 @@ def _image_frames(a: np.ndarray, fm: FeatureMap, lo: int, where: dict) -> np.nda
         try:
             img = decode_image(data, fm.encoding, fm.channel_order)
         except (ValueError, OSError) as e:
-            raise SourceFormatError(f"corrupt {fm.encoding} image ({e})", frame=lo + t, **where) from None
+            raise SourceFormatError(f"corrupt {fm.encoding} image ({e})", frame=lo + t,
+                                    **where) from None
         if out and img.shape != out[0].shape:
             raise SourceFormatError(f"image shape {img.shape} differs from {out[0].shape}",
                                     frame=lo + t, **where)
@@ -390,87 +401,95 @@ def _check_compress_len(f: h5py.File, ref: EpisodeRef, n: int, n_cams: int) -> N
     cl = f.get("compress_len")
     if cl is not None and tuple(cl.shape) != (n_cams, n):
         raise SourceFormatError(f"expected shape ({n_cams}, {n}) (cameras, frames), got "
-                                f"{tuple(cl.shape)}", file=ref.file, episode=ref.id, key="compress_len")
+                                f"{tuple(cl.shape)}", file=ref.file, episode=ref.id,
+                                key="compress_len")
 
 
 def _aloha_mapping(f: h5py.File, ref: EpisodeRef, facts: dict) -> Mapping:
-    feats = []
+    """ALOHA_KEYS present in the first episode plus its cameras (raw or JPEG)."""
+    where = dict(file=ref.file, episode=ref.id)
     images = f.get(ALOHA_IMAGES)
     if not isinstance(images, h5py.Group) or not list(images.keys()):
-        raise SourceFormatError("no camera datasets", file=ref.file, episode=ref.id, key=ALOHA_IMAGES)
+        raise SourceFormatError("no camera datasets", key=ALOHA_IMAGES, **where)
     compress = bool(f.attrs.get("compress", False))
     cams = sorted(images.keys())
+    feats = []
     for cam in cams:
         ds = images[cam]
-        if ds.ndim == 2:  # JPEG buffers; ``compress`` may be missing in older files
-            enc, order = "jpeg", "bgr"
-        elif ds.ndim == 4:
-            enc, order = "raw", "rgb"
-        else:
+        if ds.ndim not in (2, 4):
             raise SourceFormatError(f"expected (T, H, W, 3) or (T, padded_len) images, got "
-                                    f"{ds.shape}", file=ref.file, episode=ref.id, key=ds.name)
+                                    f"{ds.shape}", key=ds.name, **where)
+        # (T, padded_len): cv2 JPEG buffers (``compress`` may be missing in older files)
+        enc, order = ("jpeg", "bgr") if ds.ndim == 2 else ("raw", "rgb")
         feats.append(FeatureMap(f"observation.images.{cam}", (Part(key=f"{ALOHA_IMAGES}/{cam}"),),
                                 dtype="uint8", encoding=enc, channel_order=order))
     for key, name, required, names in ALOHA_KEYS:
         if key in f:
-            feats.append(FeatureMap(name, (Part(key=key),), names=names if f[key].ndim == 2 and
-                                    f[key].shape[1] == len(names) else None))
+            fits = f[key].shape[1:] == (len(names),)
+            feats.append(FeatureMap(name, (Part(key=key),), names=names if fits else None))
         elif required:
-            raise SourceFormatError("dataset missing", file=ref.file, episode=ref.id, key=key)
-    facts.update(compress=compress, sim=bool(f.attrs.get("sim", False)), cameras=cams,
-                 image_decode=("JPEG (cv2.imencode of RGB arrays) decoded with channel order bgr,"
-                               " returning the recorded RGB array" if compress else
-                               "raw uint8 arrays as recorded (RGB)"))
+            raise SourceFormatError("dataset missing", key=key, **where)
+    facts.update(gripper_meaning=ALOHA_GRIPPER, compress=compress, cameras=cams,
+                 sim=bool(f.attrs.get("sim", False)),
+                 image_decode=("JPEG (cv2.imencode of RGB arrays) decoded with channel order bgr, "
+                               "returning the recorded RGB array" if compress
+                               else "raw uint8 arrays as recorded (RGB)"))
     return Mapping(format="hdf5", fps=ALOHA_FPS, features=tuple(feats), name="aloha",
-                   robot="aloha", gripper=ALOHA_GRIPPER, action_space="joint position targets (14)")
+                   robot="aloha", action_space="joint position targets (14)")
 
 
 def _robomimic_mapping(f: h5py.File, ref: EpisodeRef, facts: dict) -> Mapping:
+    """obs keys of the first demo by ROBOMIMIC_STATE / name suffix; actions; env facts."""
+    where = dict(file=ref.file, episode=ref.id)
     try:
         env = json.loads(f["data"].attrs.get("env_args", "{}"))
     except ValueError:
-        raise SourceFormatError("env_args is not JSON", file=ref.file, key="data@env_args") from None
+        raise SourceFormatError("env_args is not JSON", key="data@env_args", **where) from None
     env_type = env.get("type", env.get("env_type"))
     kwargs = env.get("env_kwargs") or {}
-    fps = float(kwargs.get("control_freq") or ROBOMIMIC_FPS)
-    obs = f[ref.group].get("obs")
+    g = f[ref.group]
+    obs = g.get("obs")
     if not isinstance(obs, h5py.Group):
-        raise SourceFormatError("group missing", file=ref.file, episode=ref.id, key=f"{ref.group}/obs")
-    images, depth, state, other = [], [], [], []
+        raise SourceFormatError("group missing", key=f"{ref.group}/obs", **where)
+    if "actions" not in g:
+        raise SourceFormatError("dataset missing", key=f"{ref.group}/actions", **where)
+    images, other, state = [], [], []
     for k in sorted(obs.keys()):
+        part = (Part(key=f"obs/{k}"),)
         if k.endswith("_image"):
-            images.append(FeatureMap(f"observation.images.{k[:-6]}", (Part(key=f"obs/{k}"),), dtype="uint8"))
+            images.append(FeatureMap(f"observation.images.{k[:-6]}", part, dtype="uint8"))
         elif k.endswith("_depth"):
-            depth.append(FeatureMap(f"observation.depth.{k[:-6]}", (Part(key=f"obs/{k}"),)))
+            images.append(FeatureMap(f"observation.depth.{k[:-6]}", part))
         elif k not in ROBOMIMIC_STATE:
-            other.append(FeatureMap(f"observation.{k}", (Part(key=f"obs/{k}"),)))
+            other.append(FeatureMap(f"observation.{k}", part))
     for k, names in ROBOMIMIC_STATE.items():
         if k in obs:
-            state.append((Part(key=f"obs/{k}"), names if obs[k].shape[1:] == (len(names),) else None))
-    feats = images + depth
+            fits = obs[k].shape[1:] == (len(names),)
+            state.append((Part(key=f"obs/{k}"), names if fits else None))
+    feats = images
     if state:
         names = None if any(n is None for _, n in state) else sum((n for _, n in state), ())
         feats.append(FeatureMap("observation.state", tuple(p for p, _ in state), names=names))
     feats += other
-    g = f[ref.group]
-    if "actions" not in g:
-        raise SourceFormatError("dataset missing", file=ref.file, episode=ref.id, key=f"{ref.group}/actions")
     robosuite = env_type == ROBOSUITE_TYPE
-    controller = (kwargs.get("controller_configs") or {}).get("type", "unknown") \
-        if isinstance(kwargs.get("controller_configs"), dict) else "unknown"
+    cc = kwargs.get("controller_configs")
+    controller = cc.get("type", "unknown") if isinstance(cc, dict) else "unknown"
     for key, name in ROBOMIMIC_ACTIONS:
         if key in g:
-            a_dim = g[key].shape[1:]
-            names = ROBOSUITE_OSC_NAMES if robosuite and controller == "OSC_POSE" and a_dim == (7,) \
-                and key == "actions" else None
+            osc = robosuite and controller == "OSC_POSE" and g[key].shape[1:] == (7,)
+            names = ROBOSUITE_OSC_NAMES if osc and key == "actions" else None
             feats.append(FeatureMap(name, (Part(key=key),), names=names))
+    if robosuite:
+        facts["gripper_meaning"] = "last action dimension: -1 = open, +1 = closed (robosuite)"
     facts.update(env_name=env.get("env_name", "unknown"), env_type=env_type, controller=controller,
                  fps_from="env_args.env_kwargs.control_freq" if kwargs.get("control_freq")
                  else "robosuite default control_freq (20 Hz)",
                  splits="mask/valid -> validation, otherwise train")
     robots = kwargs.get("robots", "")
-    return Mapping(format="hdf5", fps=fps, features=tuple(feats), name="robomimic",
+    return Mapping(format="hdf5", fps=float(kwargs.get("control_freq") or ROBOMIMIC_FPS),
+                   features=tuple(feats), name="robomimic",
                    robot=",".join(robots) if isinstance(robots, list) else str(robots),
                    gripper=ROBOSUITE_GRIPPER if robosuite else "unknown",
-                   action_space=f"{controller} actions normalised to [-1, 1]" if robosuite else "unknown",
+                   action_space=(f"{controller} actions normalised to [-1, 1]" if robosuite
+                                 else "unknown"),
                    episodes=EpisodesMap(files=Path(ref.file).name, group="data/demo_*"))

@@ -7,9 +7,10 @@ field of the message) for ``vladata convert rosbag``, or an HDF5 dataset key for
     version: 1
     format: rosbag                 # rosbag | hdf5
     name: my_arm                   # recorded as the store's source name
-    fps: 10                        # control rate (rosbag: the resampling rate; hdf5: the log's rate)
+    fps: 10                        # control rate (rosbag: resampled to it; hdf5: the log's rate)
     robot: franka                  # optional embodiment name
-    gripper: "1=open, 0=closed"    # optional: the gripper convention; "unknown" if not given
+    gripper: "0/1"                 # optional: "<closed>/<open>" values of the LAST action
+                                   #   dimension (0 = closed, 1 = open); default "unknown"
     action_space: "joint position targets"   # optional, free text recorded in the store
     split: train                   # optional split of every episode (default train)
     episodes:                      # hdf5 only
@@ -32,8 +33,10 @@ part. For HDF5 images ``encoding`` is ``raw`` (uint8 (T, H, W, 3)), ``jpeg`` or 
 encoded buffer per frame, zero padding after the image allowed), and ``channel_order`` says in
 which order the data holds the colours *as its decoder returns them*: ``rgb`` (default) or
 ``bgr`` (then channels are swapped to RGB; ALOHA's cv2-written JPEGs of RGB arrays are ``jpeg`` +
-``bgr``). Low-dim values are cast to ``dtype`` (default float32); ``index`` picks elements
-(a list of ints or ``"a:b"``).
+``bgr``). For ROS topics the message type and its ``encoding`` field decide the decoding and
+``channel_order: bgr`` swaps afterwards (for a stream whose label is wrong). Depth features
+(``observation.depth.<cam>``) are float32 (H, W). Low-dim values are cast to ``dtype`` (default
+float32); ``index`` picks elements (a list of ints or ``"a:b"``).
 
 Language: ``instruction`` is one sentence for every whole episode; ``topic`` (+ ``field``,
 default ``data``) or ``key`` (a per-frame string dataset) give per-frame text whose runs of the
@@ -123,8 +126,10 @@ class FeatureMap:
         d = {"parts": [p.to_dict() for p in self.parts], "dtype": self.dtype}
         if self.names is not None:
             d["names"] = list(self.names)
-        if self.kind == "image":
-            d.update(encoding=self.encoding, channel_order=self.channel_order)
+        if self.encoding != "raw":
+            d["encoding"] = self.encoding
+        if self.channel_order != "rgb":
+            d["channel_order"] = self.channel_order
         return d
 
 
@@ -199,7 +204,8 @@ def load_mapping(path: str | Path) -> Mapping:
     try:
         text = path.read_text()
     except OSError as e:
-        raise MappingError([f"cannot read the mapping file ({e.strerror or e})"], file=path) from None
+        raise MappingError([f"cannot read the mapping file ({e.strerror or e})"],
+                           file=path) from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -224,6 +230,10 @@ def parse_mapping(doc: object, *, file: object = None) -> Mapping:
     fps = doc.get("fps")
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
         errors.append(f"fps: expected a positive number (Hz), got {fps!r}")
+    gripper = doc.get("gripper", "unknown")
+    if gripper is not None and gripper != "unknown" and parse_gripper(gripper) is None:
+        errors.append(f"gripper: expected \"<closed>/<open>\" values of the last action dimension "
+                      f"(e.g. \"0/1\" or \"-1/1\") or \"unknown\", got {gripper!r}")
     strings = {}
     for k, default in (("name", "custom"), ("robot", ""), ("gripper", "unknown"),
                        ("action_space", "unknown"), ("split", "train")):
@@ -328,7 +338,8 @@ def _parse_feature(name: str, spec: object, fmt: object, where: str,
         opts = {k: v for k, v in spec.items() if k not in PART_KEYS}
         bad = set(opts) - FEATURE_KEYS
     for k in sorted(bad, key=str):
-        errors.append(f"{where}.{k}: unknown key (known: {', '.join(sorted(FEATURE_KEYS | PART_KEYS))})")
+        known = ", ".join(sorted(FEATURE_KEYS | PART_KEYS))
+        errors.append(f"{where}.{k}: unknown key (known: {known})")
     parts = []
     for j, p in enumerate(raw_parts):
         pw = f"{where}.parts[{j}]" if "parts" in spec else where
@@ -338,7 +349,8 @@ def _parse_feature(name: str, spec: object, fmt: object, where: str,
     fm = FeatureMap(name=name, parts=tuple(parts))
     kind = fm.kind
     names = opts.get("names")
-    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+    if names is not None and not (isinstance(names, list)
+                                  and all(isinstance(n, str) for n in names)):
         errors.append(f"{where}.names: expected a list of strings, got {names!r}")
         names = None
     encoding = opts.get("encoding", "raw")
@@ -355,7 +367,8 @@ def _parse_feature(name: str, spec: object, fmt: object, where: str,
             errors.append(f"{where}.dtype: images are uint8, got {dtype!r}")
             dtype = "uint8"
         if encoding not in ENCODINGS:
-            errors.append(f"{where}.encoding: expected one of {', '.join(ENCODINGS)}, got {encoding!r}")
+            errors.append(f"{where}.encoding: expected one of {', '.join(ENCODINGS)}, "
+                          f"got {encoding!r}")
         if fmt == "rosbag" and "encoding" in opts:
             errors.append(f"{where}.encoding: for rosbag the message type and its encoding field "
                           "decide; remove it")
@@ -424,6 +437,25 @@ def _parse_index(v: object, where: str, errors: list[str]) -> tuple[int, ...] | 
 
 
 # -- helpers shared by the mapping-driven readers ----------------------------------------------
+
+def parse_gripper(text: object) -> tuple[float, float] | None:
+    """``"<closed>/<open>"`` -> (closed, open), or None if it is not that form."""
+    m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*/\s*(-?\d+(?:\.\d+)?)\s*", str(text))
+    if not m or float(m.group(1)) == float(m.group(2)):
+        return None
+    return float(m.group(1)), float(m.group(2))
+
+
+def gripper_facts(convention: str, meaning: str | None = None) -> dict:
+    """The describe() entries of a gripper convention: ``gripper`` is ``"<closed>/<open>"`` of
+    the last action dimension (what the store's action normalisation reads) or None when unknown
+    or not a single last dimension; ``gripper_meaning`` says it in words, "unknown" if unknown."""
+    known = parse_gripper(convention) if convention != "unknown" else None
+    if meaning is None:
+        meaning = (f"last action dimension: {known[0]:g} = closed, {known[1]:g} = open" if known
+                   else "unknown")
+    return {"gripper": convention if known else None, "gripper_meaning": meaning}
+
 
 def decode_image(buf: bytes | np.ndarray, encoding: str, channel_order: str = "rgb") -> np.ndarray:
     """Decode one JPEG/PNG buffer to uint8 (H, W, 3) in RGB, given the data's channel order.

@@ -168,7 +168,7 @@ def action_normalization(dim: int, source_info: dict) -> Normalization:
     convention gets every dimension normalised.
     """
     convention = source_info.get("gripper")
-    if not convention or dim < 2:
+    if not convention or convention == "unknown" or dim < 2:
         return Normalization()
     return Normalization.for_action(dim=dim, gripper=GripperConvention(source=convention,
                                                                        target="-1/1", dim=dim - 1))
