@@ -10,11 +10,8 @@ from vladata.episode import Episode, EpisodeInfo, FeatureSpec, Segment, Source, 
 from vladata.errors import (IncompleteStoreError, NonFiniteError, SourceFormatError, StatsError,
                             StoreError, UnsafePickleError, VladataError)
 # bound after the submodule import on purpose: `vladata.normalize` is the function
-try:  # TEMPORARY while vladata/normalize.py and tokenize.py are being written (lead removes)
-    from vladata.normalize import Normalization, denormalize, normalize  # noqa: E402
-    from vladata.tokenize import ActionTokenizer  # noqa: E402
-except ImportError:
-    pass
+from vladata.normalize import Normalization, denormalize, normalize  # noqa: E402
+from vladata.tokenize import ActionTokenizer  # noqa: E402
 
 __version__ = "0.1.0"
 

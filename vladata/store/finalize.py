@@ -67,7 +67,7 @@ def update_accumulators(accs: dict, frames: dict[str, np.ndarray], in_stats: np.
         return
     for name, acc in accs.items():
         x = frames[name][in_stats]
-        acc.update(x.reshape(len(x), -1))
+        acc.update(x if isinstance(acc, ImageStatsAccumulator) else x.reshape(len(x), -1))
 
 
 def save_accumulators(path: Path, accs: dict) -> None:
@@ -148,7 +148,7 @@ def _finish(out: Path, features, merged: dict, mask: np.ndarray, stats_split: st
             ref.update(x[mask[b:b + len(x)]].reshape(-1, acc.dim))
         stats[name] = ref.result()
     doc = stats_to_json(stats, split=stats_split, quantiles=quantiles,
-                        extra={"images": image_stats} if image_stats else None)
+                        images=image_stats or None)
     _atomic_json(out / "meta" / "stats.json", doc)
     attrs = dict(root.attrs["vlakit"])
     attrs["stats_split"] = stats_split
@@ -225,8 +225,7 @@ def _old_image_stats(out: Path) -> dict:
     p = out / "meta" / "stats.json"
     if not p.exists():
         return {}
-    doc = json.loads(p.read_text())
-    return (doc.get("extra") or {}).get("images", {})
+    return stats_from_json(json.loads(p.read_text()))[1].get("images") or {}
 
 
 def _atomic_json(path: Path, obj) -> None:
