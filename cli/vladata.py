@@ -104,7 +104,9 @@ def stats(path, quantiles, as_json):
 
 def _register() -> None:
     """The commands of the other source readers, each defined beside its own flags."""
-    from cli import convert_real
+    from cli import convert_oxe, convert_real
+    convert.add_command(convert_oxe.command)
+    sample.add_command(convert_oxe.sample_command)
     for cmd in convert_real.commands:
         convert.add_command(cmd)
     for cmd in convert_real.sample_commands:

@@ -120,7 +120,7 @@ def recompute(path: str | os.PathLike, quantiles=(0.01, 0.99)) -> dict:
     in_stats = np.asarray([stats_split == "all" or s == stats_split for s in splits])
     mask = _row_mask(starts, lengths, in_stats)
     merged = {}
-    for name in _stat_features(features):
+    for name in stat_features(features):
         acc = StatsAccumulator(int(np.prod(features[name].shape)), name=name)
         for b, x in _blocks(root[f"{layout.DATA}/{name}"]):
             if not np.isfinite(x).all():
@@ -207,7 +207,7 @@ def _derived_feature_attrs(action: FeatureSpec) -> dict:
 
 # -- helpers -----------------------------------------------------------------------------------
 
-def _stat_features(features: dict[str, FeatureSpec]) -> list[str]:
+def stat_features(features: dict[str, FeatureSpec]) -> list[str]:
     return [n for n, s in features.items() if s.kind == "lowdim" and n not in (NORM_KEY, TOKENS_KEY)
             and np.issubdtype(np.dtype(s.dtype), np.floating)]
 

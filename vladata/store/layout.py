@@ -11,6 +11,8 @@ A store is one Zarr v3 group, readable by any Zarr v3 reader (``zarr.open_group(
                                    image, jpeg: 1-d vlen-bytes array (N,), one JPEG per element,
                                      chunks (1,) inside shards of IMAGE_SHARD frames; attributes
                                      {"encoding": "jpeg", "frame_shape": [H, W, C]}
+                                   depth, and any feature over FRAME_CHUNK_ABOVE values a
+                                     frame: per-frame chunks in shards, as raw images
                                    low-dim: chunks (BLOCK, D), no sharding
       data/action.norm           float32 (N, A): normalised ``action`` (written at finalize)
       data/action.tokens         int32 (N, A): token ids of ``action.norm`` (written at finalize)
@@ -48,6 +50,7 @@ READABLE_VERSIONS = (1,)
 IMAGE_SHARD = 64     # frames per image shard file
 BLOCK = 1024         # rows per low-dim chunk; parts are multiples of it
 IMAGE_CODECS = ("raw", "lz4", "jpeg")
+FRAME_CHUNK_ABOVE = 4096  # values per frame above which a non-image feature gets per-frame chunks
 
 META = "meta"
 DATA = "data"
@@ -61,9 +64,14 @@ def storage_for(spec: FeatureSpec, image_codec: str) -> dict:
         if image_codec not in IMAGE_CODECS:
             raise ValueError(f"image codec {image_codec!r} is not one of {IMAGE_CODECS}")
         return {"codec": image_codec, "chunk_frames": 1, "shard_frames": IMAGE_SHARD}
-    if spec.kind == "depth":
+    if spec.kind == "depth" or int(np.prod(spec.shape)) > FRAME_CHUNK_ABOVE:
         return {"codec": "raw", "chunk_frames": 1, "shard_frames": IMAGE_SHARD}
     return {"codec": "raw", "chunk_frames": BLOCK, "shard_frames": None}
+
+
+def is_blocked(storage: dict) -> bool:
+    """True for features chunked in BLOCK-row chunks (low-dim), False for per-frame shards."""
+    return not storage["shard_frames"]
 
 
 def create_array(group: zarr.Group, name: str, spec: FeatureSpec, n: int, storage: dict,

@@ -281,9 +281,9 @@ def _write_part(job: _PartJob, k: int, rows: tuple[int, int], report=None) -> No
     arrays = {name: data[name] for name in job.features}
     shard_writers = {name: ShardWriter(arr, out / layout.DATA / name)
                      for name, arr in arrays.items()
-                     if job.features[name].kind != "lowdim" and can_write(arr)}
-    lowdim = [n for n, s in job.features.items() if s.kind == "lowdim"]
-    stat_feats = [n for n in lowdim if np.issubdtype(np.dtype(job.features[n].dtype), np.floating)]
+                     if not layout.is_blocked(job.storage[name]) and can_write(arr)}
+    lowdim = [n for n in job.features if layout.is_blocked(job.storage[n])]
+    stat_feats = finalize.stat_features(job.features)
     accs = finalize.new_accumulators(job.features, stat_feats, image_stats=job.image_stats)
     block = {n: np.empty((layout.BLOCK, *job.features[n].shape), job.features[n].dtype)
              for n in lowdim}
@@ -296,7 +296,7 @@ def _write_part(job: _PartJob, k: int, rows: tuple[int, int], report=None) -> No
             finalize.check_finite(frames, stat_feats, job, r)
             images = {}
             for name, arr in frames.items():
-                if job.features[name].kind == "lowdim":
+                if name in block:
                     block[name][r - block_lo:r2 - block_lo] = arr
                 else:
                     images[name] = _encode_frames(arr, job.storage[name], job.jpeg_quality)

@@ -93,8 +93,10 @@ class Record:
             if lf.is_bytes:
                 per = lf.size if lf.kind == "text" and lf.shape else 1  # string Tensor
                 if per < 0 or len(vals) != steps * per:
-                    raise self.error(f"expected {steps * per} entries ({per} per step, T={T} "
-                                     f"from steps/is_first), got {len(vals)}", lf.key)
+                    raise self.error((f"expected {steps * per} entries ({per} per step, T={T} "
+                                      "from steps/is_first)" if lf.in_steps else
+                                      f"expected {per} entry for the episode") +
+                                     f", got {len(vals)}", lf.key)
                 if lf.kind == "image":
                     for t, buf in enumerate(vals):
                         if not (buf[:2] == JPEG_MAGIC or buf[:4] == PNG_MAGIC):

@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 ACTION_NAMES = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
-GRIPPER_CONVENTION = "1=open,0=close"
+GRIPPER_CONVENTION = "0/1"  # "<closed>/<open>" (vladata.normalize): 1 = open, 0 = closed
 ROLES = ("primary", "secondary", "wrist")
 
 
@@ -190,7 +190,7 @@ OXE_TABLE: dict[str, OxeConfig] = {
         state_names=_EULER, state_encoding="pos_euler", action=bridge_orig_action,
         action_encoding="EEF delta xyz + delta rpy relabelled from state[t+1]-state[t], "
                         "gripper = binarize(action[6])",
-        language="language_instruction", trim=(1, 1),
+        language="language_instruction", language_embedding="language_embedding", trim=(1, 1),
         notes="first step (all-zero action) and last step (no next state) dropped, as OpenVLA"),
     "taco_play": OxeConfig(
         fps=15.0, robot="Franka Panda",

@@ -48,6 +48,10 @@ class CorruptRecordError(RecordError):
     """A CRC does not match: the record's bytes are damaged."""
 
 
+class CorruptLengthError(CorruptRecordError):
+    """The CRC of a record's length field does not match: nothing after it can be framed."""
+
+
 class TruncatedRecordError(RecordError):
     """The file ends inside a record."""
 
@@ -86,7 +90,7 @@ def _length(head: bytes, path, index: int, offset: int, verify: bool) -> int:
                                    "bytes)", file=path, record=index, offset=offset)
     (length,) = struct.unpack_from("<Q", head, 0)
     if verify and struct.unpack_from("<I", head, 8)[0] != masked_crc(head[:8]):
-        raise CorruptRecordError("CRC mismatch in the record's length field (the length cannot "
+        raise CorruptLengthError("CRC mismatch in the record's length field (the length cannot "
                                  "be trusted, so the rest of the shard is unreadable)",
                                  file=path, record=index, offset=offset)
     return length
