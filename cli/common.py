@@ -40,6 +40,32 @@ def fails_cleanly(f):
     return wrapper
 
 
+def tokenizer_options() -> list:
+    """Flags choosing the token-id layout of the stored action tokens."""
+    return [
+        click.option("--token-layout", type=click.Choice(["offset", "openvla", "robovlms"]),
+                     default=None, help="Token ids: offset (bin + 10, default), openvla "
+                     "(vocab_size - 1 - bin), robovlms (as RoboVLMs computes them)."),
+        click.option("--vocab-size", type=click.IntRange(1), default=None,
+                     help="The language model tokenizer's vocab_size (openvla, robovlms)."),
+        click.option("--n-special", type=click.IntRange(0), default=None,
+                     help="RoboVLMs: the number of special tokens of its tokenizer."),
+        click.option("--bins", type=click.IntRange(2), default=256, show_default=True),
+    ]
+
+
+def make_tokenizer(token_layout=None, vocab_size=None, n_special=None, bins=256):
+    """The ActionTokenizer the flags ask for, or None for the default / the store's own."""
+    if token_layout is None and vocab_size is None and n_special is None and bins == 256:
+        return None
+    from vladata.tokenize import ActionTokenizer
+    try:
+        return ActionTokenizer(bins=bins, layout=token_layout or "offset", vocab_size=vocab_size,
+                               n_special=n_special)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 def convert_options(f):
     """The options every ``vladata convert <source>`` command takes."""
     options = [
@@ -56,6 +82,7 @@ def convert_options(f):
         click.option("--quantiles", default=None, metavar="[Q,...]",
                      help="Quantiles to compute, default [0.01,0.99]."),
         click.option("--image-stats", is_flag=True, help="Also per-channel image mean/std."),
+        *tokenizer_options(),
         click.option("--format", "fmt", type=click.Choice(["zarr", "wds"]), default="zarr",
                      show_default=True,
                      help="zarr: the random-access store; wds: also WebDataset shards in OUT/wds."),
@@ -68,14 +95,16 @@ def convert_options(f):
 
 def run_convert(source, out: str, *, workers=1, resume=False, overwrite=False, image_codec="raw",
                 jpeg_quality=90, part_frames=None, quantiles=None, image_stats=False, fmt="zarr",
-                as_json=False) -> None:
+                as_json=False, token_layout=None, vocab_size=None, n_special=None,
+                bins=256) -> None:
     """Convert ``source`` to a store at ``out`` and print the summary (the convert commands' body)."""
     from vladata.store.writer import convert
     try:
         summary = convert(source, out, workers=workers, resume=resume, overwrite=overwrite,
                           image_codec=image_codec, jpeg_quality=jpeg_quality,
                           part_frames=part_frames, quantiles=parse_quantiles(quantiles),
-                          image_stats=image_stats, progress=not as_json)
+                          image_stats=image_stats, progress=not as_json,
+                          tokenizer=make_tokenizer(token_layout, vocab_size, n_special, bins))
         if fmt == "wds":
             from pathlib import Path
 

@@ -6,7 +6,14 @@ import json
 
 import click
 
-from cli.common import convert_options, fails_cleanly, parse_quantiles, run_convert
+from cli.common import (convert_options, fails_cleanly, make_tokenizer, parse_quantiles,
+                        run_convert, tokenizer_options)
+
+
+def tokenizer_flags(f):
+    for opt in reversed(tokenizer_options()):
+        f = opt(f)
+    return f
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,15 +91,16 @@ def inspect(path, as_json):
 @click.option("--quantiles", default=None, metavar="[Q,...]",
               help="Quantiles, e.g. [0.01,0.05,0.95,0.99] (default [0.01,0.99]).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@tokenizer_flags
 @fails_cleanly
-def stats(path, quantiles, as_json):
+def stats(path, quantiles, as_json, **tok):
     """Recompute exact statistics of PATH; rewrite meta/stats.json and the normalised actions."""
     import vladata
     from vladata.stats import stats_to_json
     from vladata.store.finalize import recompute
     vladata.open(path)  # refuses an incomplete store
     qs = parse_quantiles(quantiles)
-    result = recompute(path, qs)
+    result = recompute(path, qs, tokenizer=make_tokenizer(**tok))
     if as_json:
         click.echo(json.dumps(stats_to_json(result, split=vladata.open(path).info["stats_split"],
                                             quantiles=qs), indent=1))

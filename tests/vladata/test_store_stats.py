@@ -108,3 +108,31 @@ def test_image_statistics_on_request(calvin_raw, tmp_path):
     x = _train_rows(ds, "observation.images.rgb_static").astype(np.float64) / 255.0
     np.testing.assert_allclose(img["mean"], x.reshape(-1, 3).mean(0), rtol=1e-9)
     np.testing.assert_allclose(img["std"], x.reshape(-1, 3).std(0), rtol=1e-7)
+
+
+@pytest.mark.parametrize("flags,lo,hi", [
+    (["--token-layout", "openvla", "--vocab-size", "32000"], 32000 - 256, 31999),
+    (["--token-layout", "robovlms", "--vocab-size", "32000", "--n-special", "3"], None, None),
+])
+def test_token_layout_is_a_recorded_choice(calvin_store, tmp_path, flags, lo, hi):
+    store = tmp_path / "s.vla"
+    shutil.copytree(calvin_store, store)
+    r = CliRunner().invoke(cli, ["stats", str(store), *flags])
+    assert r.exit_code == 0, r.output
+    ds = vladata.open(store)
+    tok = vladata.ActionTokenizer.from_dataset(ds)
+    assert tok.layout == flags[1] and tok.vocab_size == 32000
+    ids = ds.array("action.tokens")[:]
+    vlo, vhi = tok.vocab_range()
+    assert vlo <= ids.min() and ids.max() <= vhi
+    if lo is not None:
+        assert (vlo, vhi) == (lo, hi)
+    np.testing.assert_allclose(tok.decode(ids), ds.array("action.norm")[:], atol=1 / tok.bins + 1e-6)
+    # a later `vladata stats` without flags keeps the recorded layout
+    assert CliRunner().invoke(cli, ["stats", str(store)]).exit_code == 0
+    assert vladata.ActionTokenizer.from_dataset(vladata.open(store)) == tok
+
+
+def test_bad_token_layout_flags_are_refused(calvin_store):
+    r = CliRunner().invoke(cli, ["stats", str(calvin_store), "--token-layout", "openvla"])
+    assert r.exit_code != 0 and "vocab_size" in r.output

@@ -96,7 +96,7 @@ def load_accumulators(path: Path) -> dict:
 
 def finish(out: Path, features: dict[str, FeatureSpec], parts, starts: np.ndarray,
            lengths: np.ndarray, in_stats: np.ndarray, stats_split: str, quantiles,
-           source_info: dict) -> dict:
+           source_info: dict, tokenizer: ActionTokenizer | None = None) -> dict:
     """Merge the parts' statistics, finish them exactly, write stats.json and action arrays."""
     merged: dict = {}
     for k in range(len(parts)):
@@ -104,11 +104,15 @@ def finish(out: Path, features: dict[str, FeatureSpec], parts, starts: np.ndarra
                                            f"part-{k:05d}.stats.npz").items():
             merged[name] = acc if name not in merged else merged[name].merge(acc)
     return _finish(out, features, merged, _row_mask(starts, lengths, in_stats), stats_split,
-                   quantiles, source_info)
+                   quantiles, source_info, tokenizer=tokenizer)
 
 
-def recompute(path: str | os.PathLike, quantiles=(0.01, 0.99)) -> dict:
-    """Recompute a finished store's statistics (both passes) and rewrite the derived arrays."""
+def recompute(path: str | os.PathLike, quantiles=(0.01, 0.99),
+              tokenizer: ActionTokenizer | None = None) -> dict:
+    """Recompute a finished store's statistics (both passes) and rewrite the derived arrays.
+
+    ``tokenizer`` replaces the recorded token layout; by default the store's own is kept.
+    """
     out = Path(path)
     root = zarr.open_group(out, mode="r+")
     attrs = dict(root.attrs["vlakit"])
@@ -129,13 +133,16 @@ def recompute(path: str | os.PathLike, quantiles=(0.01, 0.99)) -> dict:
             acc.update(x[mask[b:b + len(x)]].reshape(-1, acc.dim))
         merged[name] = acc
     images = _old_image_stats(out)
+    if tokenizer is None and attrs.get("tokenizer"):
+        tokenizer = ActionTokenizer.from_dict(attrs["tokenizer"])
     stats = _finish(out, features, merged, mask, stats_split, quantiles,
-                    attrs.get("source_info", {}), images=images)
+                    attrs.get("source_info", {}), images=images, tokenizer=tokenizer)
     return stats
 
 
 def _finish(out: Path, features, merged: dict, mask: np.ndarray, stats_split: str, quantiles,
-            source_info: dict, images: dict | None = None) -> dict:
+            source_info: dict, images: dict | None = None,
+            tokenizer: ActionTokenizer | None = None) -> dict:
     root = zarr.open_group(out, mode="r+")
     stats: dict[str, dict[str, np.ndarray]] = {}
     image_stats = dict(images or {})
@@ -153,7 +160,8 @@ def _finish(out: Path, features, merged: dict, mask: np.ndarray, stats_split: st
     attrs = dict(root.attrs["vlakit"])
     attrs["stats_split"] = stats_split
     if "action" in stats and features["action"].kind == "lowdim" and len(features["action"].shape) == 1:
-        norm, tok = write_action_arrays(root, features["action"], stats["action"], source_info)
+        norm, tok = write_action_arrays(root, features["action"], stats["action"], source_info,
+                                        tokenizer or ActionTokenizer())
         attrs["normalization"], attrs["tokenizer"] = norm.to_dict(), tok.to_dict()
         attrs["features"] = {**attrs["features"], **_derived_feature_attrs(features["action"])}
     root.attrs["vlakit"] = attrs
@@ -174,10 +182,10 @@ def action_normalization(dim: int, source_info: dict) -> Normalization:
                                                                        target="-1/1", dim=dim - 1))
 
 
-def write_action_arrays(root: zarr.Group, spec: FeatureSpec, stats: dict, source_info: dict):
+def write_action_arrays(root: zarr.Group, spec: FeatureSpec, stats: dict, source_info: dict,
+                        tok: ActionTokenizer):
     dim = spec.shape[0]
     norm = action_normalization(dim, source_info)
-    tok = ActionTokenizer()
     data = root[layout.DATA]
     src = data["action"]
     n = src.shape[0]

@@ -78,8 +78,12 @@ class Summary:
 def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume: bool = False,
             overwrite: bool = False, image_codec: str = "raw", part_frames: int | None = None,
             quantiles: tuple[float, ...] = (0.01, 0.99), jpeg_quality: int = 90,
-            image_stats: bool = False, progress: bool = True) -> Summary:
-    """Write ``source`` to a store at ``out``; see the module docstring. Returns a summary."""
+            image_stats: bool = False, tokenizer=None, progress: bool = True) -> Summary:
+    """Write ``source`` to a store at ``out``; see the module docstring. Returns a summary.
+
+    ``tokenizer`` (a :class:`vladata.tokenize.ActionTokenizer`) sets the token-id layout of the
+    stored ``action.tokens``; the default is 256 bins, ids ``bin + 10``.
+    """
     t0 = time.perf_counter()
     out = Path(out)
     _prepare_output(out, resume=resume, overwrite=overwrite)
@@ -117,7 +121,7 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
                already=sum(parts[k][1] - parts[k][0] for k in done), progress=progress)
 
     stats = finalize.finish(out, features, parts, starts, job.lengths, job.in_stats, stats_split,
-                            quantiles, source.describe())
+                            quantiles, source.describe(), tokenizer=tokenizer)
     skipped = list(getattr(source, "skipped", lambda: [])())
     summary = Summary(path=str(out), episodes=len(plan), frames=n,
                       segments=sum(len(ep.segments) for ep in plan), bytes=_du(out),
