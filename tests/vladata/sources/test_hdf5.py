@@ -16,7 +16,8 @@ import vladata
 from tests.vladata.sources.conformance import SourceConformance
 from vladata.errors import SourceFormatError
 from vladata.samples import hdf5 as samples
-from vladata.sources.hdf5 import ALOHA_NAMES, Hdf5Source, natural_key
+from vladata.sources.hdf5 import Hdf5Source, natural_key
+from vladata.sources.hdf5_layouts import ALOHA_NAMES
 from vladata.sources.mapping import MappingError
 from vladata.store.writer import convert
 
