@@ -85,7 +85,8 @@ def convert_options(f):
         *tokenizer_options(),
         click.option("--format", "fmt", type=click.Choice(["zarr", "wds"]), default="zarr",
                      show_default=True,
-                     help="zarr: the random-access store; wds: also WebDataset shards in OUT/wds."),
+                     help="zarr: the random-access store; wds: also WebDataset shards in OUT/wds "
+                          "(256-frame episode pieces; `vladata export` for other choices)."),
         click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
     ]
     for opt in reversed(options):
@@ -110,7 +111,7 @@ def run_convert(source, out: str, *, workers=1, resume=False, overwrite=False, i
 
             import vladata
             from vladata.stream import export_wds
-            export_wds(vladata.open(out), Path(out) / "wds")
+            export_wds(vladata.open(out), str(Path(out) / "wds"), samples=256)
     except VladataError as e:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:

@@ -53,7 +53,7 @@ def sample():
 
 @sample.command("calvin")
 @click.argument("out", type=click.Path())
-@click.option("--train-segments", default=3, show_default=True)
+@click.option("--train-segments", default=8, show_default=True)
 @click.option("--val-segments", default=2, show_default=True)
 @click.option("--frames", default="180,260", show_default=True, help="Segment length range.")
 @click.option("--image-size", default="200,84", show_default=True,
@@ -112,7 +112,8 @@ def stats(path, quantiles, as_json, **tok):
 
 def _register() -> None:
     """The commands of the other source readers, each defined beside its own flags."""
-    from cli import convert_oxe, convert_real
+    from cli import convert_oxe, convert_real, export
+    main.add_command(export.command)
     convert.add_command(convert_oxe.command)
     sample.add_command(convert_oxe.sample_command)
     for cmd in convert_real.commands:

@@ -89,7 +89,10 @@ def test_language_segments_map_to_episode_offsets(calvin_raw, calvin_store):
             np.testing.assert_array_equal(np.asarray(rows["embedding"][0], np.float32),
                                           ann["language"]["emb"][j][0])
     assert seg.height == n_expected
-    # windows overlap and frames are stored once
+    # windows overlap (as CALVIN's do) and frames are stored once
+    rows = list(seg.iter_rows(named=True))
+    assert any(a["episode_index"] == b["episode_index"] and a["start"] <= b["end"]
+               and b["start"] <= a["end"] for i, a in enumerate(rows) for b in rows[i + 1:])
     assert ds.num_frames == int(ds.episodes["length"].sum())
 
 
@@ -343,3 +346,16 @@ def test_sample_command_writes_the_real_layout(tmp_path):
         assert (d / "lang_annotations/auto_lang_ann.npy").exists()
     assert (tmp_path / "s/training/scene_info.npy").exists()
     assert not (tmp_path / "s/validation/scene_info.npy").exists()
+
+
+def test_convert_can_also_write_the_streaming_form(calvin_raw, tmp_path):
+    out = tmp_path / "w.vla"
+    r = CliRunner().invoke(cli, ["convert", "calvin", str(calvin_raw), str(out), "--format", "wds",
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    index = json.loads((out / "wds" / "index.json").read_text())
+    assert index and list((out / "wds").glob("*.tar"))
+    from vladata.stream import WindowStream
+    stream = WindowStream(str(out / "wds"), history=2, chunk=3, batch_size=4)
+    batch = next(iter(stream.loader()))
+    assert batch["action"].shape[1:] == (2, 3, 7)

@@ -4,10 +4,11 @@ What is faithful (see ../shared/reference/formats.md, section 1): one ``episode_
 frame written with ``np.savez_compressed``, float64 low-dim arrays, 7-digit global frame ids with
 gaps between teleop segments, ``ep_start_end_ids.npy`` with inclusive ends, ``ep_lens.npy``,
 pickled ``scene_info.npy`` (training only) and ``auto_lang_ann.npy`` (overlapping ~64-frame
-language windows, stored lengths 33-64, (N, 1, 384) float32 embeddings), hydra-style
+language windows of at most 64 frames, (N, 1, 384) float32 embeddings), hydra-style
 ``statistics.yaml``; validation uses a different frame-id range.
 
-What is synthetic: the scene. The gripper moves smoothly towards a per-task goal; ``actions`` is
+What is synthetic: the scene. The gripper moves smoothly towards a per-task goal position and
+orientation; ``actions`` is
 the next frame's TCP pose and ``rel_actions`` follows CALVIN's formula from it, so actions are a
 learnable function of the images (goal and gripper drawn as blobs) and the instruction.
 """
@@ -33,6 +34,11 @@ GOALS = {  # tcp xyz goal per task (metres)
     "open_drawer": (0.10, -0.20, 0.45), "push_red_block_left": (-0.15, -0.05, 0.50),
     "turn_on_lightbulb": (0.20, 0.10, 0.55), "lift_blue_block_table": (-0.05, 0.15, 0.60),
     "move_slider_right": (0.15, -0.10, 0.62),
+}
+ROT_GOALS = {  # tcp euler-xyz goal per task (radians)
+    "open_drawer": (0.10, -0.05, 1.50), "push_red_block_left": (-0.08, 0.06, 1.65),
+    "turn_on_lightbulb": (0.05, 0.10, 1.45), "lift_blue_block_table": (-0.10, -0.08, 1.70),
+    "move_slider_right": (0.08, 0.02, 1.60),
 }
 TRAIN_FIRST_ID = 358482   # the debug set's first training frame id
 VAL_FIRST_ID = 553567     # ... and its first validation frame id
@@ -81,18 +87,20 @@ def _segment(rng, n: int, start_pos: np.ndarray, tasks: list[str]):
         goal = np.asarray(GOALS[task])
         step = np.clip(goal - pos[t, :3], -0.015, 0.015)
         pos[t + 1, :3] = pos[t, :3] + step + rng.normal(0, 0.0005, 3)
-        pos[t + 1, 3:] = pos[t, 3:] + rng.normal(0, 0.004, 3)
+        rgoal = np.asarray(ROT_GOALS[task])
+        pos[t + 1, 3:] = (pos[t, 3:] + np.clip(rgoal - pos[t, 3:], -0.015, 0.015)
+                          + rng.normal(0, 0.001, 3))
         grip[t + 1] = -1.0 if np.linalg.norm(goal - pos[t + 1, :3]) < 0.03 else 1.0
         task_of.append(task)
     return pos, grip, task_of
 
 
-def write_sample(out: str | Path, *, train_segments: int = 3, val_segments: int = 2,
+def write_sample(out: str | Path, *, train_segments: int = 8, val_segments: int = 2,
                  frames_per_segment: tuple[int, int] = (180, 260), static_size: int = 200,
                  gripper_size: int = 84, seed: int = 0, depth: bool = True) -> Path:
     """Write a CALVIN-layout dataset to ``out`` (the split root) and return it.
 
-    Defaults give ~1,100 frames at the real image sizes; tests pass smaller sizes.
+    Defaults give ~2,200 frames at the real image sizes; tests pass smaller sizes.
     """
     out = Path(out)
     rng = np.random.default_rng(seed)
@@ -135,20 +143,25 @@ def write_sample(out: str | Path, *, train_segments: int = 3, val_segments: int 
                 np.savez_compressed(frame_path(d, fid + t), **frame)
                 robot_all.append(robot_obs)
             ranges.append((fid, fid + n - 1))
-            # language windows: 64-frame windows ending where a task's run ends, trimmed at random
+            # language windows: per task run, its last <= 64 frames, plus (runs over 40 frames) a
+            # shorter window inside it with the other phrasing -- overlapping, as CALVIN's are
             t = 0
             while t < n:
                 task = task_of[t]
                 run_end = t
                 while run_end + 1 < n and task_of[run_end + 1] == task:
                     run_end += 1
-                length = int(rng.integers(33, 65))
-                a = max(0, run_end - length + 1)
-                indx.append((fid + a, fid + run_end))
-                text = TASKS[task][int(rng.integers(0, 2))]
-                ann.append(text)
-                ann_task.append(task)
-                ann_emb.append(_embedding(text)[None])
+                a = max(t, run_end - 63)  # the task's run, at most CALVIN's 64-frame window
+                phrasing = int(rng.integers(0, 2))
+                windows = [(a, run_end, phrasing)]
+                if run_end - a + 1 > 40:
+                    windows.append((run_end - int(rng.integers(33, run_end - a + 1)) + 1,
+                                    run_end - int(rng.integers(0, 4)), 1 - phrasing))
+                for wa, wb, k in windows:
+                    indx.append((fid + wa, fid + wb))
+                    ann.append(TASKS[task][k])
+                    ann_task.append(task)
+                    ann_emb.append(_embedding(TASKS[task][k])[None])
                 t = run_end + 1
             fid += n + int(rng.integers(5, 40))  # a gap of missing ids between segments
         ids = np.asarray(ranges, dtype=np.int64)

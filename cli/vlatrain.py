@@ -1,0 +1,82 @@
+"""The ``vlatrain`` command: train a policy on a vlakit store, resume a run, evaluate a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from vladata.errors import VladataError
+
+
+def _fail(e: Exception):
+    raise click.ClickException(str(e)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Train vision-language-action policies on vlakit stores."""
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1)
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
+              help="Continue the run in this directory from its latest checkpoint.")
+def run(args, resume_dir):
+    """Train: CONFIG [key=value ...], or --resume RUN_DIR [key=value ...].
+
+    \b
+    vlatrain run configs/calvin.yaml data.path=calvin.vla train.steps=300 out=runs/calvin
+    vlatrain run --resume runs/calvin train.steps=600
+    """
+    from vlatrain.config import load_config, parse_overrides
+    from vlatrain.recipes.train import resume_config
+    from vlatrain.recipes.train import run as train_run
+    try:
+        if resume_dir is not None:
+            cfg = resume_config(resume_dir, parse_overrides(args))
+        else:
+            if not args or "=" in args[0]:
+                raise click.UsageError("give a config file first: vlatrain run CONFIG [key=value ...]")
+            cfg = load_config(args[0], parse_overrides(args[1:]))
+        out = train_run(cfg, resume=resume_dir is not None)
+    except (VladataError, ValueError, OSError) as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: continue with `vlatrain run --resume RUN_DIR`", err=True)
+        sys.exit(130)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+        click.echo(f"run directory: {out}")
+
+
+@main.command("eval")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--data", "data_path", required=True, type=click.Path(exists=True),
+              help="The store to evaluate on.")
+@click.option("--split", default=None, help="Split to evaluate (default: the run's data.val_split).")
+@click.option("--batches", type=click.IntRange(1), default=None,
+              help="Evaluate only this many batches (default: the whole split).")
+@click.option("--batch-size", type=click.IntRange(1), default=None)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def evaluate(checkpoint, data_path, split, batches, batch_size, device, as_json):
+    """Evaluate CHECKPOINT on the validation split of the store at --data."""
+    from vlatrain.evaluate import format_report
+    from vlatrain.recipes.evaluate import evaluate_checkpoint
+    try:
+        metrics, spec = evaluate_checkpoint(checkpoint, data_path, split=split, batches=batches,
+                                            batch_size=batch_size, device=device)
+    except (VladataError, ValueError, OSError) as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=1))
+        return
+    click.echo(f"{checkpoint} (step {metrics['step']}) on {data_path}")
+    click.echo(format_report(metrics, spec.action_names))
+
+
+if __name__ == "__main__":
+    main()

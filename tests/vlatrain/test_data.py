@@ -1,0 +1,76 @@
+"""vlatrain/data.py against a real store: spec, loaders, units, and what it refuses."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import vladata
+from vladata.errors import StoreError
+from vladata.tokenize import ActionTokenizer
+from vlatrain import data
+from vlatrain.config import load_config
+from vlatrain.spec import DataSpec
+
+
+def cfg_for(store, *overrides):
+    return load_config(None, [f"data.path={store}", "data.batch_size=8", "data.num_workers=0",
+                              "eval.batch_size=16", *overrides])
+
+
+def test_spec_of_a_calvin_store(calvin_store):
+    ds = vladata.open(calvin_store)
+    spec = data.spec_from_store(ds, cfg_for(calvin_store, "data.state_dims=[0, 1, 2, 14]").data)
+    assert spec.cameras == ("rgb_static", "rgb_gripper")
+    assert spec.image_shapes == {"rgb_static": (32, 32, 3), "rgb_gripper": (24, 24, 3)}
+    assert spec.action_dim == 7 and spec.gripper_dims == (6,) and spec.arm_dims == tuple(range(6))
+    assert spec.action_names[0] == "dx" and spec.language_dim == 384
+    assert spec.state_dim == 4 and spec.state_index == (0, 1, 2, 14)
+    assert spec.state_mean[3] == pytest.approx(float(ds.stats["observation.state"]["mean"][14]))
+    tok = ActionTokenizer.from_dataset(ds)
+    assert spec.token_ids == tuple(int(i) for i in tok.id_of_bin(np.arange(tok.bins)))
+    assert DataSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_loaders_yield_the_documented_batch(calvin_store):
+    cfg = cfg_for(calvin_store)
+    ds = vladata.open(calvin_store)
+    loader = data.train_loader(ds, cfg, rank=0, world_size=1, pin_memory=False)
+    batch = next(iter(loader))
+    assert batch["observation.images.rgb_static"].shape == (8, 1, 32, 32, 3)
+    assert batch["action"].shape == (8, 1, 10, 7) and batch["action_mask"].dtype == torch.bool
+    val, restart = data.val_loader(ds, cfg)
+    first = next(iter(val))["index"].clone()
+    next(iter(val))
+    restart()
+    assert torch.equal(next(iter(val))["index"], first)  # every evaluation sees the same batches
+
+
+def test_action_units_undo_the_normalisation(calvin_store):
+    ds = vladata.open(calvin_store)
+    units = data.action_units(ds, torch.device("cpu"))
+    raw = np.asarray(ds.array("action")[:20])
+    norm = torch.from_numpy(np.asarray(ds.array("action.norm")[:20]))
+    back = units.to_units(norm).numpy()
+    inside = (raw >= ds.stats["action"]["q01"]) & (raw <= ds.stats["action"]["q99"])
+    assert np.allclose(back[inside], raw[inside], atol=1e-5)
+    assert torch.allclose(units.mean, torch.tensor(ds.stats["action"]["mean"], dtype=torch.float32))
+    assert units.mean_norm[6].abs() == 1  # the gripper side of the mean action
+
+
+def test_what_data_refuses(calvin_store):
+    ds = vladata.open(calvin_store)
+    with pytest.raises(StoreError, match="data.path is not set"):
+        data.open_store(None)
+    with pytest.raises(StoreError, match="asks for dims beyond the 15"):
+        data.spec_from_store(ds, cfg_for(calvin_store, "data.state_dims=[0, 15]").data)
+    with pytest.raises(ValueError, match="no split"):
+        data.spec_from_store(ds, cfg_for(calvin_store, "data.train_split=test").data)
+    spec = data.spec_from_store(ds, cfg_for(calvin_store).data)
+    other = dataclasses.replace(spec, cameras=("rgb_static",), state_dim=3)
+    with pytest.raises(StoreError, match="does not match the policy's data: cameras"):
+        data.check_compatible(spec, other, ds.path)
+    with pytest.raises(StoreError, match="fewer than one batch"):
+        data.train_loader(ds, cfg_for(calvin_store, "data.batch_size=100000"), rank=0, world_size=1,
+                          pin_memory=False)

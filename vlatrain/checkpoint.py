@@ -1,0 +1,145 @@
+"""Checkpoints: everything a run needs to continue exactly, in a file ``torch.load(weights_only=True)`` reads.
+
+A run directory holds::
+
+    <out>/checkpoints/step_0000500.pt   the last ``train.keep_last`` step checkpoints
+    <out>/checkpoints/best.pt           a copy of the one with the best ``eval.best_metric``
+
+Each file is one dict of tensors and plain containers (no pickled objects)::
+
+    format_version   1
+    step             optimiser steps done
+    config           Config.to_dict() -- how the run was configured (resolved)
+    spec             DataSpec.to_dict() -- what the policy was built for
+    model            the policy's state_dict
+    optimizer        AdamW state_dict (the schedule is a pure function of ``step``)
+    scaler           GradScaler state_dict ({} when unused)
+    loader           the training loader's state_dict (JSON-able: epoch, position, ...)
+    rng              list, one per rank: torch, cuda, numpy, python and augmentation RNG states
+    best             {"metric": name, "value": float or None, "step": int or None}
+    metrics          the last evaluation's metrics (name -> float)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+STEP_RE = re.compile(r"^step_(\d+)\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable or of another format version."""
+
+
+def rng_state(gen: torch.Generator | None = None) -> dict:
+    """Every RNG this process uses, as tensors and numbers."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    version, py_state, py_gauss = random.getstate()
+    d = {"torch": torch.get_rng_state(),
+         "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "gauss": float(gauss)},
+         "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64),
+                    "gauss": py_gauss},
+         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+         "augment": gen.get_state() if gen is not None else None}
+    return d
+
+
+def set_rng_state(d: dict, gen: torch.Generator | None = None) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(d["torch"])
+    n = d["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["gauss"]))
+    p = d["python"]
+    random.setstate((p["version"], tuple(int(x) for x in p["state"].tolist()), p["gauss"]))
+    if d["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(d["cuda"])
+    if gen is not None and d.get("augment") is not None:
+        gen.set_state(d["augment"])
+
+
+def save(path: str | Path, payload: dict) -> Path:
+    """Write ``payload`` atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: str | Path) -> dict:
+    """Read a checkpoint with ``weights_only=True`` (on the CPU) and check its version."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- name the file whatever torch raised
+        raise CheckpointError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: not a vlatrain checkpoint of format version "
+                              f"{FORMAT_VERSION}")
+    missing = [k for k in ("step", "config", "spec", "model") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {missing}")
+    return ckpt
+
+
+def step_checkpoints(directory: str | Path) -> list[Path]:
+    """``step_*.pt`` files in ``directory``, oldest step first."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := STEP_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest(directory: str | Path) -> Path | None:
+    ckpts = step_checkpoints(directory)
+    return ckpts[-1] if ckpts else None
+
+
+class CheckpointManager:
+    """Writes step checkpoints, keeps the last ``keep_last`` and a copy of the best."""
+
+    def __init__(self, directory: str | Path, keep_last: int, metric: str,
+                 best_value: float | None = None, best_step: int | None = None):
+        self.dir = Path(directory)
+        self.keep_last, self.metric = keep_last, metric
+        self.best_value, self.best_step = best_value, best_step
+
+    def best_state(self) -> dict:
+        return {"metric": self.metric, "value": self.best_value, "step": self.best_step}
+
+    def is_better(self, metrics: dict | None) -> bool:
+        if not metrics or self.metric not in metrics:
+            return False
+        v = float(metrics[self.metric])
+        return np.isfinite(v) and (self.best_value is None or v < self.best_value)
+
+    def save(self, step: int, payload: dict, metrics: dict | None = None) -> Path:
+        """Save step ``step``; update best.pt if ``metrics[metric]`` improved; prune old steps."""
+        better = self.is_better(metrics)
+        if better:
+            self.best_value, self.best_step = float(metrics[self.metric]), step
+        payload = {**payload, "format_version": FORMAT_VERSION, "step": step,
+                   "best": self.best_state(), "metrics": dict(metrics or {})}
+        path = save(self.dir / f"step_{step:07d}.pt", payload)
+        if better:
+            tmp = self.dir / "best.pt.tmp"
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, self.dir / "best.pt")
+        for old in step_checkpoints(self.dir)[:-self.keep_last]:
+            old.unlink()
+        return path

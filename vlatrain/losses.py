@@ -1,0 +1,69 @@
+"""Action losses. Every loss is a masked, weighted mean over (batch, history step, chunk step).
+
+Continuous (``fc``/``lstm``/``gpt`` heads): MSE or Huber on the arm dimensions (normalised
+units) plus ``gripper_weight`` x BCE-with-logits on the gripper dimensions, whose target is
+1 = open from the stored -1/+1. Discrete: cross-entropy over the K bins of every action
+dimension. Steps where ``mask`` is false (the chunk ran past its segment or episode, or the
+history step is padding) contribute nothing -- not to the value, not to the gradient -- even
+when their targets hold garbage. ``step_weights`` (h,) weights history steps (RoboVLMs'
+history loss weighting); the mean divides by the total weight of the valid steps.
+
+Each function returns the parts it logs: ``{"loss": total, "arm": ..., "gripper": ...}`` or
+``{"loss": total, "ce": ...}``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _weights(mask: Tensor, step_weights: Tensor | None) -> Tensor:
+    """(B, h, c) bool, (h,) -> (B, h, c) float weights, 0 where masked."""
+    w = mask.float()
+    if step_weights is not None:
+        w = w * step_weights.to(w)[None, :, None]
+    return w
+
+
+def _wmean(per_step: Tensor, mask: Tensor, w: Tensor) -> Tensor:
+    """Weighted mean of (B, h, c) values over the valid steps; 0 when none is valid."""
+    per_step = torch.where(mask, per_step, torch.zeros((), dtype=per_step.dtype,
+                                                       device=per_step.device))
+    return (per_step * w).sum() / w.sum().clamp_min(1e-12)
+
+
+def continuous_loss(pred: Tensor, target: Tensor, mask: Tensor, *, arm_dims: list[int],
+                    gripper_dims: list[int], kind: str = "mse", huber_delta: float = 1.0,
+                    gripper_weight: float = 0.1, step_weights: Tensor | None = None,
+                    ) -> dict[str, Tensor]:
+    """pred, target (B, h, c, A); mask (B, h, c) bool -> {"loss", "arm", "gripper"}."""
+    pred = pred.float()
+    w = _weights(mask, step_weights)
+    zero = pred.new_zeros(())
+    arm = grip = zero
+    if arm_dims:
+        p, t = pred[..., arm_dims], target[..., arm_dims]
+        t = torch.where(mask[..., None], t, p.detach())  # garbage in masked targets stays out
+        if kind == "huber":
+            err = F.huber_loss(p, t, reduction="none", delta=huber_delta)
+        else:
+            err = F.mse_loss(p, t, reduction="none")
+        arm = _wmean(err.mean(-1), mask, w)
+    if gripper_dims:
+        logits = pred[..., gripper_dims]
+        opened = (target[..., gripper_dims] > 0).float()  # -1/+1 -> 0/1 (NaN -> 0)
+        bce = F.binary_cross_entropy_with_logits(logits, opened, reduction="none")
+        grip = _wmean(bce.mean(-1), mask, w)
+    return {"loss": arm + gripper_weight * grip, "arm": arm.detach(), "gripper": grip.detach()}
+
+
+def discrete_loss(logits: Tensor, bins: Tensor, mask: Tensor, *,
+                  step_weights: Tensor | None = None) -> dict[str, Tensor]:
+    """logits (B, h, c, A, K); bins (B, h, c, A) int64; mask (B, h, c) -> {"loss", "ce"}."""
+    k = logits.shape[-1]
+    safe = torch.where(mask[..., None], bins, torch.zeros_like(bins)).clamp(0, k - 1)
+    ce = F.cross_entropy(logits.float().reshape(-1, k), safe.reshape(-1), reduction="none")
+    ce = _wmean(ce.view(bins.shape).mean(-1), mask, _weights(mask, step_weights))
+    return {"loss": ce, "ce": ce.detach()}

@@ -1,0 +1,207 @@
+"""The backbone interface and the embedded small vision-language backbone.
+
+A backbone turns one observation window into one feature vector per history step::
+
+    Observation                                   -> BackboneOutput
+      images[cam]    float (B, h, 3, H, W)          features  (B, h, F)
+      mask           bool  (B, h)                    mask      (B, h)
+      state          float (B, h, D) or None         lm_logits (B, h, c*A, V) or None
+      language       float (B, E) or None
+      language_mask  bool  (B,) or None
+      instruction    list[str] (B)
+
+Images arrive already resized and normalised for the backbone: ``augment.prepare`` reads
+``backbone.image_spec(camera)`` (size, mean, std) and does the work on the training device, so
+a VLM adapter states its processor's resolution and normalisation there and never touches bytes.
+A backbone whose features already mix the history (an interleaved VLM that reads the whole
+window in one sequence) sets ``fuses_history = True``; the policy heads are causal over time
+either way. A backbone that predicts action tokens through its own language-model head returns
+``lm_logits`` for a head that consumes them.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from vlatrain.config import ModelConfig
+from vlatrain.spec import DataSpec
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How a backbone wants its frames: (height, width) and per-channel mean/std on [0, 1] pixels."""
+
+    size: tuple[int, int]
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+
+
+@dataclass
+class Observation:
+    """One batch of observation windows, on the device, prepared for the backbone."""
+
+    images: dict[str, Tensor]            # cam -> float (B, h, 3, H, W)
+    mask: Tensor                         # bool (B, h): the history step exists
+    state: Tensor | None = None          # float (B, h, D), normalised
+    language: Tensor | None = None       # float (B, E): stored instruction embedding
+    language_mask: Tensor | None = None  # bool (B,): an embedding exists
+    instruction: list[str] | None = None  # (B,)
+
+
+@dataclass
+class BackboneOutput:
+    features: Tensor                     # (B, h, F)
+    mask: Tensor                         # bool (B, h)
+    lm_logits: Tensor | None = None      # (B, h, c*A, V): action-token logits of an LM head
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """What the trainer needs of a backbone (an ``nn.Module``).
+
+    - ``feature_dim``: F, the width of ``BackboneOutput.features``.
+    - ``fuses_history``: whether ``features[:, t]`` already depends on steps ``<= t``.
+    - ``image_spec(camera)``: the resolution and normalisation the frames must arrive in.
+    - ``forward(obs)``: :class:`Observation` -> :class:`BackboneOutput`.
+    - ``param_groups()`` (optional): lists of parameters with their own ``lr``/``weight_decay``
+      (a pretrained tower trained at a lower rate); parameters not listed use ``optim.*``.
+    """
+
+    feature_dim: int
+    fuses_history: bool
+
+    def image_spec(self, camera: str) -> ImageSpec: ...
+
+    def __call__(self, obs: Observation) -> BackboneOutput: ...
+
+
+class SpatialSoftmax(nn.Module):
+    """(N, C, H, W) -> (N, 2C): the expected (x, y) of each channel's softmax over pixels."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        attn = torch.softmax(x.flatten(2), dim=-1).view(n, c, h, w)
+        ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
+        xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
+        ex = (attn.sum(2) * xs).sum(-1)  # (N, C)
+        ey = (attn.sum(3) * ys).sum(-1)  # (N, C)
+        return torch.cat([ex, ey], dim=-1)
+
+
+class ConvEncoder(nn.Module):
+    """A small CNN with FiLM conditioning on the last blocks: (N, 3, S, S), (N, L) -> (N, F)."""
+
+    def __init__(self, width: int, cond_dim: int, channels=(16, 32, 64, 64)):
+        super().__init__()
+        c1, c2, c3, c4 = channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, c1, 5, stride=2, padding=2), nn.GroupNorm(4, c1), nn.ReLU(),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.GroupNorm(8, c2), nn.ReLU())
+        self.blocks = nn.ModuleList([
+            nn.Sequential(nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.GroupNorm(8, c3)),
+            nn.Sequential(nn.Conv2d(c3, c4, 3, stride=1, padding=1), nn.GroupNorm(8, c4))])
+        self.film = nn.ModuleList([nn.Linear(cond_dim, 2 * c) for c in (c3, c4)]) if cond_dim else None
+        if self.film is not None:
+            for lin in self.film:  # start as the identity: gamma = 1, beta = 0
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
+        self.pool = SpatialSoftmax()
+        self.proj = nn.Linear(2 * c4, width)
+
+    def forward(self, x: Tensor, cond: Tensor | None) -> Tensor:
+        x = self.stem(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if self.film is not None and cond is not None:
+                gamma, beta = self.film[i](cond).chunk(2, dim=-1)  # (N, C) each
+                x = x * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+            x = torch.relu(x)
+        return self.proj(self.pool(x))
+
+
+class HashedTextEncoder(nn.Module):
+    """A small text encoder: lower-cased words hashed into ``vocab`` buckets, mean of embeddings."""
+
+    def __init__(self, width: int, vocab: int = 4096):
+        super().__init__()
+        self.vocab = vocab
+        self.embed = nn.EmbeddingBag(vocab, width, mode="mean")
+
+    def token_ids(self, text: str) -> list[int]:
+        words = "".join(ch if ch.isalnum() else " " for ch in text.lower()).split()
+        return [zlib.crc32(w.encode()) % self.vocab for w in words]
+
+    def forward(self, texts: list[str], device) -> Tensor:
+        ids, offsets = [], []
+        for t in texts:
+            offsets.append(len(ids))
+            ids.extend(self.token_ids(t))
+        ids_t = torch.tensor(ids, dtype=torch.long, device=device)
+        off_t = torch.tensor(offsets, dtype=torch.long, device=device)
+        return self.embed(ids_t, off_t)  # (B, F); zeros for empty texts
+
+
+class TinyBackbone(nn.Module):
+    """The embedded vision-language backbone: trains on a CPU in minutes.
+
+    Each camera frame goes through its own FiLM-conditioned CNN (spatial-softmax keypoints),
+    the state through a linear layer, the instruction through the stored sentence embedding
+    (``language=embedding``) or a hashed bag-of-words encoder (``language=text``); the parts are
+    concatenated and mixed by an MLP into one F-wide feature per history step.
+    """
+
+    fuses_history = False
+
+    def __init__(self, cfg: ModelConfig, spec: DataSpec):
+        super().__init__()
+        if not spec.cameras and not (cfg.use_state and spec.state_dim):
+            raise ValueError("the tiny backbone needs at least one camera or the state")
+        if cfg.language == "embedding" and spec.language_dim == 0:
+            raise ValueError("model.language=embedding but the store has no language embeddings; "
+                             "use model.language=text (a small text encoder) or none")
+        w = self.feature_dim = cfg.width
+        self.size = cfg.image_size
+        self.language = cfg.language
+        self.lang_proj = (nn.Sequential(nn.Linear(spec.language_dim, w), nn.GELU())
+                          if cfg.language == "embedding" else None)
+        self.text = HashedTextEncoder(w) if cfg.language == "text" else None
+        cond = w if cfg.language != "none" else 0
+        self.cams = nn.ModuleDict({c: ConvEncoder(w, cond) for c in spec.cameras})
+        self.state = (nn.Linear(spec.state_dim, w) if cfg.use_state and spec.state_dim else None)
+        parts = len(self.cams) + (self.state is not None) + (cond > 0)
+        self.mix = nn.Sequential(nn.Linear(parts * w, w), nn.GELU(), nn.Linear(w, w),
+                                 nn.LayerNorm(w))
+
+    def image_spec(self, camera: str) -> ImageSpec:
+        return ImageSpec((self.size, self.size))
+
+    def encode_language(self, obs: Observation, batch: int, device) -> Tensor | None:
+        if self.lang_proj is not None:
+            lang = obs.language  # (B, E)
+            if obs.language_mask is not None:
+                lang = lang * obs.language_mask[:, None].to(lang.dtype)
+            return self.lang_proj(lang)  # (B, F)
+        if self.text is not None:
+            return self.text(obs.instruction or [""] * batch, device)  # (B, F)
+        return None
+
+    def forward(self, obs: Observation) -> BackboneOutput:
+        b, h = obs.mask.shape
+        device = obs.mask.device
+        lang = self.encode_language(obs, b, device)  # (B, F) or None
+        cond = lang.repeat_interleave(h, dim=0) if lang is not None else None  # (B*h, F)
+        parts = []
+        for cam, enc in self.cams.items():
+            x = obs.images[cam]  # (B, h, 3, S, S)
+            parts.append(enc(x.flatten(0, 1), cond).view(b, h, -1))
+        if self.state is not None:
+            parts.append(self.state(obs.state))  # (B, h, F)
+        if lang is not None:
+            parts.append(lang[:, None].expand(b, h, -1))
+        feats = self.mix(torch.cat(parts, dim=-1))  # (B, h, F)
+        return BackboneOutput(features=feats, mask=obs.mask)

@@ -1,0 +1,1 @@
+"""Recipes: flat functions that wire the components (``train.run``, ``evaluate.evaluate_checkpoint``)."""

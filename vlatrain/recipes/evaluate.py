@@ -1,0 +1,49 @@
+"""The evaluation recipe: a checkpoint and a store -> validation metrics vs the mean-action baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vlatrain import checkpoint, data, distributed
+from vlatrain.augment import BatchPreparer
+from vlatrain.config import Config
+from vlatrain.evaluate import evaluate
+from vlatrain.model import build_policy
+from vlatrain.recipes.train import autocast_for, make_loss
+from vlatrain.spec import DataSpec
+
+
+def evaluate_checkpoint(path: str | Path, data_path: str, *, split: str | None = None,
+                        batches: int | None = None, batch_size: int | None = None,
+                        device: str = "auto") -> tuple[dict, DataSpec]:
+    """Evaluate the policy in checkpoint ``path`` on ``split`` (default: the run's
+    ``data.val_split``) of the store ``data_path``, over ``batches`` batches (default: all)."""
+    ckpt = checkpoint.load(path)
+    overrides = {"data.path": str(data_path), "train.device": device}
+    if split is not None:
+        overrides["data.val_split"] = split
+    if batch_size is not None:
+        overrides["eval.batch_size"] = str(batch_size)
+    cfg = Config.from_dict(ckpt["config"], overrides)
+    cfg.eval.batches = batches
+    dev = distributed.pick_device(device)
+    trained = DataSpec.from_dict(ckpt["spec"])
+    ds = data.open_store(cfg.data.path)
+    win = data.windows(ds, cfg.data, cfg.data.val_split)
+    data.check_compatible(data.spec_from_store(ds, cfg.data, win), trained, ds.path)
+    policy = build_policy(cfg.model, trained).to(dev)
+    policy.load_state_dict(ckpt["model"])
+    prep = BatchPreparer(trained, {c: policy.backbone.image_spec(c) for c in trained.cameras},
+                         cfg.data.augment, dev, discrete=policy.discrete,
+                         use_state=cfg.model.use_state)
+    loader, _ = data.val_loader(ds, cfg, pin_memory=dev.type == "cuda")
+    units = data.action_units(ds, dev)
+    with torch.no_grad():
+        metrics = evaluate(policy, loader, prep, make_loss(cfg, policy, dev),
+                           to_units=units.to_units, mean_action=units.mean,
+                           mean_action_norm=units.mean_norm, max_batches=batches,
+                           autocast=autocast_for(cfg.train.precision, dev))
+    metrics["step"] = int(ckpt["step"])
+    return metrics, trained

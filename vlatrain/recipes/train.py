@@ -1,0 +1,206 @@
+"""The training recipe: wire data, policy, optimiser, logging and checkpoints, then run the loop.
+
+A run directory (``out``) receives::
+
+    <out>/config.yaml          the resolved config (rewritten on resume with the new overrides)
+    <out>/metrics.jsonl        one JSON object per log line (vlatrain.logging)
+    <out>/tensorboard/         TensorBoard events
+    <out>/checkpoints/         step_NNNNNNN.pt (last train.keep_last) and best.pt (vlatrain.checkpoint)
+
+``run(cfg)`` starts a run; ``run(cfg, resume=True)`` continues the one in ``cfg.out`` from its
+latest checkpoint (see :func:`resume_config`), exactly: the resumed run logs the losses the
+uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlatrain import checkpoint, data, distributed, losses
+from vlatrain.augment import BatchPreparer
+from vlatrain.config import Config, ConfigError, dump_config, load_config
+from vlatrain.evaluate import evaluate
+from vlatrain.logging import NullLogger, RunLogger
+from vlatrain.loop import TrainState, train
+from vlatrain.model import build_policy
+from vlatrain.optim import build_optimizer
+from vlatrain.prefetch import Prefetcher
+
+FROZEN_ON_RESUME = ("model", "data.history", "data.chunk", "data.cameras", "data.batch_size",
+                    "data.train_split", "data.over", "train.seed", "train.grad_accum")
+
+
+def resume_config(run_dir: str | Path, overrides: dict[str, str] | None = None) -> Config:
+    """The config of the run in ``run_dir`` with ``overrides`` (e.g. a larger ``train.steps``).
+
+    Settings that shape the model or the sample order cannot change on resume; neither can
+    ``out`` (the run directory is where the run continues).
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError([f"{run_dir}: not a run directory (no config.yaml)"])
+    if checkpoint.latest(run_dir / "checkpoints") is None:
+        raise ConfigError([f"{run_dir}: has no checkpoint to resume from (checkpoints/step_*.pt)"])
+    overrides = dict(overrides or {})
+    base = load_config(run_dir / "config.yaml")
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    errors = []
+    if "out" in overrides:
+        errors.append("out: cannot change on resume (the run continues in its own directory)")
+    old, new = base.to_dict(), cfg.to_dict()
+    for key in FROZEN_ON_RESUME:
+        a, b = old, new
+        for part in key.split("."):
+            a, b = a[part], b[part]
+        if a != b:
+            errors.append(f"{key}: cannot change on resume (was {a!r}, now {b!r})")
+    if errors:
+        raise ConfigError(errors)
+    cfg.out = str(run_dir)
+    return cfg
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast_for(precision: str, device: torch.device):
+    """A context factory: bf16/fp16 autocast on ``device``, or nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def preserved_rng(gen: torch.Generator | None):
+    """Run a block (evaluation, loader start-up) without disturbing any RNG of the training."""
+    state = checkpoint.rng_state(gen)
+    try:
+        yield
+    finally:
+        checkpoint.set_rng_state(state, gen)
+
+
+def make_loss(cfg: Config, policy, device: torch.device):
+    spec, t = policy.spec, cfg.train
+    weights = (torch.tensor(t.history_weights, dtype=torch.float32, device=device)
+               if t.history_weights is not None else None)
+    if policy.discrete:
+        return lambda out, tgt: losses.discrete_loss(out, tgt.bins, tgt.mask, step_weights=weights)
+    arm, grip = list(spec.arm_dims), list(spec.gripper_dims)
+    return lambda out, tgt: losses.continuous_loss(
+        out, tgt.action, tgt.mask, arm_dims=arm, gripper_dims=grip, kind=t.loss,
+        huber_delta=t.huber_delta, gripper_weight=t.gripper_weight, step_weights=weights)
+
+
+def run(cfg: Config, *, resume: bool = False) -> Path:
+    """Train as ``cfg`` says; return the run directory."""
+    info = distributed.init(cfg.train.device)
+    try:
+        return _run(cfg, info, resume)
+    finally:
+        distributed.shutdown(info)
+
+
+def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    dev, out = info.device, Path(cfg.out)
+    if cfg.train.precision == "fp16" and dev.type != "cuda":
+        raise ConfigError(["train.precision: fp16 needs a CUDA device; use bf16 on the CPU"])
+    if not resume and checkpoint.latest(out / "checkpoints") is not None:
+        raise ConfigError([f"out: {out} already holds a run with checkpoints; continue it with "
+                           f"`vlatrain run --resume {out}` or choose another out=DIR"])
+    seed_everything(cfg.train.seed)
+    ds = data.open_store(cfg.data.path)
+    win = data.windows(ds, cfg.data, cfg.data.train_split)
+    spec = data.spec_from_store(ds, cfg.data, win)
+    policy = build_policy(cfg.model, spec).to(dev)  # the same initial weights on every rank
+    model = distributed.wrap(policy, info)
+    torch.manual_seed(cfg.train.seed + 1_000_003 * info.rank)  # dropout differs across ranks
+    gen = torch.Generator(dev)
+    gen.manual_seed(cfg.train.seed * 7919 + info.rank + 1)
+    optimizer = build_optimizer(policy, cfg.optim)
+    scaler = torch.amp.GradScaler(dev.type, enabled=cfg.train.precision == "fp16")
+    pin = dev.type == "cuda"
+    loader = Prefetcher(data.train_loader(ds, cfg, rank=info.rank, world_size=info.world_size,
+                                          pin_memory=pin, win=win))
+    image_specs = {c: policy.backbone.image_spec(c) for c in spec.cameras}
+    prep = BatchPreparer(spec, image_specs, cfg.data.augment, dev, discrete=policy.discrete,
+                         use_state=cfg.model.use_state)
+    loss_fn = make_loss(cfg, policy, dev)
+    st = TrainState(cfg=cfg, model=model, policy=policy, optimizer=optimizer, scaler=scaler,
+                    loader=loader, prep=prep, loss_fn=loss_fn, gen=gen, dist=info,
+                    logger=NullLogger(), autocast=autocast_for(cfg.train.precision, dev))
+    best = restore(st, checkpoint.latest(out / "checkpoints")) if resume else {}
+    ckpts = None
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_config(cfg))
+        st.logger = RunLogger(out, total_steps=cfg.train.steps, start_step=st.step,
+                              tensorboard=cfg.log.tensorboard, progress=cfg.log.progress)
+        ckpts = checkpoint.CheckpointManager(out / "checkpoints", cfg.train.keep_last,
+                                             cfg.eval.best_metric, best.get("value"),
+                                             best.get("step"))
+        val, restart = data.val_loader(ds, cfg, pin_memory=dev.type == "cuda")
+        units = data.action_units(ds, dev)
+
+        def evaluate_fn():
+            restart()
+            with preserved_rng(gen):
+                return evaluate(policy, val, prep, loss_fn, to_units=units.to_units,
+                                mean_action=units.mean, mean_action_norm=units.mean_norm,
+                                max_batches=cfg.eval.batches, autocast=st.autocast)
+
+        st.evaluate = evaluate_fn
+
+    def save(step: int, metrics: dict | None) -> None:
+        rng = distributed.gather(checkpoint.rng_state(gen), info)  # every rank takes part
+        if ckpts is not None:
+            ckpts.save(step, payload(st, spec, rng), metrics)
+
+    st.save = save
+    try:
+        final = train(st)
+        if final:
+            st.logger.message("final validation: " + ", ".join(
+                f"{k}={v:.4g}" for k, v in final.items() if k.count("/") == 1))
+    finally:
+        st.logger.close()
+        loader.close()
+    return out
+
+
+def payload(st: TrainState, spec, rng: list) -> dict:
+    """What a checkpoint holds besides step/best/metrics (see vlatrain.checkpoint).
+
+    No partial loss sums: a checkpoint step always writes its metrics line first, so a resumed
+    run's lines average the same steps as the uninterrupted run's.
+    """
+    return {"config": st.cfg.to_dict(), "spec": spec.to_dict(), "model": st.policy.state_dict(),
+            "optimizer": st.optimizer.state_dict(), "scaler": st.scaler.state_dict(),
+            "loader": st.loader.state_dict(), "rng": rng}
+
+
+def restore(st: TrainState, path: Path) -> dict:
+    """Load checkpoint ``path`` into ``st`` (this rank's RNG states included); return its best."""
+    ckpt = checkpoint.load(path)
+    st.policy.load_state_dict(ckpt["model"])
+    st.optimizer.load_state_dict(ckpt["optimizer"])
+    st.scaler.load_state_dict(ckpt["scaler"])
+    st.loader.load_state_dict(ckpt["loader"])
+    rngs = ckpt["rng"]
+    if len(rngs) != st.dist.world_size:
+        raise ConfigError([f"{path}: saved by {len(rngs)} processes, resumed by "
+                           f"{st.dist.world_size}: resume with the same number of processes"])
+    checkpoint.set_rng_state(rngs[st.dist.rank], st.gen)
+    st.step = int(ckpt["step"])
+    return ckpt.get("best") or {}

@@ -1,0 +1,63 @@
+"""What the model needs to know about the data: shapes, names, statistics and the token layout.
+
+:class:`DataSpec` is read from a store by ``vlatrain.data.spec_from_store`` and saved (as a plain
+dict) in every checkpoint, so a trained policy can be rebuilt and run without the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The data a policy is built for.
+
+    ``cameras`` are short camera names (``rgb_static`` for ``observation.images.rgb_static``),
+    ``image_shapes[cam]`` the stored (H, W, C). ``gripper_dims`` are the action dimensions stored
+    as -1 = closed / +1 = open in ``action.norm`` (predicted as logits, trained with BCE); the
+    others are the arm dimensions. ``state_dim`` counts the state dimensions the model sees
+    (``state_index`` of the stored ones, or all). ``token_ids[b]`` is the token id of bin ``b`` under the
+    store's tokenizer and ``bin_centers[b]`` the normalised value bin ``b`` decodes to.
+    """
+
+    cameras: tuple[str, ...]
+    image_shapes: dict[str, tuple[int, int, int]]
+    state_dim: int
+    state_mean: tuple[float, ...]
+    state_std: tuple[float, ...]
+    action_dim: int
+    action_names: tuple[str, ...]
+    gripper_dims: tuple[int, ...]
+    language_dim: int                  # width of language.embedding (0: the store has none)
+    history: int
+    chunk: int
+    token_ids: tuple[int, ...] = ()
+    bin_centers: tuple[float, ...] = ()
+    state_index: tuple[int, ...] = ()  # stored state dims fed to the model (empty: all of them)
+    extra: dict = field(default_factory=dict)  # JSON-able facts (source, tokenizer dict, ...)
+
+    @property
+    def arm_dims(self) -> tuple[int, ...]:
+        return tuple(i for i in range(self.action_dim) if i not in self.gripper_dims)
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.token_ids)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["image_shapes"] = {k: list(v) for k, v in self.image_shapes.items()}
+        for k in ("cameras", "state_mean", "state_std", "action_names", "gripper_dims",
+                  "token_ids", "bin_centers", "state_index"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataSpec":
+        d = dict(d)
+        d["image_shapes"] = {k: tuple(int(x) for x in v) for k, v in d["image_shapes"].items()}
+        for k in ("cameras", "state_mean", "state_std", "action_names", "gripper_dims",
+                  "token_ids", "bin_centers", "state_index"):
+            d[k] = tuple(d.get(k, ()))
+        return cls(**d)
