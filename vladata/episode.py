@@ -141,6 +141,25 @@ class Source(Protocol):
     def describe(self) -> dict: ...  # JSON-able facts recorded in the store (gripper convention, ...)
 
 
+def segments_from_runs(labels: list, texts: dict | None = None, task: str = "") -> list[Segment]:
+    """One segment per run of equal consecutive labels (None/"" labels make no segment).
+
+    ``texts`` maps a label to its instruction (e.g. LeRobot task_index -> task string); without it
+    the label is the instruction.
+    """
+    out: list[Segment] = []
+    start = 0
+    for t in range(1, len(labels) + 1):
+        if t == len(labels) or labels[t] != labels[start]:
+            lab = labels[start]
+            text = texts[lab] if texts is not None and lab in texts else lab
+            if lab is not None and text not in (None, ""):
+                out.append(Segment(start=start, end=t - 1, instruction=str(text),
+                                   task=task or str(text)))
+            start = t
+    return out
+
+
 def iter_episodes(source: Source) -> Iterator[Episode]:
     """Every planned episode of ``source`` with its frames, in store order."""
     features = source.features()

@@ -1,4 +1,5 @@
-"""JPEG encode (for the writer) and decode (in loader workers) with simplejpeg (libjpeg-turbo).
+"""Image codecs: JPEG encode (for the writer) and decode (in loader workers) with simplejpeg
+(libjpeg-turbo), and decoding the JPEG/PNG frames source logs carry.
 
 JPEG is the optional, smaller image storage of a store (``image_codec="jpeg"``): quality 90 with
 4:2:0 chroma subsampling by default. Decoding runs in the loader's worker processes, straight into
@@ -6,6 +7,8 @@ the batch buffer when one is given.
 """
 
 from __future__ import annotations
+
+import io
 
 import numpy as np
 import simplejpeg
@@ -67,3 +70,34 @@ def _header(data: bytes) -> tuple[int, int]:
 
 
 __all__ = ["encode_jpeg", "decode_jpeg", "ImageDecodeError"]
+
+
+def decode_image(buf: bytes | np.ndarray, encoding: str, channel_order: str = "rgb") -> np.ndarray:
+    """Decode one JPEG/PNG buffer to uint8 (H, W, 3) in RGB, given the data's channel order.
+
+    ``channel_order="bgr"`` means the colours come out of a standard decoder swapped (the
+    encoder was handed a BGR-ordered array as RGB, or an RGB array as BGR as cv2 does), so the
+    result is swapped back. Trailing zero padding after a JPEG's end marker is ignored, as
+    ALOHA's padded buffers need.
+    """
+    data = buf.tobytes() if isinstance(buf, np.ndarray) else bytes(buf)
+    if encoding == "jpeg":
+        img = simplejpeg.decode_jpeg(data, colorspace="BGR" if channel_order == "bgr" else "RGB")
+        return np.ascontiguousarray(img)
+    if encoding == "png":
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            img = np.asarray(im.convert("RGB"))
+    else:
+        raise ValueError(f"unknown image encoding {encoding!r}")
+    return np.ascontiguousarray(img[..., ::-1]) if channel_order == "bgr" else img
+
+
+def image_format(data: bytes) -> str | None:
+    """``jpeg`` / ``png`` from the magic bytes, or None."""
+    if data[:2] == b"\xff\xd8":
+        return "jpeg"
+    if data[:4] == b"\x89PNG":
+        return "png"
+    return None

@@ -46,11 +46,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from vladata.episode import EpisodeInfo, FeatureSpec, Segment
+from vladata.episode import EpisodeInfo, FeatureSpec, Segment, segments_from_runs
 from vladata.errors import SourceFormatError
+from vladata.images import decode_image, image_format
 from vladata.sources.hdf5_layouts import aloha_mapping, check_compress_len, robomimic_mapping
-from vladata.sources.mapping import (EpisodesMap, FeatureMap, Mapping, decode_image, gripper_facts,
-                                     image_format, load_mapping, segments_from_runs)
+from vladata.sources.mapping import EpisodesMap, FeatureMap, Mapping, gripper_facts, load_mapping
 
 LAYOUTS = ("aloha", "robomimic", "mapping")
 

@@ -37,9 +37,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vladata.episode import EpisodeInfo, FeatureSpec
+from vladata.episode import EpisodeInfo, FeatureSpec, segments_from_runs
 from vladata.errors import SourceFormatError
-from vladata.sources.mapping import decode_image, gripper_facts, image_format, segments_from_runs
+from vladata.images import decode_image, image_format
+from vladata.sources.mapping import gripper_facts
 
 VERSIONS = ("v3.0", "v2.1", "v2.0")
 BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index")

@@ -49,16 +49,13 @@ share: image decoding with an explicit channel order and runs of labels -> segme
 
 from __future__ import annotations
 
-import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import simplejpeg
 import yaml
 
-from vladata.episode import Segment
 from vladata.errors import ConfigError
 
 VERSION = 1
@@ -455,53 +452,3 @@ def gripper_facts(convention: str, meaning: str | None = None) -> dict:
         meaning = (f"last action dimension: {known[0]:g} = closed, {known[1]:g} = open" if known
                    else "unknown")
     return {"gripper": convention if known else None, "gripper_meaning": meaning}
-
-
-def decode_image(buf: bytes | np.ndarray, encoding: str, channel_order: str = "rgb") -> np.ndarray:
-    """Decode one JPEG/PNG buffer to uint8 (H, W, 3) in RGB, given the data's channel order.
-
-    ``channel_order="bgr"`` means the colours come out of a standard decoder swapped (the
-    encoder was handed a BGR-ordered array as RGB, or an RGB array as BGR as cv2 does), so the
-    result is swapped back. Trailing zero padding after a JPEG's end marker is ignored, as
-    ALOHA's padded buffers need.
-    """
-    data = buf.tobytes() if isinstance(buf, np.ndarray) else bytes(buf)
-    if encoding == "jpeg":
-        img = simplejpeg.decode_jpeg(data, colorspace="BGR" if channel_order == "bgr" else "RGB")
-        return np.ascontiguousarray(img)
-    if encoding == "png":
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as im:
-            img = np.asarray(im.convert("RGB"))
-    else:
-        raise ValueError(f"unknown image encoding {encoding!r}")
-    return np.ascontiguousarray(img[..., ::-1]) if channel_order == "bgr" else img
-
-
-def image_format(data: bytes) -> str | None:
-    """``jpeg`` / ``png`` from the magic bytes, or None."""
-    if data[:2] == b"\xff\xd8":
-        return "jpeg"
-    if data[:4] == b"\x89PNG":
-        return "png"
-    return None
-
-
-def segments_from_runs(labels: list, texts: dict | None = None, task: str = "") -> list[Segment]:
-    """One segment per run of equal consecutive labels (None/"" labels make no segment).
-
-    ``texts`` maps a label to its instruction (e.g. LeRobot task_index -> task string); without it
-    the label is the instruction.
-    """
-    out: list[Segment] = []
-    start = 0
-    for t in range(1, len(labels) + 1):
-        if t == len(labels) or labels[t] != labels[start]:
-            lab = labels[start]
-            text = texts[lab] if texts is not None and lab in texts else lab
-            if lab is not None and text not in (None, ""):
-                out.append(Segment(start=start, end=t - 1, instruction=str(text),
-                                   task=task or str(text)))
-            start = t
-    return out

@@ -34,10 +34,10 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from vladata.episode import EpisodeInfo, FeatureSpec
+from vladata.episode import EpisodeInfo, FeatureSpec, segments_from_runs
 from vladata.errors import SourceFormatError
-from vladata.sources.mapping import (FeatureMap, Mapping, decode_image, gripper_facts,
-                                     image_format, load_mapping, segments_from_runs)
+from vladata.images import decode_image, image_format
+from vladata.sources.mapping import FeatureMap, Mapping, gripper_facts, load_mapping
 
 RULE = ("nearest earlier message: ticks t_k = t0 + floor(k*1e9/fps) ns while t_k <= t_end; t0 = "
         "latest first-message time over the mapped feature topics, t_end = last message time on "

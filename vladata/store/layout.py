@@ -40,7 +40,6 @@ import warnings
 
 import numpy as np
 import zarr
-from numcodecs import Blosc  # noqa: F401  (kept importable for readers of lz4 stores)
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from vladata.episode import FeatureSpec

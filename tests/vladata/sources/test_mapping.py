@@ -12,8 +12,10 @@ import yaml
 from PIL import Image
 
 from vladata.errors import ConfigError
-from vladata.sources.mapping import (Mapping, MappingError, decode_image, gripper_facts,
-                                     image_format, load_mapping, parse_mapping, segments_from_runs)
+from vladata.episode import segments_from_runs
+from vladata.images import decode_image, image_format
+from vladata.sources.mapping import (Mapping, MappingError, gripper_facts, load_mapping,
+                                     parse_mapping)
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "mappings"
 
