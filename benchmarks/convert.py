@@ -1,6 +1,6 @@
 """Conversion speed: `vladata convert calvin` against the floor of reading every source file once.
 
-    python benchmarks/convert.py [--frames 3000] [--workdir /tmp/vlakit-bench-convert]
+    python benchmarks/convert.py [--frames 10000] [--workdir /tmp/vlakit-bench-convert]
 
 Generates a CALVIN-layout dataset at the real image sizes (200x200 static, 84x84 gripper), then,
 in the same run and on the same files (page cache warm for all):
@@ -75,7 +75,7 @@ def run_convert(raw: Path, out: Path, workers: int) -> tuple[dict, float, float]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=3000, help="frames in the base dataset")
+    ap.add_argument("--frames", type=int, default=10000, help="frames in the base dataset")
     ap.add_argument("--workdir", default="/tmp/vlakit-bench-convert")
     args = ap.parse_args()
     from vladata.samples.calvin import write_sample

@@ -12,4 +12,4 @@ vladata convert calvin "$OUT/calvin_raw" "$OUT/calvin.vla" --workers 2
 vladata inspect "$OUT/calvin.vla"
 vladata stats "$OUT/calvin.vla" --quantiles "[0.01,0.05,0.5,0.95,0.99]"
 vlatrain run configs/calvin.yaml data.path="$OUT/calvin.vla" train.steps="$STEPS" out="$OUT/run"
-vlatrain eval "$OUT/run/checkpoints/last.pt" --data "$OUT/calvin.vla"
+vlatrain eval "$OUT/run/checkpoints/best.pt" --data "$OUT/calvin.vla"
