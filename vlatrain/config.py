@@ -50,10 +50,38 @@ class AugmentConfig:
 
 
 @dataclass
-class DataConfig:
-    """Where the windows come from and how they are cut (see ``vladata.windows``)."""
+class MixtureEntry:
+    """One store of a mixture: its path and sampling weight (``data.mixture`` entries)."""
 
-    path: Optional[str] = None     # the store (directory or fsspec URL); required to train
+    path: str = ""
+    weight: float = 1.0
+
+    @staticmethod
+    def from_value(v):
+        """A bare path stands for ``{path: v, weight: 1.0}``."""
+        return {"path": v} if isinstance(v, str) else v
+
+    def validate(self) -> list[str]:
+        errs = [] if self.path else ["path: expected a store path"]
+        if not (self.weight >= 0 and self.weight != float("inf")):
+            errs.append(f"weight: expected a finite number >= 0, got {self.weight}")
+        return errs
+
+
+@dataclass
+class DataConfig:
+    """Where the windows come from and how they are cut (see ``vladata.windows``).
+
+    One store (``path``) or a mixture of stores (``mixture``, ``vladata.mixture``); exactly one
+    of them must be set to train. ``mixture`` is a list of :class:`MixtureEntry`:
+    ``data.mixture=[{path: A, weight: 1.0}, {path: B, weight: 2.0}]`` on the command line, the
+    same YAML list in a config file; an entry may also be a bare path (weight 1).
+    ``balance`` multiplies each weight by the store's window count (OXE's balancing).
+    """
+
+    path: Optional[str] = None     # the store (directory or fsspec URL); this or mixture to train
+    mixture: Optional[list[MixtureEntry]] = None  # several stores: [{path: A, weight: 1.0}, ...]
+    balance: bool = False          # mixture: weight x the store's window count
     history: int = 1               # h: observation steps per window (1 = one-step modelling)
     chunk: int = 10                # c: future actions predicted per step
     cameras: Optional[list[str]] = None  # camera names (``rgb_static``); None = every camera
@@ -77,7 +105,25 @@ class DataConfig:
         if self.state_dims is not None and (not self.state_dims or min(self.state_dims) < 0
                                             or len(set(self.state_dims)) != len(self.state_dims)):
             errs.append(f"state_dims: expected distinct indices >= 0 (or null), got {self.state_dims}")
+        if self.mixture is not None:
+            if self.path is not None:
+                errs.append("path: set either data.path (one store) or data.mixture (several), "
+                            "not both")
+            if not self.mixture:
+                errs.append("mixture: expected a non-empty list like [{path: A, weight: 1.0}, ...]")
+            for i, e in enumerate(self.mixture):
+                errs += [f"mixture[{i}].{x}" for x in e.validate()]
+            if self.mixture and not sum(e.weight for e in self.mixture) > 0:
+                errs.append("mixture: the weights are all 0")
+        elif self.balance:
+            errs.append("balance: only applies to data.mixture")
         return errs + [f"augment.{e}" for e in self.augment.validate()]
+
+    def stores(self) -> list[tuple[str, float]]:
+        """``[(path, weight)]``: the mixture's stores, or ``[(path, 1.0)]`` for one store."""
+        if self.mixture is None:
+            return [(self.path, 1.0)] if self.path is not None else []
+        return [(e.path, float(e.weight)) for e in self.mixture]
 
 
 @dataclass

@@ -4,10 +4,24 @@ Everything the trainer knows about stores comes through here: ``vladata.open`` f
 ``Dataset.windows(...).loader(...)`` for batches (the batch format is vladata's: see
 ``vladata.windows.WindowDataset``), ``vladata.normalize`` to put actions back into the
 dataset's units and ``vladata.tokenize.ActionTokenizer`` for the token layout of discrete heads.
+
+Mixtures (``data.mixture``, ``vladata.mixture.Mixture``): :func:`open_stores` opens every store,
+:func:`train_windows` puts them under one index, :func:`spec_from_stores` checks that each can feed
+the one policy (:func:`check_compatible` plus the image shapes) and returns the FIRST store's spec.
+Actions come normalised with each store's own statistics (the Mixture reads each store's
+``action.norm``). States are normalised per store too, although the policy's :class:`DataSpec`
+holds the first store's state statistics: :class:`StoreStates` maps each row of another store
+onto the first store's scale before ``BatchPreparer`` normalises it (picked by the batch's
+``dataset_index``), so ``BatchPreparer(spec)(batch)`` sees ``(s - mean_j) / std_j`` for store
+``j``. Every store's statistics are kept in ``spec.extra["mixture"]``. Validation
+(:func:`val_sets`) runs on each store's validation split, in that store's units: the first store
+logs ``val/...`` (so ``eval.best_metric`` keeps its meaning), store ``j >= 1`` logs ``val<j>/...``;
+a store without the split is skipped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,7 +29,7 @@ import numpy as np
 import torch
 
 import vladata
-from vladata.errors import StatsError, StoreError
+from vladata.errors import ConfigError, StatsError, StoreError
 from vladata.normalize import Normalization, denormalize, normalize
 from vladata.tokenize import ActionTokenizer
 from vlatrain.config import Config, DataConfig
@@ -40,6 +54,126 @@ def open_store(path: str | None):
         raise StoreError("data.path is not set: pass data.path=STORE (a store written by "
                          "`vladata convert`)")
     return vladata.open(path)
+
+
+def open_stores(cfg: DataConfig) -> list[tuple]:
+    """``[(Dataset, weight)]``: the one store of ``data.path`` or the stores of ``data.mixture``."""
+    if cfg.path is not None and cfg.mixture is not None:
+        raise ConfigError(["data.path: set either data.path (one store) or data.mixture "
+                           "(several), not both"])
+    if cfg.path is None and cfg.mixture is None:
+        raise ConfigError(["data.path is not set: pass data.path=STORE (a store written by "
+                           "`vladata convert`) or data.mixture=[{path: A, weight: 1.0}, ...]"])
+    if cfg.mixture is None:
+        return [(open_store(cfg.path), 1.0)]
+    return [(vladata.open(p), w) for p, w in cfg.stores()]
+
+
+def train_windows(stores: list[tuple], cfg: DataConfig):
+    """The training windows: the store's ``WindowDataset``, or a ``Mixture`` of all stores."""
+    if len(stores) == 1 and cfg.mixture is None:
+        return windows(stores[0][0], cfg, cfg.train_split)
+    check_stores(stores, cfg)  # before the Mixture: its errors do not speak of the policy
+    from vladata.mixture import Mixture
+    return Mixture([ds for ds, _ in stores], weights=[w for _, w in stores], balance=cfg.balance,
+                   history=cfg.history, chunk=cfg.chunk, cameras=cfg.cameras,
+                   split=cfg.train_split, over=cfg.over)
+
+
+def spec_from_stores(stores: list[tuple], cfg: DataConfig, win=None) -> DataSpec:
+    """The first store's :class:`DataSpec`, after checking that every store matches it.
+
+    A mixture's spec also lists each store (path, weight, share, normalisation, state statistics)
+    in ``extra["mixture"]``; a policy deployed on store ``j`` normalises states with its own.
+    """
+    parts = getattr(win, "parts", None)
+    if parts is None:
+        return spec_from_store(stores[0][0], cfg, win)
+    specs = check_stores(stores, cfg, parts)
+    spec = specs[0]
+    rows = [{"path": ds.path, "weight": w, "probability": q, "windows": n,
+             "normalization": ds.info["normalization"], "state_mean": list(s.state_mean),
+             "state_std": list(s.state_std)}
+            for (ds, w), s, q, n in zip(stores, specs, win.probabilities, win.sizes)]
+    return dataclasses.replace(spec, extra={**spec.extra, "mixture": rows, "balance": win.balance})
+
+
+def check_stores(stores: list[tuple], cfg: DataConfig, parts=None) -> list[DataSpec]:
+    """Each store's spec; raise naming the first store that cannot feed the first one's policy.
+
+    Same cameras with the same image shapes, action dims, gripper dims, state dims (after
+    ``data.state_dims``), language width and token layout.
+    """
+    parts = parts if parts is not None else [None] * len(stores)
+    ds0 = stores[0][0]
+    specs = [spec_from_store(ds0, cfg, parts[0])]
+    for (ds, _), p in zip(stores[1:], parts[1:]):
+        s = spec_from_store(ds, cfg, p)
+        check_compatible(s, specs[0], ds.path, what=f"the first store's ({ds0.path})")
+        if s.image_shapes != specs[0].image_shapes:
+            raise StoreError(f"{ds.path}: this store does not match the first store's "
+                             f"({ds0.path}) data: image_shapes: store {s.image_shapes!r}, first "
+                             f"store {specs[0].image_shapes!r}")
+        specs.append(s)
+    return specs
+
+
+class StoreStates:
+    """Per-store state normalisation through the first store's statistics (see the module).
+
+    Row ``r`` of store ``j`` gets ``s * scale[j] + shift[j]`` (every stored state dimension,
+    in place), with ``scale = std_0 / std_j`` and ``shift = mean_0 - mean_j * scale``, so that
+    normalising with the first store's statistics gives ``(s - mean_j) / std_j``.
+    """
+
+    def __init__(self, stores: list):
+        def stat(ds, k):
+            return np.asarray(ds.stats[STATE_KEY][k], np.float64)
+        mean = np.stack([stat(ds, "mean") for ds in stores])
+        std = np.stack([stat(ds, "std") for ds in stores])
+        std = np.where(std > 1e-6, std, 1.0)  # as BatchPreparer guards it
+        scale = std[:1] / std
+        self.scale = torch.as_tensor(scale, dtype=torch.float32)  # (S, D)
+        self.shift = torch.as_tensor(mean[:1] - mean * scale, dtype=torch.float32)
+        self.identity = bool((std == std[:1]).all() and (mean == mean[:1]).all())
+
+    def __call__(self, batch: dict, store: int | None = None) -> dict:
+        s = batch[STATE_KEY]                                      # (B, h, D)
+        j = batch["dataset_index"] if store is None else torch.full((s.shape[0],), store)
+        shape = (s.shape[0],) + (1,) * (s.dim() - 2) + (s.shape[-1],)
+        s.mul_(self.scale[j].reshape(shape)).add_(self.shift[j].reshape(shape))
+        return batch
+
+
+class StoreStateLoader:
+    """A resumable loader whose batches pass through :class:`StoreStates` (same interface)."""
+
+    def __init__(self, loader, states: StoreStates, store: int | None = None):
+        self.loader, self.states, self.store = loader, states, store
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield self.states(batch, self.store)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state)
+
+    def close(self) -> None:
+        self.loader.close()
+
+
+def store_states(stores: list[tuple], cfg: Config, spec: DataSpec) -> StoreStates | None:
+    """The per-store state mapping a mixture needs, or None (one store, no state, all alike)."""
+    if len(stores) < 2 or not spec.state_dim or not cfg.model.use_state:
+        return None
+    states = StoreStates([ds for ds, _ in stores])
+    return None if states.identity else states
 
 
 def windows(ds, cfg: DataConfig, split: str):
@@ -95,15 +229,17 @@ def spec_from_store(ds, cfg: DataConfig, win=None) -> DataSpec:
                            "normalization": ds.info["normalization"]})
 
 
-def check_compatible(spec: DataSpec, trained: DataSpec, path: str) -> None:
-    """Raise if a store cannot feed a policy built for ``trained``."""
-    diffs = [f"{k}: store {getattr(spec, k)!r}, policy {getattr(trained, k)!r}"
+def check_compatible(spec: DataSpec, trained: DataSpec, path: str, what: str = "the policy's"
+                     ) -> None:
+    """Raise if a store cannot feed a policy built for ``trained`` (``what`` names ``trained``)."""
+    who = "policy" if what == "the policy's" else "first store"
+    diffs = [f"{k}: store {getattr(spec, k)!r}, {who} {getattr(trained, k)!r}"
              for k in ("cameras", "state_dim", "state_index", "action_dim", "gripper_dims", "language_dim")
              if getattr(spec, k) != getattr(trained, k)]
     if trained.token_ids and spec.token_ids != trained.token_ids:
-        diffs.append("token layout: the store's tokenizer differs from the policy's")
+        diffs.append(f"token layout: the store's tokenizer differs from {what}")
     if diffs:
-        raise StoreError(f"{path}: this store does not match the policy's data: " + "; ".join(diffs))
+        raise StoreError(f"{path}: this store does not match {what} data: " + "; ".join(diffs))
 
 
 def action_units(ds, device: torch.device) -> ActionUnits:
@@ -122,14 +258,25 @@ def action_units(ds, device: torch.device) -> ActionUnits:
                        mean_norm=torch.as_tensor(mean_norm, device=device))
 
 
-def train_loader(ds, cfg: Config, *, rank: int, world_size: int, pin_memory: bool, win=None):
-    """Shuffled, rank-aware, resumable training batches (``state_dict``/``load_state_dict``)."""
+def train_loader(ds, cfg: Config, *, rank: int, world_size: int, pin_memory: bool, win=None,
+                 states: StoreStates | None = None):
+    """Shuffled, rank-aware, resumable training batches (``state_dict``/``load_state_dict``).
+
+    ``win`` may be a ``Mixture`` (:func:`train_windows`; ``ds`` is then unused): its batches
+    follow the weighted draw, carry ``dataset_index`` and pass through ``states`` if given.
+    """
     win = win if win is not None else windows(ds, cfg.data, cfg.data.train_split)
     per_rank = len(win) // world_size
     if per_rank < cfg.data.batch_size:
-        raise StoreError(f"{ds.path}: split {cfg.data.train_split!r} has {len(win)} windows, "
+        where = ds.path if ds is not None and not hasattr(win, "parts") else "the mixture"
+        raise StoreError(f"{where}: split {cfg.data.train_split!r} has {len(win)} windows, "
                          f"{per_rank} per process: fewer than one batch of {cfg.data.batch_size}; "
                          f"lower data.batch_size")
+    if hasattr(win, "parts"):  # a Mixture
+        loader = win.loader(batch_size=cfg.data.batch_size, seed=cfg.train.seed,
+                            num_workers=cfg.data.num_workers, rank=rank, world_size=world_size,
+                            drop_last=True, pin_memory=pin_memory)
+        return loader if states is None else StoreStateLoader(loader, states)
     return win.loader(batch_size=cfg.data.batch_size, shuffle=True, seed=cfg.train.seed,
                       num_workers=cfg.data.num_workers, rank=rank, world_size=world_size,
                       drop_last=True, pin_memory=pin_memory)
@@ -142,3 +289,40 @@ def val_loader(ds, cfg: Config, *, pin_memory: bool = False):
                         drop_last=False, pin_memory=pin_memory)
     start = loader.state_dict()
     return loader, lambda: loader.load_state_dict(start)
+
+
+@dataclass
+class ValSet:
+    """One store's validation: metric prefix, loader, its restart and the store's units."""
+
+    prefix: str          # "val" for the first store, "val<j>" for store j
+    path: str
+    loader: object
+    restart: Callable[[], None]
+    units: ActionUnits
+
+
+def val_sets(stores: list[tuple], cfg: Config, device: torch.device, *, pin_memory: bool = False,
+             states: StoreStates | None = None) -> tuple[list[ValSet], list[str]]:
+    """Validation of each store (see the module) and messages naming the stores skipped."""
+    sets, skipped = [], []
+    for j, (ds, _) in enumerate(stores):
+        if len(stores) > 1 and cfg.data.val_split not in set(ds.episodes["split"].to_list()):
+            skipped.append(f"{ds.path}: no {cfg.data.val_split!r} split, not validated")
+            continue
+        loader, restart = val_loader(ds, cfg, pin_memory=pin_memory)
+        if states is not None and j > 0:
+            loader = StoreStateLoader(loader, states, store=j)
+        sets.append(ValSet("val" if j == 0 else f"val{j}", ds.path, loader, restart,
+                           action_units(ds, device)))
+    if not sets:
+        raise StoreError(f"no store of the mixture has a {cfg.data.val_split!r} split to "
+                         f"validate on; set data.val_split")
+    return sets, skipped
+
+
+def prefixed(metrics: dict, prefix: str) -> dict:
+    """``val/...`` metrics renamed to ``<prefix>/...``."""
+    if prefix == "val":
+        return metrics
+    return {prefix + k[3:] if k.startswith("val/") else k: v for k, v in metrics.items()}

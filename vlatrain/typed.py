@@ -52,6 +52,11 @@ def _coerce(value, tp, key: str, errors: list[str]):
         if not isinstance(value, (list, tuple)):
             errors.append(f"{key}: expected a list of {elem.__name__}, got {value!r}")
             return _BAD
+        if dataclasses.is_dataclass(elem):  # a list of sections, e.g. data.mixture entries
+            n = len(errors)
+            out = [build(elem, elem.from_value(v) if hasattr(elem, "from_value") else v,
+                         f"{key}[{i}].", errors) for i, v in enumerate(value)]
+            return _BAD if len(errors) > n else out
         out = [_coerce(v, elem, f"{key}[{i}]", errors) for i, v in enumerate(value)]
         return _BAD if any(v is _BAD for v in out) else out
     if inner is bool:

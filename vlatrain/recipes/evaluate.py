@@ -1,7 +1,12 @@
-"""The evaluation recipe: a checkpoint and a store -> validation metrics vs the mean-action baseline."""
+"""The evaluation recipe: a checkpoint and a store -> validation metrics vs the mean-action baseline.
+
+A checkpoint trained on a mixture (``data.mixture``) is evaluated on one store at a time, with
+that store's own action and state statistics, as it was trained.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -21,7 +26,8 @@ def evaluate_checkpoint(path: str | Path, data_path: str, *, split: str | None =
     """Evaluate the policy in checkpoint ``path`` on ``split`` (default: the run's
     ``data.val_split``) of the store ``data_path``, over ``batches`` batches (default: all)."""
     ckpt = checkpoint.load(path)
-    overrides = {"data.path": str(data_path), "train.device": device}
+    overrides = {"data.path": str(data_path), "data.mixture": "null", "data.balance": "false",
+                 "train.device": device}
     if split is not None:
         overrides["data.val_split"] = split
     if batch_size is not None:
@@ -32,10 +38,14 @@ def evaluate_checkpoint(path: str | Path, data_path: str, *, split: str | None =
     trained = DataSpec.from_dict(ckpt["spec"])
     ds = data.open_store(cfg.data.path)
     win = data.windows(ds, cfg.data, cfg.data.val_split)
-    data.check_compatible(data.spec_from_store(ds, cfg.data, win), trained, ds.path)
+    here = data.spec_from_store(ds, cfg.data, win)
+    data.check_compatible(here, trained, ds.path)
     policy = build_policy(cfg.model, trained).to(dev)
     policy.load_state_dict(ckpt["model"])
-    prep = BatchPreparer(trained, {c: policy.backbone.image_spec(c) for c in trained.cameras},
+    # a mixture-trained policy normalises each store's states with that store's statistics
+    seen = (dataclasses.replace(trained, state_mean=here.state_mean, state_std=here.state_std)
+            if "mixture" in trained.extra else trained)
+    prep = BatchPreparer(seen, {c: policy.backbone.image_spec(c) for c in trained.cameras},
                          cfg.data.augment, dev, discrete=policy.discrete,
                          use_state=cfg.model.use_state)
     loader, _ = data.val_loader(ds, cfg, pin_memory=dev.type == "cuda")

@@ -9,7 +9,8 @@ A run directory (``out``) receives::
 
 ``run(cfg)`` starts a run; ``run(cfg, resume=True)`` continues the one in ``cfg.out`` from its
 latest checkpoint (see :func:`resume_config`), exactly: the resumed run logs the losses the
-uninterrupted one would have.
+uninterrupted one would have. ``data.mixture`` trains from several stores at once
+(``vlatrain.data``, docs/mixtures.md); the loop does not know the difference.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from vlatrain.optim import build_optimizer
 from vlatrain.prefetch import Prefetcher
 
 FROZEN_ON_RESUME = ("model", "data.history", "data.chunk", "data.cameras", "data.batch_size",
-                    "data.train_split", "data.over", "train.seed", "train.grad_accum")
+                    "data.train_split", "data.over", "data.balance", "train.seed",
+                    "train.grad_accum")
 
 
 def resume_config(run_dir: str | Path, overrides: dict[str, str] | None = None) -> Config:
@@ -59,6 +61,13 @@ def resume_config(run_dir: str | Path, overrides: dict[str, str] | None = None) 
             a, b = a[part], b[part]
         if a != b:
             errors.append(f"{key}: cannot change on resume (was {a!r}, now {b!r})")
+    if (base.data.mixture is None) != (cfg.data.mixture is None):
+        errors.append("data.mixture: cannot switch between data.path and data.mixture on resume")
+    elif cfg.data.mixture is not None:
+        was, now = [w for _, w in base.data.stores()], [w for _, w in cfg.data.stores()]
+        if was != now:  # the stores may move; their number and weights shape the sample order
+            errors.append(f"data.mixture: the weights cannot change on resume (were {was}, "
+                          f"now {now})")
     if errors:
         raise ConfigError(errors)
     cfg.out = str(run_dir)
@@ -120,9 +129,11 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
         raise ConfigError([f"out: {out} already holds a run with checkpoints; continue it with "
                            f"`vlatrain run --resume {out}` or choose another out=DIR"])
     seed_everything(cfg.train.seed)
-    ds = data.open_store(cfg.data.path)
-    win = data.windows(ds, cfg.data, cfg.data.train_split)
-    spec = data.spec_from_store(ds, cfg.data, win)
+    stores = data.open_stores(cfg.data)  # [(store, weight)]: one, or a mixture's
+    ds = stores[0][0]
+    win = data.train_windows(stores, cfg.data)
+    spec = data.spec_from_stores(stores, cfg.data, win)
+    states = data.store_states(stores, cfg, spec)  # a mixture's per-store state statistics
     policy = build_policy(cfg.model, spec).to(dev)  # the same initial weights on every rank
     model = distributed.wrap(policy, info)
     torch.manual_seed(cfg.train.seed + 1_000_003 * info.rank)  # dropout differs across ranks
@@ -132,7 +143,7 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
     scaler = torch.amp.GradScaler(dev.type, enabled=cfg.train.precision == "fp16")
     pin = dev.type == "cuda"
     loader = Prefetcher(data.train_loader(ds, cfg, rank=info.rank, world_size=info.world_size,
-                                          pin_memory=pin, win=win))
+                                          pin_memory=pin, win=win, states=states))
     image_specs = {c: policy.backbone.image_spec(c) for c in spec.cameras}
     prep = BatchPreparer(spec, image_specs, cfg.data.augment, dev, discrete=policy.discrete,
                          use_state=cfg.model.use_state)
@@ -150,15 +161,21 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
         ckpts = checkpoint.CheckpointManager(out / "checkpoints", cfg.train.keep_last,
                                              cfg.eval.best_metric, best.get("value"),
                                              best.get("step"))
-        val, restart = data.val_loader(ds, cfg, pin_memory=dev.type == "cuda")
-        units = data.action_units(ds, dev)
+        vals, skipped = data.val_sets(stores, cfg, dev, pin_memory=dev.type == "cuda",
+                                      states=states)
+        for text in skipped:
+            st.logger.message(text)
 
-        def evaluate_fn():
-            restart()
-            with preserved_rng(gen):
-                return evaluate(policy, val, prep, loss_fn, to_units=units.to_units,
-                                mean_action=units.mean, mean_action_norm=units.mean_norm,
-                                max_batches=cfg.eval.batches, autocast=st.autocast)
+        def evaluate_fn():  # each store's validation split, in its units (val/, val1/, ...)
+            metrics = {}
+            for v in vals:
+                v.restart()
+                with preserved_rng(gen):
+                    metrics.update(data.prefixed(evaluate(
+                        policy, v.loader, prep, loss_fn, to_units=v.units.to_units,
+                        mean_action=v.units.mean, mean_action_norm=v.units.mean_norm,
+                        max_batches=cfg.eval.batches, autocast=st.autocast), v.prefix))
+            return metrics
 
         st.evaluate = evaluate_fn
 
