@@ -103,10 +103,12 @@ class VLMBackbone(nn.Module, abc.ABC):
     def load(self, path) -> None:
         """Load the model and tokenizer from ``path``; set ``spec_image``."""
 
+    # The defaults below fit transformers' *ForConditionalGeneration layout (a ``model`` holding
+    # ``vision_tower`` and ``language_model``); adapters whose model differs override them.
     @property
-    @abc.abstractmethod
     def hidden_size(self) -> int:
         """D, the language model's hidden size."""
+        return self.model.config.text_config.hidden_size
 
     def input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
@@ -114,13 +116,13 @@ class VLMBackbone(nn.Module, abc.ABC):
     def output_embeddings(self) -> nn.Module:
         return self.model.get_output_embeddings()
 
-    @abc.abstractmethod
     def vision_tower(self) -> nn.Module:
         """The vision encoder (what ``freeze_vision`` freezes)."""
+        return self.model.model.vision_tower
 
-    @abc.abstractmethod
     def language_tower(self) -> nn.Module:
         """The decoder stack without the output layer (what LoRA adapts)."""
+        return self.model.model.language_model
 
     @abc.abstractmethod
     def encode_frames(self, pixels: Tensor):

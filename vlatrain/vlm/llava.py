@@ -40,16 +40,6 @@ class LlavaBackbone(VLMBackbone):
         cls = 0 if cfg.vision_feature_select_strategy == "default" else 1
         self.n_image_tokens = (vc.image_size // vc.patch_size) ** 2 + cls
 
-    @property
-    def hidden_size(self) -> int:
-        return self.model.config.text_config.hidden_size
-
-    def vision_tower(self):
-        return self.model.model.vision_tower
-
-    def language_tower(self):
-        return self.model.model.language_model
-
     def unused(self):
         """Besides the LM head: the vision layers after ``vision_feature_layer`` and the final
         layer norm (LLaVA reads the second-to-last layer's output)."""

@@ -32,16 +32,6 @@ class PaliGemmaBackbone(VLMBackbone):
         self.spec_image = image_spec(path, vc.image_size)
         self.n_image_tokens = (vc.image_size // vc.patch_size) ** 2
 
-    @property
-    def hidden_size(self) -> int:
-        return self.model.config.text_config.hidden_size
-
-    def vision_tower(self):
-        return self.model.model.vision_tower
-
-    def language_tower(self):
-        return self.model.model.language_model
-
     def unused(self):
         """Besides the LM head: SigLIP's attention-pooling head, if the checkpoint has one."""
         head = getattr(self.vision_tower(), "head", None)

@@ -52,15 +52,8 @@ class Qwen2VLBackbone(VLMBackbone):
         self.vision_start = token_id(self.tokenizer, "<|vision_start|>", path)
         self.vision_end = token_id(self.tokenizer, "<|vision_end|>", path)
 
-    @property
-    def hidden_size(self) -> int:
-        return self.model.config.text_config.hidden_size
-
     def vision_tower(self):
         return self.model.model.visual
-
-    def language_tower(self):
-        return self.model.model.language_model
 
     def patchify(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, C, S, S) -> (N*g*g, C*tps*p*p): the image processor's flat patch layout, each frame
