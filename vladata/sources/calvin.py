@@ -172,6 +172,8 @@ class CalvinSource:
         if not (len(texts) == len(tasks) == len(emb) == n):
             raise SourceFormatError(f"annotation lists disagree in length: indx {n}, ann "
                                     f"{len(texts)}, task {len(tasks)}, emb {len(emb)}", file=p)
+        if n == 0:
+            return
         emb = emb.reshape(n, -1)  # (N, 1, 384) -> (N, 384)
         starts = ranges[:, 0]
         for j, (s, e) in enumerate(idx):

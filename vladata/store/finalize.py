@@ -73,7 +73,7 @@ def update_accumulators(accs: dict, frames: dict[str, np.ndarray], in_stats: np.
 def save_accumulators(path: Path, accs: dict) -> None:
     arrays = {f"{name}/{k}": v for name, acc in accs.items() for k, v in acc.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
+    np.savez_compressed(tmp, **arrays)  # the histograms are mostly zeros
     os.replace(tmp, path)
 
 

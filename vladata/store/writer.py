@@ -90,6 +90,11 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
     plan = source.plan()
     features = source.features()
     n = sum(ep.length for ep in plan)
+    if n == 0:
+        raise SourceFormatError(f"{source.name}: the source has no frames to convert")
+    if resume and part_frames is None and (out / layout.PLAN).exists():
+        # the interrupted run's parts, whatever --workers this run has
+        part_frames = json.loads((out / layout.PLAN).read_text())["settings"]["part_frames"]
     starts = np.cumsum([0] + [ep.length for ep in plan])[:-1].astype(np.int64)
     part_frames = part_frames or layout.default_part_frames(n, workers)
     parts = layout.part_ranges(n, part_frames)
@@ -97,7 +102,7 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
     settings = {"image_codec": image_codec, "part_frames": part_frames, "jpeg_quality": jpeg_quality,
                 "image_stats": image_stats}
     fingerprint = _fingerprint(source, plan, features, settings)
-    stats_split = "train" if any(ep.split == "train" for ep in plan) else "all"
+    stats_split = "train" if any(ep.split == "train" and ep.length for ep in plan) else "all"
 
     if resume and (out / layout.PLAN).exists():
         old = json.loads((out / layout.PLAN).read_text())
@@ -161,7 +166,9 @@ def _fingerprint(source: Source, plan: list[EpisodeInfo], features: dict[str, Fe
                          "features": {k: v.to_dict() for k, v in features.items()}},
                         sort_keys=True).encode())
     for ep in plan:
-        h.update(f"{ep.source_id}|{ep.length}|{ep.split}|{len(ep.segments)}\n".encode())
+        h.update(f"{ep.source_id}|{ep.length}|{ep.split}\n".encode())
+        for g in ep.segments:
+            h.update(f"{g.start}|{g.end}|{g.instruction}|{g.task}\n".encode())
     return h.hexdigest()
 
 
@@ -355,6 +362,11 @@ def _read_rows(job: _PartJob, r: int, r2: int) -> tuple[dict[str, np.ndarray], n
                     raise SourceFormatError(
                         f"source returned {None if arr is None else tuple(arr.shape)}, expected "
                         f"{want}", episode=i, key=name)
+                if spec.dtype != "object" and arr.dtype != np.dtype(spec.dtype):
+                    if not np.can_cast(arr.dtype, spec.dtype, casting="same_kind"):
+                        raise SourceFormatError(f"source returned {arr.dtype}, expected "
+                                                f"{spec.dtype}", episode=i, key=name)
+                    got[name] = arr.astype(spec.dtype)  # e.g. float64 -> float32, big-endian
             pieces.append(got)
             mask.append(np.full(b - a, bool(job.in_stats[i])))
             row += b - a
