@@ -71,9 +71,20 @@ def update_accumulators(accs: dict, frames: dict[str, np.ndarray], in_stats: np.
 
 
 def save_accumulators(path: Path, accs: dict) -> None:
-    arrays = {f"{name}/{k}": v for name, acc in accs.items() for k, v in acc.state_dict().items()}
+    """Save the parts' pass-1 states; 2-d histograms (mostly empty buckets) are kept sparse."""
+    arrays = {}
+    for name, acc in accs.items():
+        for k, v in acc.state_dict().items():
+            if v.ndim == 2:
+                flat = v.reshape(-1)
+                nz = np.flatnonzero(flat)
+                arrays[f"{name}/{k}@shape"] = np.asarray(v.shape, np.int64)
+                arrays[f"{name}/{k}@index"] = nz
+                arrays[f"{name}/{k}@value"] = flat[nz]
+            else:
+                arrays[f"{name}/{k}"] = v
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)  # the histograms are mostly zeros
+    np.savez(tmp, **arrays)
     os.replace(tmp, path)
 
 
@@ -85,10 +96,16 @@ def load_accumulators(path: Path) -> dict:
             grouped.setdefault(name, {})[k] = z[key]
     out = {}
     for name, state in grouped.items():
+        for k in [k[:-6] for k in state if k.endswith("@shape")]:
+            shape, index, value = (state.pop(f"{k}@{x}") for x in ("shape", "index", "value"))
+            dense = np.zeros(int(np.prod(shape)), value.dtype)
+            dense[index] = value
+            state[k] = dense.reshape(shape)
         kind = str(state["kind"])
-        cls = StatsAccumulator if kind == "pass1" else ImageStatsAccumulator
-        out[name] = cls.from_state_dict(state, name=name) if cls is StatsAccumulator \
-            else cls.from_state_dict(state)
+        if kind == "pass1":
+            out[name] = StatsAccumulator.from_state_dict(state, name=name)
+        else:
+            out[name] = ImageStatsAccumulator.from_state_dict(state)
     return out
 
 
