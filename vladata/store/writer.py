@@ -92,9 +92,10 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
     n = sum(ep.length for ep in plan)
     if n == 0:
         raise SourceFormatError(f"{source.name}: the source has no frames to convert")
-    if resume and part_frames is None and (out / layout.PLAN).exists():
-        # the interrupted run's parts, whatever --workers this run has
-        part_frames = json.loads((out / layout.PLAN).read_text())["settings"]["part_frames"]
+    old = (json.loads((out / layout.PLAN).read_text())
+           if resume and (out / layout.PLAN).exists() else None)
+    if old is not None and part_frames is None:
+        part_frames = old["settings"]["part_frames"]  # the interrupted run's parts, any --workers
     starts = np.cumsum([0] + [ep.length for ep in plan])[:-1].astype(np.int64)
     part_frames = part_frames or layout.default_part_frames(n, workers)
     parts = layout.part_ranges(n, part_frames)
@@ -104,8 +105,7 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
     fingerprint = _fingerprint(source, plan, features, settings)
     stats_split = "train" if any(ep.split == "train" and ep.length for ep in plan) else "all"
 
-    if resume and (out / layout.PLAN).exists():
-        old = json.loads((out / layout.PLAN).read_text())
+    if old is not None:
         if old.get("fingerprint") != fingerprint:
             raise StoreError(f"{out}: cannot resume: the source or the settings differ from the "
                              "interrupted conversion (use --overwrite to start again)")
