@@ -26,3 +26,19 @@ def calvin_store(calvin_raw, tmp_path_factory):
     out = tmp_path_factory.mktemp("stores") / "calvin.vla"
     convert(CalvinSource(str(calvin_raw)), out, progress=False)
     return out
+
+
+def build_codec_stores(tmp_path_factory, name: str, seed: int) -> dict:
+    """One small CALVIN sample converted twice: ``{"raw": Dataset, "jpeg": Dataset, "dir": Path}``."""
+    import vladata
+    from vladata.samples.calvin import write_sample
+    from vladata.sources.calvin import CalvinSource
+    d = tmp_path_factory.mktemp(name)
+    raw = write_sample(d / "raw", train_segments=3, val_segments=2, frames_per_segment=(60, 110),
+                       static_size=12, gripper_size=8, depth=False, seed=seed)
+    out = {"dir": d}
+    for codec in ("raw", "jpeg"):
+        vladata.convert(CalvinSource(str(raw)), d / f"{codec}.vla", image_codec=codec,
+                        progress=False)
+        out[codec] = vladata.open(d / f"{codec}.vla")
+    return out

@@ -11,26 +11,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import vladata
 from cli.export import command as export_command
-from vladata.samples.calvin import write_sample
-from vladata.sources.calvin import CalvinSource
 from vladata.stream import StreamFormatError, WindowStream, export_wds, iter_samples
+from tests.conftest import build_codec_stores
 
 H, C = 4, 3
 
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
-    d = tmp_path_factory.mktemp("stream")
-    raw = write_sample(d / "raw", train_segments=3, val_segments=2, frames_per_segment=(60, 110),
-                       static_size=12, gripper_size=8, depth=False, seed=4)
-    out = {}
-    for codec in ("raw", "jpeg"):
-        vladata.convert(CalvinSource(str(raw)), d / f"{codec}.vla", image_codec=codec, progress=False)
-        out[codec] = vladata.open(d / f"{codec}.vla")
-    out["dir"] = d
-    return out
+    return build_codec_stores(tmp_path_factory, "stream", seed=4)
 
 
 def _check_window(x, y):

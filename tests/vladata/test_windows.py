@@ -12,22 +12,14 @@ import torch
 
 import vladata
 from vladata.batching import LoaderError
-from vladata.samples.calvin import write_sample
-from vladata.sources.calvin import CalvinSource
+from tests.conftest import build_codec_stores
 
 STATIC, GRIPPER = "observation.images.rgb_static", "observation.images.rgb_gripper"
 
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
-    d = tmp_path_factory.mktemp("windows")
-    raw = write_sample(d / "raw", train_segments=3, val_segments=2, frames_per_segment=(60, 110),
-                       static_size=12, gripper_size=8, depth=False, seed=3)
-    out = {}
-    for codec in ("raw", "jpeg"):
-        vladata.convert(CalvinSource(str(raw)), d / f"{codec}.vla", image_codec=codec, progress=False)
-        out[codec] = vladata.open(d / f"{codec}.vla")
-    return out
+    return build_codec_stores(tmp_path_factory, "windows", seed=3)
 
 
 # -- the reference: plain loops over whole episodes, read with zarr-python --------------------

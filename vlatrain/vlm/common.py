@@ -38,7 +38,7 @@ from vlatrain.model.backbone import BackboneOutput, ImageSpec, Observation
 from vlatrain.spec import DataSpec
 from vlatrain.vlm.config import history_mode, vlm_config
 from vlatrain.vlm.interleaved import interleaved_rows
-from vlatrain.vlm.loading import weights_dir
+from vlatrain.vlm.loading import load_model, load_tokenizer, weights_dir
 from vlatrain.vlm.sequence import (ACTION, IMAGE, SLOT, STATE, Layout, Piece, Prompt,
                                    step_rows)
 from vlatrain.vlm.tuning import add_lora, enable_checkpointing, freeze
@@ -102,6 +102,14 @@ class VLMBackbone(nn.Module, abc.ABC):
     @abc.abstractmethod
     def load(self, path) -> None:
         """Load the model and tokenizer from ``path``; set ``spec_image``."""
+
+    def load_pretrained(self, cls, path, model_types: tuple[str, ...]) -> None:
+        """``self.model`` = ``cls`` from ``path`` (config.json's model_type in ``model_types``),
+        in ``model.vlm.dtype``, and ``self.tokenizer`` beside it: the common part of ``load``."""
+        self.model = load_model(cls, path, dtype=self.vcfg.dtype,
+                                attn_implementation=self.vcfg.attn_implementation,
+                                expect=model_types)
+        self.tokenizer = load_tokenizer(path)
 
     # The defaults below fit transformers' *ForConditionalGeneration layout (a ``model`` holding
     # ``vision_tower`` and ``language_model``); adapters whose model differs override them.

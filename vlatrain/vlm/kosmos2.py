@@ -13,7 +13,7 @@ With several cameras each frame gets its own ``<image> ... </image>`` block.
 from __future__ import annotations
 
 from vlatrain.vlm.common import VLMBackbone, pooled
-from vlatrain.vlm.loading import image_spec, load_model, load_tokenizer, token_id
+from vlatrain.vlm.loading import image_spec, token_id
 from vlatrain.vlm.sequence import IMAGE, Piece, text
 
 
@@ -23,10 +23,7 @@ class Kosmos2Backbone(VLMBackbone):
 
     def load(self, path) -> None:
         from transformers import Kosmos2ForConditionalGeneration
-        self.model = load_model(Kosmos2ForConditionalGeneration, path, dtype=self.vcfg.dtype,
-                                attn_implementation=self.vcfg.attn_implementation,
-                                expect=("kosmos-2",))
-        self.tokenizer = load_tokenizer(path)
+        self.load_pretrained(Kosmos2ForConditionalGeneration, path, ("kosmos-2",))
         self.spec_image = image_spec(path, self.model.config.vision_config.image_size)
         self.n_image_tokens = int(self.model.config.latent_query_num)
         self.boi = token_id(self.tokenizer, "<image>", path)

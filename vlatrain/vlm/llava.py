@@ -16,7 +16,7 @@ import torch
 
 from vladata.errors import ConfigError
 from vlatrain.vlm.common import VLMBackbone, pooled
-from vlatrain.vlm.loading import image_spec, load_model, load_tokenizer
+from vlatrain.vlm.loading import image_spec
 from vlatrain.vlm.sequence import IMAGE, Piece
 
 
@@ -26,10 +26,7 @@ class LlavaBackbone(VLMBackbone):
 
     def load(self, path) -> None:
         from transformers import LlavaForConditionalGeneration
-        self.model = load_model(LlavaForConditionalGeneration, path, dtype=self.vcfg.dtype,
-                                attn_implementation=self.vcfg.attn_implementation,
-                                expect=("llava",))
-        self.tokenizer = load_tokenizer(path)
+        self.load_pretrained(LlavaForConditionalGeneration, path, ("llava",))
         cfg = self.model.config
         vc = cfg.vision_config
         self.spec_image = image_spec(path, vc.image_size)

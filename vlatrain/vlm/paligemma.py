@@ -14,7 +14,7 @@ from __future__ import annotations
 from torch import nn
 
 from vlatrain.vlm.common import VLMBackbone, pooled
-from vlatrain.vlm.loading import image_spec, load_model, load_tokenizer
+from vlatrain.vlm.loading import image_spec
 from vlatrain.vlm.sequence import IMAGE, Piece
 
 
@@ -24,10 +24,7 @@ class PaliGemmaBackbone(VLMBackbone):
 
     def load(self, path) -> None:
         from transformers import PaliGemmaForConditionalGeneration
-        self.model = load_model(PaliGemmaForConditionalGeneration, path, dtype=self.vcfg.dtype,
-                                attn_implementation=self.vcfg.attn_implementation,
-                                expect=("paligemma",))
-        self.tokenizer = load_tokenizer(path)
+        self.load_pretrained(PaliGemmaForConditionalGeneration, path, ("paligemma",))
         vc = self.model.config.vision_config
         self.spec_image = image_spec(path, vc.image_size)
         self.n_image_tokens = (vc.image_size // vc.patch_size) ** 2

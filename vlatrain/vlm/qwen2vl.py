@@ -20,7 +20,7 @@ import torch
 
 from vladata.errors import ConfigError
 from vlatrain.vlm.common import VLMBackbone, pooled
-from vlatrain.vlm.loading import image_spec, load_model, load_tokenizer, read_preprocessor, token_id
+from vlatrain.vlm.loading import image_spec, read_preprocessor, token_id
 from vlatrain.vlm.sequence import IMAGE, Piece, text
 
 
@@ -32,10 +32,7 @@ class Qwen2VLBackbone(VLMBackbone):
 
     def load(self, path) -> None:
         from transformers import Qwen2VLForConditionalGeneration
-        self.model = load_model(Qwen2VLForConditionalGeneration, path, dtype=self.vcfg.dtype,
-                                attn_implementation=self.vcfg.attn_implementation,
-                                expect=("qwen2_vl",))
-        self.tokenizer = load_tokenizer(path)
+        self.load_pretrained(Qwen2VLForConditionalGeneration, path, ("qwen2_vl",))
         vc = self.model.config.vision_config
         pre = read_preprocessor(path)
         self.patch = int(pre.get("patch_size", vc.patch_size))
