@@ -40,9 +40,12 @@ from vlatrain.config import load_config  # noqa: E402
 from vlatrain.distributed import DistInfo, pick_device  # noqa: E402
 from vlatrain.logging import RunLogger  # noqa: E402
 from vlatrain.loop import TrainState, train  # noqa: E402
+from vlatrain.losses import make_loss  # noqa: E402
 from vlatrain.model import build_policy  # noqa: E402
 from vlatrain.optim import build_optimizer, lr_at, set_lr  # noqa: E402
+from vlatrain.precision import autocast_for  # noqa: E402
 from vlatrain.recipes import train as recipe  # noqa: E402
+from vlatrain.seeding import seed_everything  # noqa: E402
 
 
 class MemoryLoader:
@@ -65,12 +68,12 @@ class MemoryLoader:
 
 
 def build(cfg, spec, dev):
-    recipe.seed_everything(cfg.train.seed)
+    seed_everything(cfg.train.seed)
     policy = build_policy(cfg.model, spec).to(dev)
     prep = BatchPreparer(spec, {c: policy.backbone.image_spec(c) for c in spec.cameras},
                          cfg.data.augment, dev, discrete=policy.discrete,
                          use_state=cfg.model.use_state)
-    return policy, prep, build_optimizer(policy, cfg.optim), recipe.make_loss(cfg, policy, dev)
+    return policy, prep, build_optimizer(policy, cfg.optim), make_loss(cfg, policy, dev)
 
 
 def sync(dev):
@@ -85,7 +88,7 @@ class Bare:
         self.cfg, self.batches, self.dev, self.i = cfg, batches, dev, 0
         self.policy, self.prep, self.opt, self.loss_fn = build(cfg, spec, dev)
         self.gen = torch.Generator(dev).manual_seed(0)
-        self.autocast = recipe.autocast_for(cfg.train.precision, dev)
+        self.autocast = autocast_for(cfg.train.precision, dev)
 
     def steps(self, k: int) -> None:
         for _ in range(k):
@@ -112,7 +115,7 @@ class Trainer:
                                                          enabled=cfg.train.precision == "fp16"),
                              loader=MemoryLoader(batches), prep=prep, loss_fn=loss_fn,
                              gen=torch.Generator(dev).manual_seed(0), dist=DistInfo(device=dev),
-                             logger=None, autocast=recipe.autocast_for(cfg.train.precision, dev))
+                             logger=None, autocast=autocast_for(cfg.train.precision, dev))
         self.st.logger = RunLogger(out, total_steps=10**6, tensorboard=cfg.log.tensorboard,
                                    progress=False)
         cfg.train.steps = 0

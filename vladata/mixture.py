@@ -3,7 +3,11 @@
 A :class:`Mixture` puts the windows of several stores in one index space (store ``j``'s window
 ``w`` is mixture index ``offsets[j] + w``); each store's windows are cut exactly as
 :class:`vladata.windows.WindowDataset` cuts them, and ``action`` comes from that store's own
-``action.norm`` -- every dataset is normalised with its own statistics, as Octo and OpenVLA do.
+``action.norm`` -- every dataset is normalised with its own statistics, as Octo and OpenVLA do;
+with ``normalize_observations`` (a mode name) so are its low-dimensional observations
+(``observation.state``, ...): each store's :class:`~vladata.normalize.ObservationNormalizer` is
+built from its own statistics and applied to its rows in the workers
+(:attr:`Mixture.observation_norms`, one per store, for checkpoints and policies).
 
 Sampling (:class:`MixtureSampler`): an epoch is ``epoch_size`` windows (default: all windows of
 all stores). Store ``j`` gets a share ``p_j = w_j / sum(w)`` of them, or with ``balance=True``
@@ -25,9 +29,11 @@ from __future__ import annotations
 import numpy as np
 import torch.utils.data
 
+from vladata.dataset import open as open_dataset
 from vladata.errors import ConfigError
 from vladata.sampler import WindowSampler
-from vladata.windows import WindowDataset
+from vladata.store.layout import STATE
+from vladata.windows import WindowDataset, batch_loader
 
 
 class MixtureSampler(WindowSampler):
@@ -73,12 +79,14 @@ class Mixture(torch.utils.data.Dataset):
 
     ``stores``: a list of stores (paths, :class:`vladata.Dataset`), a list of ``(store, weight)``
     pairs or a ``{path: weight}`` dict. ``weights`` (if not given with the stores) default to 1.
-    The window arguments (history, chunk, cameras, split, over, min_history) apply to every store.
+    The window arguments (history, chunk, cameras, split, over, min_history,
+    normalize_observations: None or a mode name) apply to every store, each with its own
+    statistics.
     """
 
     def __init__(self, stores, *, weights=None, balance: bool = False, history: int = 16,
                  chunk: int = 10, cameras=None, split="train", over: str = "episodes",
-                 min_history: int = 1, state: bool = True):
+                 min_history: int = 1, state: bool = True, normalize_observations: str | None = None):
         items = list(stores.items()) if isinstance(stores, dict) else list(stores)
         if items and all(isinstance(x, tuple) and len(x) == 2 for x in items):
             if weights is not None:
@@ -94,16 +102,20 @@ class Mixture(torch.utils.data.Dataset):
             errors.append(f"weights must be finite, >= 0 and not all 0, got {weights}")
         if errors:
             raise ConfigError(errors)
-        import vladata
-        dsets = [vladata.open(x) if not hasattr(x, "info") else x for x in items]
+        dsets = [open_dataset(x) if not hasattr(x, "info") else x for x in items]
         if cameras is None:
             cams = [k for k, v in dsets[0].info["features"].items() if v.get("kind") == "image"
                     and all(k in d.info["features"] for d in dsets)]
             if not cams:
                 raise ConfigError(["the stores share no camera; pass cameras= explicitly"])
             cameras = cams
+        if normalize_observations is not None and not isinstance(normalize_observations, str):
+            raise ConfigError([f"normalize_observations: a mode name or None for a mixture (each "
+                               f"store uses its own statistics), got {normalize_observations!r}"])
         self.parts = [WindowDataset(d, history, chunk, cameras, split, over, min_history=min_history,
-                                    state_key="observation.state" if state else None) for d in dsets]
+                                    state_key=STATE if state else None,
+                                    normalize_observations=normalize_observations) for d in dsets]
+        self.observation_norms = [p.observation_norm for p in self.parts]
         self._check_compatible()
         self.paths = [p.path for p in self.parts]
         self.sizes = [len(p) for p in self.parts]
@@ -149,6 +161,7 @@ class Mixture(torch.utils.data.Dataset):
         return j, int(i - self.offsets[j])
 
     def fill(self, i: int, out: dict) -> tuple[str, str]:
+        """Write mixture window ``i`` into ``out``, observations as stored (see :meth:`normalize`)."""
         j, w = self.locate(i)
         part = self.parts[j]
         e = part.embeddings.shape[1]
@@ -163,13 +176,27 @@ class Mixture(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         out = {k: np.empty(shape, dt) for k, (shape, dt) in self.sample_spec().items()}
         out["instruction"], out["task"] = self.fill(int(i), out)
+        self.parts[int(out["dataset_index"])].normalize(out)
         return out
 
     def fill_batch(self, out: dict, indices) -> dict:
         strings = [self.fill(int(i), {k: v[r, ...] for k, v in out.items()})
                    for r, i in enumerate(indices)]
+        self.normalize(out, len(strings))
         return {"instruction": [s[0] for s in strings], "task": [s[1] for s in strings],
                 "n": len(strings)}
+
+    def normalize(self, out: dict, rows: int) -> None:
+        """Normalise the low-dim observations of the first ``rows`` rows of the batch ``out`` in
+        place, each row with its own store's normaliser (picked by ``dataset_index``)."""
+        store = out["dataset_index"][:rows]
+        for j, part in enumerate(self.parts):
+            if part.observation_norm is None:
+                continue
+            sel = np.flatnonzero(store == j)
+            if len(sel):
+                for k in part.observation_norm.keys:
+                    out[k][sel] = part.observation_norm.apply_feature(k, out[k][sel])
 
     def summary(self) -> list[dict]:
         """Per store: path, windows, weight, share of an epoch, normalisation (for logs)."""
@@ -177,17 +204,12 @@ class Mixture(torch.utils.data.Dataset):
                  "normalization": p.dataset.info.get("normalization")}
                 for p, n, w, q in zip(self.parts, self.sizes, self.weights, self.probabilities)]
 
-    def loader(self, batch_size: int = 32, *, seed: int = 0, num_workers: int = 2, rank: int = 0,
-               world_size: int = 1, drop_last: bool = True, epoch_size: int | None = None,
-               prefetch: int = 2, pin_memory: bool = False,
-               multiprocessing_context: str | None = None, timeout: float = 300.0):
-        """The batch loader over a :class:`MixtureSampler` (same interface as WindowDataset.loader)."""
-        from vladata.batching import BatchLoader
+    def loader(self, batch_size: int = 32, *, seed: int = 0, rank: int = 0, world_size: int = 1,
+               drop_last: bool = True, epoch_size: int | None = None, **options):
+        """The batch loader over a :class:`MixtureSampler` (``options`` as WindowDataset.loader's)."""
         sampler = MixtureSampler(self, batch_size, epoch_size=epoch_size, seed=seed, rank=rank,
                                  world_size=world_size, drop_last=drop_last)
-        return BatchLoader(self, sampler, batch_size=batch_size, num_workers=num_workers,
-                           prefetch=prefetch, pin_memory=pin_memory,
-                           multiprocessing_context=multiprocessing_context, timeout=timeout)
+        return batch_loader(self, sampler, batch_size, **options)
 
 
 __all__ = ["Mixture", "MixtureSampler", "quotas"]

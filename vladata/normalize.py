@@ -294,5 +294,80 @@ def denormalize(y, stats: dict[str, np.ndarray], norm: Normalization | None = No
     return out(x)
 
 
+OBSERVATION_MODE = "meanstd"  # how the low-dim observation inputs of windows are normalised
+MIN_STD = 1e-6                # a std at or below it is recorded as 1: the dimension is only centred
+
+
+@dataclass(frozen=True)
+class ObservationNormalizer:
+    """How the low-dimensional observation inputs of one store are normalised -- one object for
+    the window loader (its workers), the checkpoint (``to_dict``) and the policy runtime.
+
+    ``features`` maps a feature key (``observation.state``, ...) to ``(Normalization, stats)``,
+    ``stats`` holding only the statistics the mode needs, as tuples of floats (D,). Built from a
+    store with :meth:`from_dataset` (each store with its own statistics, as Octo normalises every
+    dataset before mixing), saved with :meth:`to_dict` (JSON-able) and rebuilt with
+    :meth:`from_dict`. :meth:`apply` is THE function that normalises: the loader calls it on a
+    batch of windows, a policy calls it on one live frame, with the same result for the same
+    values::
+
+        norm = ObservationNormalizer.from_dict(spec.observation_norm)   # from a checkpoint
+        obs = norm.apply({"observation.state": state})                  # state: (D,) or (..., D)
+    """
+
+    features: dict = field(default_factory=dict)   # key -> (Normalization, {stat: (D,) floats})
+
+    @classmethod
+    def from_dataset(cls, ds, keys, mode: str = OBSERVATION_MODE) -> "ObservationNormalizer":
+        """The normaliser of ``keys`` with the statistics of store ``ds`` (``mode`` for all).
+
+        A statistic the mode needs but the store lacks raises
+        :class:`~vladata.errors.StatsError`; nothing is passed through un-normalised.
+        """
+        norm = Normalization(mode=mode)
+        features = {}
+        for key in keys:
+            st = ds.stats.get(key)
+            missing = [k for k in norm.required_stats() if st is None or k not in st]
+            if missing:
+                raise StatsError(f"{ds.path}: no {'/'.join(missing)} statistics of {key!r} (needed "
+                                 f"to normalise it, mode {mode!r}); run `vladata stats {ds.path}`")
+            stats = {k: np.asarray(st[k], np.float64) for k in norm.required_stats()}
+            if mode == "meanstd":
+                stats["std"] = np.where(stats["std"] > MIN_STD, stats["std"], 1.0)
+            features[key] = (norm, {k: tuple(float(v) for v in a.reshape(-1))
+                                    for k, a in stats.items()})
+        return cls(features)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(self.features)
+
+    def apply_feature(self, key: str, x):
+        """Feature ``key``'s values ``x`` (..., D) normalised -> float32 (numpy or torch, as ``x``)."""
+        norm, stats = self.features[key]
+        return normalize(x, stats, norm)
+
+    def apply(self, obs: dict) -> dict:
+        """A copy of ``obs`` (key -> (..., D) values: one frame, a window or a batch) with every
+        feature this normaliser covers normalised; other keys pass through unchanged."""
+        return {k: self.apply_feature(k, v) if k in self.features else v for k, v in obs.items()}
+
+    def to_dict(self) -> dict:
+        return {"features": {k: {"normalization": n.to_dict(), "stats": {s: list(v) for s, v in st.items()}}
+                             for k, (n, st) in self.features.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ObservationNormalizer":
+        _check_keys(d, {"features"}, "observation normalisation")
+        features = {}
+        for key, f in d["features"].items():
+            _check_keys(f, {"normalization", "stats"}, f"observation normalisation of {key!r}")
+            features[key] = (Normalization.from_dict(f["normalization"]),
+                             {s: tuple(float(x) for x in v) for s, v in f["stats"].items()})
+        return cls(features)
+
+
 __all__ = ["MODES", "Normalization", "GripperConvention", "NormalizationError", "normalize",
-           "denormalize", "parse_normalization", "parse_convention"]
+           "denormalize", "parse_normalization", "parse_convention", "ObservationNormalizer",
+           "OBSERVATION_MODE"]

@@ -12,8 +12,11 @@ from typing import NamedTuple
 import numpy as np
 import torch.utils.data
 
+from vladata.dataset import open as open_dataset
 from vladata.errors import StoreError
 from vladata.images import decode_jpeg
+from vladata.normalize import ObservationNormalizer
+from vladata.store.layout import ACTION_NORM, ACTION_TOKENS, IMAGE_PREFIX, STATE
 from vladata.store.shard_reader import StoreReader
 
 OVER = ("segments", "episodes")
@@ -41,7 +44,8 @@ class WindowDataset(torch.utils.data.Dataset):
     that history slot ``i`` shows):
 
     - ``observation.images.<cam>`` uint8 (h, H, W, 3), ``observation.state`` float32 (h, D) and
-      every ``extra_keys`` feature (h, ...): frame ``s_i`` for slot ``i``;
+      every ``extra_keys`` feature (h, ...): frame ``s_i`` for slot ``i``; with
+      ``normalize_observations`` the low-dimensional ones normalised (below);
     - ``obs_mask`` bool (h,): ``t + i >= lo`` (false: padding before the range start);
     - ``action`` float32 (h, c, A) from the stored ``action.norm`` and ``action.tokens`` int64
       (h, c, A): ``[i, j]`` holds the row of frame ``min(s_i + j, hi)``;
@@ -57,6 +61,14 @@ class WindowDataset(torch.utils.data.Dataset):
     - ``episode_index`` int64, ``frame_index`` int64 (h,) = ``s_i`` as an offset in the episode,
       ``index`` int64 (the window index).
 
+    **Observation normalisation.** ``normalize_observations=None`` (default) serves the stored
+    values. A mode name (``"meanstd"``, as :data:`vladata.normalize.OBSERVATION_MODE`) normalises
+    ``observation.state`` and every low-dim ``extra_keys`` feature of float dtype with this
+    store's own statistics (float32 out); an :class:`~vladata.normalize.ObservationNormalizer`
+    (e.g. the one a checkpoint recorded) is used as given. ``observation_norm`` holds the one in
+    use (or None); it is applied in the workers, and is the object a policy applies to a live
+    frame (:meth:`ObservationNormalizer.apply`).
+
     ``h=1`` is one-step modelling. ``cameras``: image features to include, as full keys or the
     part after ``observation.images.`` (default: all). ``__getitem__`` returns numpy arrays (torch's
     ``DataLoader`` can batch them); :meth:`loader` is the fast path: windows written straight into
@@ -64,12 +76,11 @@ class WindowDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, ds, history: int = 16, chunk: int = 10, cameras=None, split="train",
-                 over: str = "segments", *, min_history: int = 1, state_key="observation.state",
-                 action_key: str = "action.norm", tokens_key: str | None = "action.tokens",
-                 extra_keys=()):
+                 over: str = "segments", *, min_history: int = 1, state_key=STATE,
+                 action_key: str = ACTION_NORM, tokens_key: str | None = ACTION_TOKENS,
+                 extra_keys=(), normalize_observations=None):
         if isinstance(ds, str):
-            import vladata
-            ds = vladata.open(ds)
+            ds = open_dataset(ds)
         if history < 1 or chunk < 1:
             raise ValueError(f"history and chunk must be >= 1, got {history}, {chunk}")
         if not 1 <= min_history <= history:
@@ -86,7 +97,7 @@ class WindowDataset(torch.utils.data.Dataset):
         self.cameras = _pick_cameras(ds.path, feats, cameras)
         self.action_key, self.tokens_key = action_key, tokens_key
         self.state_key = state_key if state_key in feats else None
-        if state_key is not None and state_key != "observation.state" and self.state_key is None:
+        if state_key is not None and state_key != STATE and self.state_key is None:
             raise KeyError(f"{ds.path}: no feature {state_key!r}; features: {sorted(feats)}")
         for k in extra_keys:
             if k not in feats:
@@ -96,6 +107,10 @@ class WindowDataset(torch.utils.data.Dataset):
         self.shapes = {k: tuple(feats[k]["shape"]) for k in (*self.cameras, *self.extra_keys,
                                                             *filter(None, [self.state_key, action_key]))}
         self.dtypes = {k: np.dtype(feats[k]["dtype"]) for k in self.shapes}
+        self.observation_norm = observation_normalizer(ds, normalize_observations,
+                                                       [self.state_key, *self.extra_keys])
+        if self.observation_norm is not None:
+            self.dtypes.update({k: np.dtype(np.float32) for k in self.observation_norm.keys})
         eps, seg = ds.episodes, ds.segments
         self.ranges = Ranges(eps["start"].to_numpy(), eps["length"].to_numpy(), eps["split"].to_list(),
                              seg["episode_index"].to_numpy(), seg["start"].to_numpy(),
@@ -126,6 +141,7 @@ class WindowDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         out = {k: np.empty(shape, dtype) for k, (shape, dtype) in self.sample_spec().items()}
         seg = self.fill(int(i), out)
+        self.normalize(out)
         out["instruction"] = self.instructions[seg] if seg >= 0 else ""
         out["task"] = self.tasks[seg] if seg >= 0 else ""
         return out
@@ -133,11 +149,22 @@ class WindowDataset(torch.utils.data.Dataset):
     def fill_batch(self, out: dict[str, np.ndarray], indices) -> dict:
         """Write windows ``indices`` into rows of the batch arrays ``out``; return the strings."""
         segs = [self.fill(int(i), {k: v[j, ...] for k, v in out.items()}) for j, i in enumerate(indices)]
+        self.normalize(out, len(segs))
         return {"instruction": [self.instructions[s] if s >= 0 else "" for s in segs],
                 "task": [self.tasks[s] if s >= 0 else "" for s in segs], "n": len(segs)}
 
+    def normalize(self, out: dict[str, np.ndarray], rows: int | None = None) -> None:
+        """Normalise the low-dim observations of ``out`` in place (its first ``rows`` rows, or the
+        one window it holds) with :attr:`observation_norm`; nothing without one."""
+        if self.observation_norm is None:
+            return
+        for k in self.observation_norm.keys:
+            dst = out[k] if rows is None else out[k][:rows]
+            dst[...] = self.observation_norm.apply_feature(k, dst)
+
     def fill(self, i: int, out: dict[str, np.ndarray]) -> int:
-        """Write window ``i`` into ``out`` (arrays shaped as :meth:`sample_spec`); return its segment."""
+        """Write window ``i`` into ``out`` (arrays shaped as :meth:`sample_spec`), observations as
+        stored (:meth:`normalize` normalises them); return its segment."""
         rg = self.ranges
         r, e = rg.locate(i)
         ep = int(rg.r_episode[r])
@@ -154,8 +181,7 @@ class WindowDataset(torch.utils.data.Dataset):
     def dataset(self):
         """The :class:`vladata.Dataset` (reopened after unpickling)."""
         if self._dataset is None:
-            import vladata
-            self._dataset = vladata.open(self.path)
+            self._dataset = open_dataset(self.path)
         return self._dataset
 
     def __getstate__(self):
@@ -163,18 +189,39 @@ class WindowDataset(torch.utils.data.Dataset):
         state["_dataset"] = None
         return state
 
-    def loader(self, batch_size: int = 32, *, shuffle: bool = True, seed: int = 0, num_workers: int = 2,
-               rank: int = 0, world_size: int = 1, drop_last: bool = True, prefetch: int = 2,
-               pin_memory: bool = False, multiprocessing_context: str | None = None,
-               timeout: float = 300.0):
-        """The batch loader (:class:`vladata.batching.BatchLoader`) over a :class:`WindowSampler`."""
-        from vladata.batching import BatchLoader
+    def loader(self, batch_size: int = 32, *, shuffle: bool = True, seed: int = 0, rank: int = 0,
+               world_size: int = 1, drop_last: bool = True, **options):
+        """The batch loader over a :class:`WindowSampler` (:func:`batch_loader`; ``options``:
+        num_workers, prefetch, pin_memory, multiprocessing_context, timeout)."""
         from vladata.sampler import WindowSampler
         sampler = WindowSampler(len(self), batch_size, shuffle=shuffle, seed=seed, rank=rank,
                                 world_size=world_size, drop_last=drop_last)
-        return BatchLoader(self, sampler, batch_size=batch_size, num_workers=num_workers,
-                           prefetch=prefetch, pin_memory=pin_memory,
-                           multiprocessing_context=multiprocessing_context, timeout=timeout)
+        return batch_loader(self, sampler, batch_size, **options)
+
+
+def batch_loader(producer, sampler, batch_size: int, *, num_workers: int = 2, prefetch: int = 2,
+                 pin_memory: bool = False, multiprocessing_context: str | None = None,
+                 timeout: float = 300.0):
+    """The :class:`vladata.batching.BatchLoader` of ``producer``'s windows in ``sampler``'s order
+    (``WindowDataset.loader`` and ``Mixture.loader`` both build theirs here)."""
+    from vladata.batching import BatchLoader
+    return BatchLoader(producer, sampler, batch_size=batch_size, num_workers=num_workers,
+                       prefetch=prefetch, pin_memory=pin_memory,
+                       multiprocessing_context=multiprocessing_context, timeout=timeout)
+
+
+def observation_normalizer(ds, how, keys) -> ObservationNormalizer | None:
+    """The normaliser ``normalize_observations=how`` asks for (see :class:`WindowDataset`):
+    None, the given one, or a mode name applied to the float low-dim features among ``keys``."""
+    if how is None or isinstance(how, ObservationNormalizer):
+        return how
+    if not isinstance(how, str):
+        raise TypeError(f"normalize_observations must be None, a mode name or an "
+                        f"ObservationNormalizer, got {how!r}")
+    feats = ds.info["features"]
+    picked = [k for k in keys if k is not None and feats[k].get("kind", "lowdim") == "lowdim"
+              and np.issubdtype(np.dtype(feats[k]["dtype"]), np.floating)]
+    return ObservationNormalizer.from_dataset(ds, picked, how)
 
 
 class Ranges:
@@ -252,12 +299,12 @@ def window_spec(geometry: "Geometry", shapes: dict, dtypes: dict, emb_dim: int) 
     """Per-window array fields: name -> (shape, dtype)."""
     g, h, c = geometry, geometry.history, geometry.chunk
     spec = {k: ((h, *shapes[k]), np.dtype(dtypes[k])) for k in g.cameras}
-    spec.update({k: ((h, *shapes[k]), np.dtype(np.float32) if k == "observation.state" else
+    spec.update({k: ((h, *shapes[k]), np.dtype(np.float32) if k == STATE else
                      np.dtype(dtypes[k])) for k in g.lowdim})
     a = shapes[g.action_key]
     spec["action"] = ((h, c, *a), np.dtype(np.float32))
     if g.tokens_key:
-        spec["action.tokens"] = ((h, c, *a), np.dtype(np.int64))
+        spec[ACTION_TOKENS] = ((h, c, *a), np.dtype(np.int64))
     spec.update({"action_mask": ((h, c), np.dtype(bool)), "obs_mask": ((h,), np.dtype(bool)),
                  "language.embedding": ((emb_dim,), np.dtype(np.float32)),
                  "language_mask": ((), np.dtype(bool)), "episode_index": ((), np.dtype(np.int64)),
@@ -326,7 +373,7 @@ def cut_window(out: dict, rows, *, lo: int, hi: int, e: int, ep_start: int, geom
     idx = np.minimum(shown[:, None] + ahead, hi) - a                     # (h, c) into rows a..last
     out["action"][...] = rows.read(geometry.action_key, a, last + 1)[idx]
     if geometry.tokens_key:
-        out["action.tokens"][...] = rows.read(geometry.tokens_key, a, last + 1)[idx]
+        out[ACTION_TOKENS][...] = rows.read(geometry.tokens_key, a, last + 1)[idx]
     out["action_mask"][...] = real[:, None] & (steps[:, None] + ahead <= hi)
     out["obs_mask"][...] = real
     out["frame_index"][...] = shown - ep_start
@@ -347,11 +394,12 @@ def _pick_cameras(path, feats: dict, cameras) -> tuple[str, ...]:
         return tuple(images)
     picked = []
     for cam in ([cameras] if isinstance(cameras, str) else cameras):
-        key = cam if cam in feats else f"observation.images.{cam}"
+        key = cam if cam in feats else IMAGE_PREFIX + cam
         if key not in images:
             raise KeyError(f"{path}: no camera {cam!r}; cameras: {images}")
         picked.append(key)
     return tuple(picked)
 
 
-__all__ = ["WindowDataset", "Ranges", "window_spec", "embedding_matrix", "Geometry", "StoreRows", "cut_window", "put_language"]
+__all__ = ["WindowDataset", "Ranges", "window_spec", "embedding_matrix", "Geometry", "StoreRows",
+           "cut_window", "put_language", "batch_loader", "observation_normalizer"]

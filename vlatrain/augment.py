@@ -1,6 +1,8 @@
 """Device-side batch preparation: images resized, augmented and normalised; targets built.
 
-The loader hands over uint8 frames as stored (channels last); everything else happens here, on
+The loader hands over uint8 frames as stored (channels last) and low-dimensional observations
+already normalised with each store's statistics (vladata, ``normalize_observations``; the
+spec's ``observation_norm`` records how); everything else happens here, on
 the training device, in one pass per camera::
 
     uint8 (B, h, H, W, 3) -> float (B*h, 3, H, W) / 255 -> resize to the backbone's size
@@ -23,11 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vladata.store.layout import ACTION_TOKENS, IMAGE_PREFIX, STATE
 from vlatrain.config import AugmentConfig
 from vlatrain.model.backbone import ImageSpec, Observation
 from vlatrain.spec import DataSpec
-
-IMAGE_PREFIX = "observation.images."
 
 
 @dataclass
@@ -97,9 +98,6 @@ class BatchPreparer:
                  device: torch.device, *, discrete: bool, use_state: bool = True):
         self.spec, self.image_specs, self.cfg, self.device = spec, image_specs, cfg, device
         self.discrete, self.use_state = discrete, use_state and spec.state_dim > 0
-        self.state_mean = torch.tensor(spec.state_mean, dtype=torch.float32, device=device)
-        std = torch.tensor(spec.state_std, dtype=torch.float32, device=device)
-        self.state_std = torch.where(std > 1e-6, std, torch.ones_like(std))
         self.arm = torch.tensor(spec.arm_dims, dtype=torch.long, device=device)
         self.state_index = (torch.tensor(spec.state_index, dtype=torch.long, device=device)
                             if spec.state_index else None)
@@ -141,10 +139,9 @@ class BatchPreparer:
         obs_mask = batch["obs_mask"].to(dev, non_blocking=nb)  # (B, h)
         state = None
         if self.use_state:
-            state = batch["observation.state"].to(dev, non_blocking=nb)  # (B, h, D)
+            state = batch[STATE].to(dev, non_blocking=nb)  # (B, h, D), normalised by the loader
             if self.state_index is not None:
                 state = state.index_select(-1, self.state_index)
-            state = (state - self.state_mean) / self.state_std
         lang = batch.get("language.embedding")
         lmask = batch.get("language_mask")
         obs = Observation(images=images, mask=obs_mask, state=state,
@@ -159,7 +156,7 @@ class BatchPreparer:
             action[..., self.arm] = (action[..., self.arm] + self.cfg.action_noise * noise).clamp(-1, 1)
         bins = None
         if self.discrete:
-            bins = self.to_bins(batch["action.tokens"].to(dev, non_blocking=nb).long(), mask)
+            bins = self.to_bins(batch[ACTION_TOKENS].to(dev, non_blocking=nb).long(), mask)
         if nb:
             self.copies.append(torch.cuda.Event())
             self.copies[-1].record()

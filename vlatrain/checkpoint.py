@@ -10,7 +10,9 @@ Each file is one dict of tensors and plain containers (no pickled objects)::
     format_version   1
     step             optimiser steps done
     config           Config.to_dict() -- how the run was configured (resolved)
-    spec             DataSpec.to_dict() -- what the policy was built for
+    spec             DataSpec.to_dict() -- what the policy was built for, with the observation
+                     normalisation it was trained with (``observation_norm``; per store in
+                     ``extra["mixture"]`` for a mixture)
     model            the policy's state_dict
     optimizer        AdamW state_dict (the schedule is a pure function of ``step``)
     scaler           GradScaler state_dict ({} when unused)
@@ -30,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from vladata.errors import ConfigError
 
 FORMAT_VERSION = 1
 STEP_RE = re.compile(r"^step_(\d+)\.pt$")
@@ -143,3 +147,31 @@ class CheckpointManager:
         for old in step_checkpoints(self.dir)[:-self.keep_last]:
             old.unlink()
         return path
+
+
+def payload(st, spec, rng: list) -> dict:
+    """What a checkpoint of the run ``st`` (a ``vlatrain.loop.TrainState``) holds besides
+    step/best/metrics; ``rng`` is every rank's :func:`rng_state`.
+
+    No partial loss sums: a checkpoint step always writes its metrics line first, so a resumed
+    run's lines average the same steps as the uninterrupted run's.
+    """
+    return {"config": st.cfg.to_dict(), "spec": spec.to_dict(), "model": st.policy.state_dict(),
+            "optimizer": st.optimizer.state_dict(), "scaler": st.scaler.state_dict(),
+            "loader": st.loader.state_dict(), "rng": rng}
+
+
+def restore(st, path: Path) -> dict:
+    """Load checkpoint ``path`` into ``st`` (this rank's RNG states included); return its best."""
+    ckpt = load(path)
+    st.policy.load_state_dict(ckpt["model"])
+    st.optimizer.load_state_dict(ckpt["optimizer"])
+    st.scaler.load_state_dict(ckpt["scaler"])
+    st.loader.load_state_dict(ckpt["loader"])
+    rngs = ckpt["rng"]
+    if len(rngs) != st.dist.world_size:
+        raise ConfigError([f"{path}: saved by {len(rngs)} processes, resumed by "
+                           f"{st.dist.world_size}: resume with the same number of processes"])
+    set_rng_state(rngs[st.dist.rank], st.gen)
+    st.step = int(ckpt["step"])
+    return ckpt.get("best") or {}

@@ -1,19 +1,21 @@
 """The trainer's one door to vladata: stores, window loaders, the data spec, action units.
 
-Everything the trainer knows about stores comes through here: ``vladata.open`` for the store,
-``Dataset.windows(...).loader(...)`` for batches (the batch format is vladata's: see
+Everything the trainer knows about stores comes through here: ``vladata.dataset.open`` for the
+store, ``Dataset.windows(...).loader(...)`` for batches (the batch format is vladata's: see
 ``vladata.windows.WindowDataset``), ``vladata.normalize`` to put actions back into the
 dataset's units and ``vladata.tokenize.ActionTokenizer`` for the token layout of discrete heads.
+Windows come with their low-dimensional observations normalised by vladata (``observation.state``
+with the store's mean/std: :data:`OBSERVATION_MODE`); the :class:`DataSpec` records the
+:class:`~vladata.normalize.ObservationNormalizer` used, and checkpoints save the spec.
 
 Mixtures (``data.mixture``, ``vladata.mixture.Mixture``): :func:`open_stores` opens every store,
 :func:`train_windows` puts them under one index, :func:`spec_from_stores` checks that each can feed
 the one policy (:func:`check_compatible` plus the image shapes) and returns the FIRST store's spec.
 Actions come normalised with each store's own statistics (the Mixture reads each store's
-``action.norm``). States are normalised per store too, although the policy's :class:`DataSpec`
-holds the first store's state statistics: :class:`StoreStates` maps each row of another store
-onto the first store's scale before ``BatchPreparer`` normalises it (picked by the batch's
-``dataset_index``), so ``BatchPreparer(spec)(batch)`` sees ``(s - mean_j) / std_j`` for store
-``j``. Every store's statistics are kept in ``spec.extra["mixture"]``. Validation
+``action.norm``), and so do observations (the Mixture normalises each store's rows with that
+store's normaliser, in its workers): the trainer sees ``(s - mean_j) / std_j`` for store ``j``
+and holds no remapping of its own. Every store's normaliser is kept in
+``spec.extra["mixture"][j]["observation_norm"]``. Validation
 (:func:`val_sets`) runs on each store's validation split, in that store's units: the first store
 logs ``val/...`` (so ``eval.best_metric`` keeps its meaning), store ``j >= 1`` logs ``val<j>/...``;
 a store without the split is skipped.
@@ -28,15 +30,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-import vladata
+from vladata.dataset import open as open_dataset
 from vladata.errors import ConfigError, StatsError, StoreError
-from vladata.normalize import Normalization, denormalize, normalize
+from vladata.normalize import OBSERVATION_MODE, Normalization, denormalize, normalize
+from vladata.store.layout import ACTION, IMAGE_PREFIX, STATE
 from vladata.tokenize import ActionTokenizer
 from vlatrain.config import Config, DataConfig
 from vlatrain.spec import DataSpec
 
-IMAGE_PREFIX = "observation.images."
-STATE_KEY = "observation.state"
 
 
 @dataclass
@@ -49,11 +50,11 @@ class ActionUnits:
 
 
 def open_store(path: str | None):
-    """``vladata.open(path)`` with the config key named in the errors."""
+    """``vladata.dataset.open(path)`` with the config key named in the errors."""
     if not path:
         raise StoreError("data.path is not set: pass data.path=STORE (a store written by "
                          "`vladata convert`)")
-    return vladata.open(path)
+    return open_dataset(path)
 
 
 def open_stores(cfg: DataConfig) -> list[tuple]:
@@ -66,7 +67,7 @@ def open_stores(cfg: DataConfig) -> list[tuple]:
                            "`vladata convert`) or data.mixture=[{path: A, weight: 1.0}, ...]"])
     if cfg.mixture is None:
         return [(open_store(cfg.path), 1.0)]
-    return [(vladata.open(p), w) for p, w in cfg.stores()]
+    return [(open_dataset(p), w) for p, w in cfg.stores()]
 
 
 def train_windows(stores: list[tuple], cfg: DataConfig):
@@ -77,23 +78,22 @@ def train_windows(stores: list[tuple], cfg: DataConfig):
     from vladata.mixture import Mixture
     return Mixture([ds for ds, _ in stores], weights=[w for _, w in stores], balance=cfg.balance,
                    history=cfg.history, chunk=cfg.chunk, cameras=cfg.cameras,
-                   split=cfg.train_split, over=cfg.over)
+                   split=cfg.train_split, over=cfg.over, normalize_observations=OBSERVATION_MODE)
 
 
 def spec_from_stores(stores: list[tuple], cfg: DataConfig, win=None) -> DataSpec:
     """The first store's :class:`DataSpec`, after checking that every store matches it.
 
-    A mixture's spec also lists each store (path, weight, share, normalisation, state statistics)
-    in ``extra["mixture"]``; a policy deployed on store ``j`` normalises states with its own.
+    A mixture's spec also lists each store (path, weight, share, action normalisation,
+    observation normalisation) in ``extra["mixture"]``; a policy deployed on store ``j``
+    normalises its observations with ``observation_norm`` of row ``j``.
     """
-    parts = getattr(win, "parts", None)
-    if parts is None:
+    if cfg.mixture is None:
         return spec_from_store(stores[0][0], cfg, win)
-    specs = check_stores(stores, cfg, parts)
+    specs = check_stores(stores, cfg, win.parts)
     spec = specs[0]
     rows = [{"path": ds.path, "weight": w, "probability": q, "windows": n,
-             "normalization": ds.info["normalization"], "state_mean": list(s.state_mean),
-             "state_std": list(s.state_std)}
+             "normalization": ds.info["normalization"], "observation_norm": s.observation_norm}
             for (ds, w), s, q, n in zip(stores, specs, win.probabilities, win.sizes)]
     return dataclasses.replace(spec, extra={**spec.extra, "mixture": rows, "balance": win.balance})
 
@@ -118,67 +118,11 @@ def check_stores(stores: list[tuple], cfg: DataConfig, parts=None) -> list[DataS
     return specs
 
 
-class StoreStates:
-    """Per-store state normalisation through the first store's statistics (see the module).
-
-    Row ``r`` of store ``j`` gets ``s * scale[j] + shift[j]`` (every stored state dimension,
-    in place), with ``scale = std_0 / std_j`` and ``shift = mean_0 - mean_j * scale``, so that
-    normalising with the first store's statistics gives ``(s - mean_j) / std_j``.
-    """
-
-    def __init__(self, stores: list):
-        def stat(ds, k):
-            return np.asarray(ds.stats[STATE_KEY][k], np.float64)
-        mean = np.stack([stat(ds, "mean") for ds in stores])
-        std = np.stack([stat(ds, "std") for ds in stores])
-        std = np.where(std > 1e-6, std, 1.0)  # as BatchPreparer guards it
-        scale = std[:1] / std
-        self.scale = torch.as_tensor(scale, dtype=torch.float32)  # (S, D)
-        self.shift = torch.as_tensor(mean[:1] - mean * scale, dtype=torch.float32)
-        self.identity = bool((std == std[:1]).all() and (mean == mean[:1]).all())
-
-    def __call__(self, batch: dict, store: int | None = None) -> dict:
-        s = batch[STATE_KEY]                                      # (B, h, D)
-        j = batch["dataset_index"] if store is None else torch.full((s.shape[0],), store)
-        shape = (s.shape[0],) + (1,) * (s.dim() - 2) + (s.shape[-1],)
-        s.mul_(self.scale[j].reshape(shape)).add_(self.shift[j].reshape(shape))
-        return batch
-
-
-class StoreStateLoader:
-    """A resumable loader whose batches pass through :class:`StoreStates` (same interface)."""
-
-    def __init__(self, loader, states: StoreStates, store: int | None = None):
-        self.loader, self.states, self.store = loader, states, store
-
-    def __iter__(self):
-        for batch in self.loader:
-            yield self.states(batch, self.store)
-
-    def __len__(self):
-        return len(self.loader)
-
-    def state_dict(self) -> dict:
-        return self.loader.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.loader.load_state_dict(state)
-
-    def close(self) -> None:
-        self.loader.close()
-
-
-def store_states(stores: list[tuple], cfg: Config, spec: DataSpec) -> StoreStates | None:
-    """The per-store state mapping a mixture needs, or None (one store, no state, all alike)."""
-    if len(stores) < 2 or not spec.state_dim or not cfg.model.use_state:
-        return None
-    states = StoreStates([ds for ds, _ in stores])
-    return None if states.identity else states
-
-
-def windows(ds, cfg: DataConfig, split: str):
+def windows(ds, cfg: DataConfig, split: str, observation_norm=OBSERVATION_MODE):
+    """The store's windows as ``cfg`` cuts them, observations normalised by ``observation_norm``
+    (a mode: the store's own statistics; or the :class:`ObservationNormalizer` of a checkpoint)."""
     return ds.windows(history=cfg.history, chunk=cfg.chunk, cameras=cfg.cameras, split=split,
-                      over=cfg.over)
+                      over=cfg.over, normalize_observations=observation_norm)
 
 
 def spec_from_store(ds, cfg: DataConfig, win=None) -> DataSpec:
@@ -191,24 +135,20 @@ def spec_from_store(ds, cfg: DataConfig, win=None) -> DataSpec:
     if bad:
         raise StoreError(f"{ds.path}: cameras must be RGB (H, W, 3); got {bad} -- pick RGB "
                          f"cameras with data.cameras=[...]")
-    state_dim, mean, std, index = 0, (), (), ()
-    if STATE_KEY in feats:
-        stored = int(feats[STATE_KEY]["shape"][0])
+    state_dim, index = 0, ()
+    if STATE in feats:
+        stored = int(feats[STATE]["shape"][0])
         index = tuple(range(stored)) if cfg.state_dims is None else tuple(cfg.state_dims)
         if max(index) >= stored:
             raise StoreError(f"{ds.path}: data.state_dims {list(index)} asks for dims beyond the "
-                             f"{stored} of {STATE_KEY!r} ({feats[STATE_KEY].get('names')})")
-        st = ds.stats.get(STATE_KEY)
-        if st is None or "mean" not in st or "std" not in st:
-            raise StatsError(f"{ds.path}: no mean/std statistics of {STATE_KEY!r}; run "
-                             f"`vladata stats {ds.path}`")
+                             f"{stored} of {STATE!r} ({feats[STATE].get('names')})")
+        if win.observation_norm is None or STATE not in win.observation_norm.keys:
+            raise StoreError(f"{ds.path}: the windows do not normalise {STATE!r}")
         state_dim = len(index)
-        mean = tuple(float(st["mean"][i]) for i in index)
-        std = tuple(float(st["std"][i]) for i in index)
         index = () if cfg.state_dims is None else index
     elif cfg.state_dims is not None:
-        raise StoreError(f"{ds.path}: data.state_dims is set but the store has no {STATE_KEY!r}")
-    act = feats.get("action")
+        raise StoreError(f"{ds.path}: data.state_dims is set but the store has no {STATE!r}")
+    act = feats.get(ACTION)
     if act is None or "normalization" not in ds.info:
         raise StatsError(f"{ds.path}: no normalised actions (info['normalization']); run "
                          f"`vladata stats {ds.path}`")
@@ -221,12 +161,13 @@ def spec_from_store(ds, cfg: DataConfig, win=None) -> DataSpec:
         t = ActionTokenizer.from_dataset(ds)
         token_ids = tuple(int(i) for i in t.id_of_bin(np.arange(t.bins)))
         centres = tuple(float(c) for c in t.centres())
-    return DataSpec(cameras=cams, image_shapes=shapes, state_dim=state_dim, state_mean=mean,
-                    state_std=std, action_dim=a_dim, action_names=names, gripper_dims=grip,
+    norm = win.observation_norm
+    return DataSpec(cameras=cams, image_shapes=shapes, state_dim=state_dim, action_dim=a_dim, action_names=names, gripper_dims=grip,
                     language_dim=int(win.embeddings.shape[1]), history=cfg.history,
                     chunk=cfg.chunk, token_ids=token_ids, bin_centers=centres, state_index=index,
                     extra={"source": ds.info.get("source"), "tokenizer": tok,
-                           "normalization": ds.info["normalization"]})
+                           "normalization": ds.info["normalization"]},
+                    observation_norm={} if norm is None else norm.to_dict())
 
 
 def check_compatible(spec: DataSpec, trained: DataSpec, path: str, what: str = "the policy's"
@@ -244,7 +185,7 @@ def check_compatible(spec: DataSpec, trained: DataSpec, path: str, what: str = "
 
 def action_units(ds, device: torch.device) -> ActionUnits:
     """Denormalisation with the store's statistics and the mean-action baseline."""
-    stats, norm = ds.stats["action"], Normalization.from_dict(ds.info["normalization"])
+    stats, norm = ds.stats[ACTION], Normalization.from_dict(ds.info["normalization"])
     if "mean" not in stats:
         raise StatsError(f"{ds.path}: action statistics lack 'mean' (the baseline); run "
                          f"`vladata stats {ds.path}`")
@@ -258,33 +199,28 @@ def action_units(ds, device: torch.device) -> ActionUnits:
                        mean_norm=torch.as_tensor(mean_norm, device=device))
 
 
-def train_loader(ds, cfg: Config, *, rank: int, world_size: int, pin_memory: bool, win=None,
-                 states: StoreStates | None = None):
+def train_loader(ds, cfg: Config, *, rank: int, world_size: int, pin_memory: bool, win=None):
     """Shuffled, rank-aware, resumable training batches (``state_dict``/``load_state_dict``).
 
     ``win`` may be a ``Mixture`` (:func:`train_windows`; ``ds`` is then unused): its batches
-    follow the weighted draw, carry ``dataset_index`` and pass through ``states`` if given.
+    follow the weighted draw and carry ``dataset_index``; the two loaders take the same arguments.
     """
     win = win if win is not None else windows(ds, cfg.data, cfg.data.train_split)
     per_rank = len(win) // world_size
     if per_rank < cfg.data.batch_size:
-        where = ds.path if ds is not None and not hasattr(win, "parts") else "the mixture"
+        where = ds.path if cfg.data.mixture is None else "the mixture"
         raise StoreError(f"{where}: split {cfg.data.train_split!r} has {len(win)} windows, "
                          f"{per_rank} per process: fewer than one batch of {cfg.data.batch_size}; "
                          f"lower data.batch_size")
-    if hasattr(win, "parts"):  # a Mixture
-        loader = win.loader(batch_size=cfg.data.batch_size, seed=cfg.train.seed,
-                            num_workers=cfg.data.num_workers, rank=rank, world_size=world_size,
-                            drop_last=True, pin_memory=pin_memory)
-        return loader if states is None else StoreStateLoader(loader, states)
-    return win.loader(batch_size=cfg.data.batch_size, shuffle=True, seed=cfg.train.seed,
+    return win.loader(batch_size=cfg.data.batch_size, seed=cfg.train.seed,
                       num_workers=cfg.data.num_workers, rank=rank, world_size=world_size,
                       drop_last=True, pin_memory=pin_memory)
 
 
-def val_loader(ds, cfg: Config, *, pin_memory: bool = False):
-    """Validation batches in store order (one process, no workers), restartable with ``restart``."""
-    win = windows(ds, cfg.data, cfg.data.val_split)
+def val_loader(ds, cfg: Config, *, pin_memory: bool = False, observation_norm=OBSERVATION_MODE):
+    """Validation batches in store order (one process, no workers), restartable with ``restart``;
+    ``observation_norm`` as :func:`windows` takes it."""
+    win = windows(ds, cfg.data, cfg.data.val_split, observation_norm)
     loader = win.loader(batch_size=cfg.eval.batch_size, shuffle=False, seed=0, num_workers=0,
                         drop_last=False, pin_memory=pin_memory)
     start = loader.state_dict()
@@ -302,8 +238,8 @@ class ValSet:
     units: ActionUnits
 
 
-def val_sets(stores: list[tuple], cfg: Config, device: torch.device, *, pin_memory: bool = False,
-             states: StoreStates | None = None) -> tuple[list[ValSet], list[str]]:
+def val_sets(stores: list[tuple], cfg: Config, device: torch.device, *, pin_memory: bool = False
+             ) -> tuple[list[ValSet], list[str]]:
     """Validation of each store (see the module) and messages naming the stores skipped."""
     sets, skipped = [], []
     for j, (ds, _) in enumerate(stores):
@@ -311,8 +247,6 @@ def val_sets(stores: list[tuple], cfg: Config, device: torch.device, *, pin_memo
             skipped.append(f"{ds.path}: no {cfg.data.val_split!r} split, not validated")
             continue
         loader, restart = val_loader(ds, cfg, pin_memory=pin_memory)
-        if states is not None and j > 0:
-            loader = StoreStateLoader(loader, states, store=j)
         sets.append(ValSet("val" if j == 0 else f"val{j}", ds.path, loader, restart,
                            action_units(ds, device)))
     if not sets:

@@ -14,6 +14,7 @@ from vlatrain import distributed
 from vlatrain.augment import BatchPreparer
 from vlatrain.config import Config
 from vlatrain.optim import lr_at, set_lr
+from vlatrain.prefetch import forever
 
 
 @dataclass
@@ -35,18 +36,6 @@ class TrainState:
     step: int = 0
     pending: dict = field(default_factory=dict)  # loss parts summed since the last log line
     pending_steps: int = 0
-
-
-def forever(loader):
-    """Batches of every epoch, one epoch after another (the loader advances its own epoch)."""
-    while True:
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("the training loader yields no batches: the split has fewer windows "
-                             "than one batch per process (lower data.batch_size)")
 
 
 def train_step(st: TrainState, batches) -> tuple[dict, torch.Tensor, float, int]:

@@ -67,3 +67,17 @@ def discrete_loss(logits: Tensor, bins: Tensor, mask: Tensor, *,
     ce = F.cross_entropy(logits.float().reshape(-1, k), safe.reshape(-1), reduction="none")
     ce = _wmean(ce.view(bins.shape).mean(-1), mask, _weights(mask, step_weights))
     return {"loss": ce, "ce": ce.detach()}
+
+
+def make_loss(cfg, policy, device: torch.device):
+    """The loss of ``policy`` as the run's ``cfg.train`` configures it: (head output, Targets) ->
+    parts (``discrete_loss`` for discrete heads, ``continuous_loss`` otherwise)."""
+    spec, t = policy.spec, cfg.train
+    weights = (torch.tensor(t.history_weights, dtype=torch.float32, device=device)
+               if t.history_weights is not None else None)
+    if policy.discrete:
+        return lambda out, tgt: discrete_loss(out, tgt.bins, tgt.mask, step_weights=weights)
+    arm, grip = list(spec.arm_dims), list(spec.gripper_dims)
+    return lambda out, tgt: continuous_loss(
+        out, tgt.action, tgt.mask, arm_dims=arm, gripper_dims=grip, kind=t.loss,
+        huber_delta=t.huber_delta, gripper_weight=t.gripper_weight, step_weights=weights)

@@ -18,6 +18,18 @@ import queue
 import threading
 
 
+def forever(loader):
+    """Batches of every epoch, one epoch after another (the loader advances its own epoch)."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("the training loader yields no batches: the split has fewer windows "
+                             "than one batch per process (lower data.batch_size)")
+
+
 class Prefetcher:
     """Wraps a resumable loader; iterate it for an endless stream of training batches."""
 
@@ -31,14 +43,8 @@ class Prefetcher:
 
     def _stream(self):
         """(batch, loader position after it) of every epoch, one epoch after another."""
-        while True:
-            empty = True
-            for batch in self.loader:
-                empty = False
-                yield batch, self.loader.state_dict()
-            if empty:
-                raise ValueError("the training loader yields no batches: the split has fewer "
-                                 "windows than one batch per process (lower data.batch_size)")
+        for batch in forever(self.loader):
+            yield batch, self.loader.state_dict()
 
     def _run(self, stream) -> None:
         try:
@@ -82,3 +88,6 @@ class Prefetcher:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.loader.close()
+
+
+__all__ = ["Prefetcher", "forever"]

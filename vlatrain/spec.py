@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from vladata.normalize import ObservationNormalizer
+
 
 @dataclass(frozen=True)
 class DataSpec:
@@ -19,13 +21,16 @@ class DataSpec:
     others are the arm dimensions. ``state_dim`` counts the state dimensions the model sees
     (``state_index`` of the stored ones, or all). ``token_ids[b]`` is the token id of bin ``b`` under the
     store's tokenizer and ``bin_centers[b]`` the normalised value bin ``b`` decodes to.
+    ``observation_norm`` is the observation normalisation the policy was trained with
+    (:class:`vladata.normalize.ObservationNormalizer` as a dict; :meth:`observation_normalizer`
+    rebuilds it): the loader applied it to every batch, a policy applies it to each live frame
+    before ``state_index`` picks the dims. A mixture's spec holds the first store's; each store's
+    is in ``extra["mixture"][j]["observation_norm"]``.
     """
 
     cameras: tuple[str, ...]
     image_shapes: dict[str, tuple[int, int, int]]
     state_dim: int
-    state_mean: tuple[float, ...]
-    state_std: tuple[float, ...]
     action_dim: int
     action_names: tuple[str, ...]
     gripper_dims: tuple[int, ...]
@@ -36,6 +41,13 @@ class DataSpec:
     bin_centers: tuple[float, ...] = ()
     state_index: tuple[int, ...] = ()  # stored state dims fed to the model (empty: all of them)
     extra: dict = field(default_factory=dict)  # JSON-able facts (source, tokenizer dict, ...)
+    observation_norm: dict = field(default_factory=dict)  # ObservationNormalizer.to_dict()
+
+    def observation_normalizer(self) -> ObservationNormalizer:
+        """The normaliser of the policy's low-dim observations (empty if it has none)."""
+        if not self.observation_norm:
+            return ObservationNormalizer()
+        return ObservationNormalizer.from_dict(self.observation_norm)
 
     @property
     def arm_dims(self) -> tuple[int, ...]:
@@ -48,7 +60,7 @@ class DataSpec:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["image_shapes"] = {k: list(v) for k, v in self.image_shapes.items()}
-        for k in ("cameras", "state_mean", "state_std", "action_names", "gripper_dims",
+        for k in ("cameras", "action_names", "gripper_dims",
                   "token_ids", "bin_centers", "state_index"):
             d[k] = list(d[k])
         return d
@@ -56,8 +68,11 @@ class DataSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "DataSpec":
         d = dict(d)
+        if "state_mean" in d:
+            raise ValueError("a data spec with state_mean/state_std comes from a checkpoint of a "
+                             "version that normalised states on the device; retrain it")
         d["image_shapes"] = {k: tuple(int(x) for x in v) for k, v in d["image_shapes"].items()}
-        for k in ("cameras", "state_mean", "state_std", "action_names", "gripper_dims",
+        for k in ("cameras", "action_names", "gripper_dims",
                   "token_ids", "bin_centers", "state_index"):
             d[k] = tuple(d.get(k, ()))
         return cls(**d)

@@ -120,3 +120,25 @@ def test_incompatible_stores_and_bad_weights(stores):
         Mixture([stores[0], stores[1]], weights=[0, 0])
     with pytest.raises(ConfigError, match="at least one store"):
         Mixture([])
+
+
+def test_each_store_normalises_its_observations_with_its_own_statistics(stores):
+    mix = Mixture([stores[0], stores[1]], history=3, chunk=2, normalize_observations="meanstd")
+    raw = Mixture([stores[0], stores[1]], history=3, chunk=2)
+    a, b = (m.parts[j].observation_norm for m in (mix,) for j in (0, 1))
+    assert a != b and raw.observation_norms == [None, None]
+    loader = mix.loader(batch_size=8, seed=1, num_workers=1)
+    try:
+        batch = next(iter(loader))
+    finally:
+        loader.close()
+    j = batch["dataset_index"].numpy()
+    for r in range(len(j)):
+        window = raw[int(batch["index"][r])]
+        st = stores[j[r]].stats["observation.state"]
+        want = (window["observation.state"] - st["mean"]) / np.where(st["std"] > 1e-6, st["std"], 1)
+        got = batch["observation.state"][r].numpy()
+        assert np.allclose(got, want, atol=1e-5)
+        assert np.array_equal(mix[int(batch["index"][r])]["observation.state"], got)
+    with pytest.raises(ConfigError, match="a mode name or None for a mixture"):
+        Mixture([stores[0], stores[1]], normalize_observations=a)

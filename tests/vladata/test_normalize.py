@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+import vladata
 from vladata.errors import ConfigError, StatsError
 from vladata.normalize import (GripperConvention, Normalization, NormalizationError, denormalize,
                                normalize, parse_convention, parse_normalization)
@@ -139,3 +142,41 @@ def test_with_computed_statistics():
     inside = (a[:, :6] >= st["q01"][:6]) & (a[:, :6] <= st["q99"][:6])
     np.testing.assert_allclose(denormalize(y, st, Normalization.for_action(7))[:, :6][inside],
                                a[:, :6].astype(np.float32)[inside], rtol=1e-5, atol=1e-5)
+
+
+def test_observation_normalizer_is_one_object_for_loader_checkpoint_and_policy(calvin_store):
+    from vladata.normalize import ObservationNormalizer
+    ds = vladata.open(calvin_store)
+    norm = ObservationNormalizer.from_dataset(ds, ["observation.state"])
+    again = ObservationNormalizer.from_dict(json.loads(json.dumps(norm.to_dict())))
+    assert again == norm and again.keys == ("observation.state",)
+    st = ds.stats["observation.state"]
+    std = np.where(st["std"] > 1e-6, st["std"], 1.0)   # a constant dim is only centred
+    frame = ds.episode(0, ["observation.state"])["observation.state"][5]        # (D,)
+    got = norm.apply({"observation.state": frame, "other": "kept"})
+    assert got["other"] == "kept" and got["observation.state"].dtype == np.float32
+    assert np.allclose(got["observation.state"], (frame - st["mean"]) / std, atol=1e-6)
+    # the loader normalises with the same object: one live frame gives the loader's row
+    win = ds.windows(history=2, chunk=3, normalize_observations="meanstd")
+    assert win.observation_norm == norm
+    loader = win.loader(batch_size=4, shuffle=False, num_workers=0)
+    batch = next(iter(loader))
+    loader.close()
+    rows = [int(e) for e in batch["frame_index"][0]]
+    frames = ds.episode(int(batch["episode_index"][0]), ["observation.state"])["observation.state"]
+    for slot, f in enumerate(rows):
+        live = norm.apply({"observation.state": frames[f]})["observation.state"]
+        assert np.array_equal(live, batch["observation.state"][0, slot].numpy())
+    assert np.array_equal(win[0]["observation.state"], batch["observation.state"][0].numpy())
+    raw = ds.windows(history=2, chunk=3)[0]["observation.state"]
+    assert np.array_equal(norm.apply({"observation.state": raw})["observation.state"],
+                          batch["observation.state"][0].numpy())
+
+
+def test_observation_normalizer_refuses_missing_statistics(calvin_store):
+    from vladata.normalize import ObservationNormalizer
+    ds = vladata.open(calvin_store)
+    with pytest.raises(StatsError, match=r"no q01/q99 statistics of 'action.norm'"):
+        ObservationNormalizer.from_dataset(ds, ["action.norm"], mode="quantile")
+    with pytest.raises(NormalizationError, match="unknown key 'stat'"):
+        ObservationNormalizer.from_dict({"features": {"s": {"normalization": {}, "stat": {}}}})

@@ -22,8 +22,7 @@ def make_spec(history: int = 1, chunk: int = 3, *, cameras=("static", "wrist"), 
     """A spec like a CALVIN store's: 7-d actions, gripper last, ``bins`` tokens at ``offset+bin``."""
     centres = tuple(float(-1 + (b + 0.5) * 2 / bins) for b in range(bins))
     return DataSpec(cameras=tuple(cameras), image_shapes={c: (*size, 3) for c in cameras},
-                    state_dim=state_dim, state_mean=(0.0,) * state_dim,
-                    state_std=(1.0,) * state_dim, action_dim=7, action_names=NAMES,
+                    state_dim=state_dim, action_dim=7, action_names=NAMES,
                     gripper_dims=(6,), language_dim=language_dim, history=history, chunk=chunk,
                     token_ids=tuple(range(token_offset, token_offset + bins)),
                     bin_centers=centres)

@@ -70,14 +70,12 @@ def test_evaluation_is_not_augmented_and_action_noise_spares_the_gripper():
     assert torch.equal(noisy.mask, batch["action_mask"] & batch["obs_mask"][..., None])
 
 
-def test_state_is_normalised_and_selected():
-    spec = dataclasses.replace(make_spec(state_dim=3), state_mean=(1.0, 2.0, 3.0),
-                               state_std=(2.0, 0.0, 4.0), state_index=(0, 2, 4))
+def test_state_is_selected_not_renormalised():
+    # the loader normalises observations (vladata); the preparer only picks state_index
+    spec = dataclasses.replace(make_spec(state_dim=3), state_index=(0, 2, 4))
     batch = make_batch(make_spec(state_dim=5))
     obs, _ = preparer(spec)(batch, train=False)
-    raw = batch["observation.state"][..., [0, 2, 4]]
-    expect = (raw - torch.tensor([1.0, 2.0, 3.0])) / torch.tensor([2.0, 1.0, 4.0])  # std 0 -> 1
-    assert torch.allclose(obs.state, expect)
+    assert torch.equal(obs.state, batch["observation.state"][..., [0, 2, 4]])
 
 
 def test_tokens_map_to_bins_under_any_layout():

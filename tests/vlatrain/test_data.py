@@ -27,7 +27,10 @@ def test_spec_of_a_calvin_store(calvin_store):
     assert spec.action_dim == 7 and spec.gripper_dims == (6,) and spec.arm_dims == tuple(range(6))
     assert spec.action_names[0] == "dx" and spec.language_dim == 384
     assert spec.state_dim == 4 and spec.state_index == (0, 1, 2, 14)
-    assert spec.state_mean[3] == pytest.approx(float(ds.stats["observation.state"]["mean"][14]))
+    norm = spec.observation_normalizer()  # the loader's, recorded: the store's mean/std
+    assert norm.keys == ("observation.state",)
+    stats = norm.features["observation.state"][1]
+    assert stats["mean"][14] == pytest.approx(float(ds.stats["observation.state"]["mean"][14]))
     tok = ActionTokenizer.from_dataset(ds)
     assert spec.token_ids == tuple(int(i) for i in tok.id_of_bin(np.arange(tok.bins)))
     assert DataSpec.from_dict(spec.to_dict()) == spec

@@ -9,14 +9,17 @@ import torch
 from fakes import FakeLoader, make_batch, make_spec
 from vlatrain import checkpoint
 from vlatrain.augment import BatchPreparer
+from vlatrain.checkpoint import payload, restore
 from vlatrain.config import OptimConfig, load_config
 from vlatrain.distributed import DistInfo
 from vlatrain.logging import RunLogger
-from vlatrain.loop import TrainState, forever, train, train_step
+from vlatrain.loop import TrainState, train, train_step
+from vlatrain.losses import make_loss
 from vlatrain.model import build_policy
 from vlatrain.optim import build_optimizer, lr_at
-from vlatrain.prefetch import Prefetcher
-from vlatrain.recipes.train import autocast_for, make_loss, payload, restore, seed_everything
+from vlatrain.precision import autocast_for
+from vlatrain.prefetch import Prefetcher, forever
+from vlatrain.seeding import seed_everything
 
 SMALL = ["model.width=16", "model.hidden=16", "model.layers=1", "model.heads=2",
          "model.image_size=16", "log.every=1", "log.progress=false", "log.tensorboard=false",

@@ -15,6 +15,8 @@ from click.testing import CliRunner
 import vladata
 from cli.vlatrain import main
 from vladata.errors import ConfigError, StoreError
+from vladata.mixture import Mixture
+from vladata.normalize import ObservationNormalizer
 from vlatrain import data
 from vlatrain.augment import BatchPreparer
 from vlatrain.checkpoint import load
@@ -95,8 +97,8 @@ def test_both_stores_are_drawn_by_weight_with_their_own_statistics(calvin_store,
     stores = data.open_stores(cfg.data)
     win = data.train_windows(stores, cfg.data)
     spec = data.spec_from_stores(stores, cfg.data, win)
-    states = data.store_states(stores, cfg, spec)
-    assert states is not None and [r["weight"] for r in spec.extra["mixture"]] == [1.0, 2.0]
+    assert [r["weight"] for r in spec.extra["mixture"]] == [1.0, 2.0]
+    assert not hasattr(data, "StoreStates")  # no remapping in vlatrain: vladata normalises
     loader = data.train_loader(None, cfg, rank=0, world_size=1, pin_memory=False, win=win)
     counts = np.zeros(2, np.int64)
     for _ in range(3):  # three epochs of all windows of both stores
@@ -105,19 +107,25 @@ def test_both_stores_are_drawn_by_weight_with_their_own_statistics(calvin_store,
     assert counts.sum() == 3 * (len(win) // 8) * 8
     assert counts[1] / counts.sum() == pytest.approx(2 / 3, abs=0.02)  # the weights' shares
 
-    # each row's state ends up normalised with its own store's statistics
+    # each row's state arrives normalised with its own store's statistics, and the policy's
+    # preparer passes it on as it is
     prep = BatchPreparer(spec, {c: ImageSpec((24, 24)) for c in spec.cameras},
                          cfg.data.augment, torch.device("cpu"), discrete=False)
     batch = next(iter(loader))
     j = batch["dataset_index"].numpy()
     assert set(j) == {0, 1}
-    raw = batch["observation.state"].clone().numpy()[..., list(spec.state_index)]
-    obs, _ = prep(states(batch), train=False)
+    raw_win = Mixture([ds for ds, _ in stores], weights=[1.0, 2.0], history=cfg.data.history,
+                      chunk=cfg.data.chunk, cameras=cfg.data.cameras, over=cfg.data.over)
+    obs, _ = prep(batch, train=False)
     for r in range(len(j)):
+        raw = raw_win[int(batch["index"][r])]["observation.state"]
         st = stores[j[r]][0].stats["observation.state"]
-        mean, std = (np.asarray(st[k])[list(spec.state_index)] for k in ("mean", "std"))
-        want = (raw[r] - mean) / np.where(std > 1e-6, std, 1)
+        mean, std = (np.asarray(st[k]) for k in ("mean", "std"))
+        want = ((raw - mean) / np.where(std > 1e-6, std, 1))[..., list(spec.state_index)]
         assert np.allclose(obs.state[r].numpy(), want, atol=1e-4)
+        norm = ObservationNormalizer.from_dict(spec.extra["mixture"][j[r]]["observation_norm"])
+        assert np.array_equal(norm.apply({"observation.state": raw})["observation.state"],
+                              batch["observation.state"][r].numpy())  # the recorded normaliser
     m = [stores[k][0].stats["observation.state"]["mean"][0] for k in (0, 1)]
     assert m[0] != pytest.approx(m[1])  # the two stores' statistics differ indeed
 
@@ -137,7 +145,13 @@ def test_cli_trains_on_a_mixture_and_resumes_exactly(calvin_store, second_store,
     last = json.loads((a / "metrics.jsonl").read_text().splitlines()[-1])
     assert "val/arm_mae" in last and "val1/arm_mae" in last  # each store's validation
     ckpt = load(a / "checkpoints" / "step_0000004.pt")
-    assert [Path(x["path"]) for x in ckpt["spec"]["extra"]["mixture"]] == [calvin_store, second_store]
+    rows = ckpt["spec"]["extra"]["mixture"]
+    assert [Path(x["path"]) for x in rows] == [calvin_store, second_store]
+    # the checkpoint records each store's observation normalisation, the first as the spec's
+    for row, store in zip(rows, (calvin_store, second_store)):
+        want = ObservationNormalizer.from_dataset(vladata.open(store), ["observation.state"])
+        assert ObservationNormalizer.from_dict(row["observation_norm"]) == want
+    assert ckpt["spec"]["observation_norm"] == rows[0]["observation_norm"] != rows[1]["observation_norm"]
     r = run.invoke(main, ["run", CONFIG, "train.steps=2", f"out={b}", *common])
     assert r.exit_code == 0, r.output
     r = run.invoke(main, ["run", "--resume", str(b), "train.steps=4"])

@@ -7,7 +7,7 @@ from fakes import make_batch, make_spec
 from vlatrain.augment import BatchPreparer
 from vlatrain.config import AugmentConfig, ModelConfig, load_config
 from vlatrain.model import Backbone, PolicyHead, build_policy
-from vlatrain.recipes.train import make_loss
+from vlatrain.losses import make_loss
 
 SMALL = dict(width=16, hidden=16, layers=1, heads=2, image_size=16)
 

@@ -55,6 +55,17 @@ META = "meta"
 DATA = "data"
 MANIFEST = "meta/manifest.json"
 PLAN = "meta/plan.json"
+PARTS = "meta/parts"
+EPISODES = "meta/episodes.parquet"
+SEGMENTS = "meta/segments.parquet"
+STATS = "meta/stats.json"
+
+# canonical feature keys (data/<key>) and the window fields named after them
+IMAGE_PREFIX = "observation.images."   # + camera name: one image feature per camera
+STATE = "observation.state"            # the robot's proprioceptive state (low-dim)
+ACTION = "action"                      # actions in the dataset's units
+ACTION_NORM = "action.norm"            # normalised actions (written at finalize)
+ACTION_TOKENS = "action.tokens"        # token ids of the normalised actions (written at finalize)
 
 
 def storage_for(spec: FeatureSpec, image_codec: str) -> dict:
@@ -118,4 +129,6 @@ def jpeg_frame_shape(arr: zarr.Array) -> tuple[int, ...] | None:
 
 
 __all__ = ["FORMAT_VERSION", "IMAGE_SHARD", "BLOCK", "storage_for", "create_array",
-           "part_ranges", "default_part_frames", "np"]
+           "part_ranges", "default_part_frames", "np", "META", "DATA", "MANIFEST", "PLAN", "PARTS",
+           "EPISODES", "SEGMENTS", "STATS", "IMAGE_PREFIX", "STATE", "ACTION", "ACTION_NORM",
+           "ACTION_TOKENS"]

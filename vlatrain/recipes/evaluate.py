@@ -1,12 +1,13 @@
 """The evaluation recipe: a checkpoint and a store -> validation metrics vs the mean-action baseline.
 
-A checkpoint trained on a mixture (``data.mixture``) is evaluated on one store at a time, with
-that store's own action and state statistics, as it was trained.
+The windows' observations are normalised as the checkpoint records: with the normaliser the
+policy was trained with (``spec.observation_norm``); a checkpoint trained on a mixture
+(``data.mixture``) is evaluated on one store at a time, with that store's own action and
+observation statistics, as it was trained.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -14,9 +15,11 @@ import torch
 from vlatrain import checkpoint, data, distributed
 from vlatrain.augment import BatchPreparer
 from vlatrain.config import Config
+from vladata.normalize import OBSERVATION_MODE
 from vlatrain.evaluate import evaluate
+from vlatrain.losses import make_loss
 from vlatrain.model import build_policy
-from vlatrain.recipes.train import autocast_for, make_loss
+from vlatrain.precision import autocast_for
 from vlatrain.spec import DataSpec
 
 
@@ -37,18 +40,17 @@ def evaluate_checkpoint(path: str | Path, data_path: str, *, split: str | None =
     dev = distributed.pick_device(device)
     trained = DataSpec.from_dict(ckpt["spec"])
     ds = data.open_store(cfg.data.path)
-    win = data.windows(ds, cfg.data, cfg.data.val_split)
+    # a mixture-trained policy saw each store normalised with that store's own statistics
+    obs_norm = OBSERVATION_MODE if "mixture" in trained.extra else trained.observation_normalizer()
+    win = data.windows(ds, cfg.data, cfg.data.val_split, obs_norm)
     here = data.spec_from_store(ds, cfg.data, win)
     data.check_compatible(here, trained, ds.path)
     policy = build_policy(cfg.model, trained).to(dev)
     policy.load_state_dict(ckpt["model"])
-    # a mixture-trained policy normalises each store's states with that store's statistics
-    seen = (dataclasses.replace(trained, state_mean=here.state_mean, state_std=here.state_std)
-            if "mixture" in trained.extra else trained)
-    prep = BatchPreparer(seen, {c: policy.backbone.image_spec(c) for c in trained.cameras},
+    prep = BatchPreparer(trained, {c: policy.backbone.image_spec(c) for c in trained.cameras},
                          cfg.data.augment, dev, discrete=policy.discrete,
                          use_state=cfg.model.use_state)
-    loader, _ = data.val_loader(ds, cfg, pin_memory=dev.type == "cuda")
+    loader, _ = data.val_loader(ds, cfg, pin_memory=dev.type == "cuda", observation_norm=obs_norm)
     units = data.action_units(ds, dev)
     with torch.no_grad():
         metrics = evaluate(policy, loader, prep, make_loss(cfg, policy, dev),

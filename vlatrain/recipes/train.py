@@ -16,21 +16,22 @@ uninterrupted one would have. ``data.mixture`` trains from several stores at onc
 from __future__ import annotations
 
 import contextlib
-import random
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from vlatrain import checkpoint, data, distributed, losses
+from vlatrain import checkpoint, data, distributed
 from vlatrain.augment import BatchPreparer
 from vlatrain.config import Config, ConfigError, dump_config, load_config
 from vlatrain.evaluate import evaluate
 from vlatrain.logging import NullLogger, RunLogger
 from vlatrain.loop import TrainState, train
+from vlatrain.losses import make_loss
 from vlatrain.model import build_policy
 from vlatrain.optim import build_optimizer
+from vlatrain.precision import autocast_for
 from vlatrain.prefetch import Prefetcher
+from vlatrain.seeding import seed_everything
 
 FROZEN_ON_RESUME = ("model", "data.history", "data.chunk", "data.cameras", "data.batch_size",
                     "data.train_split", "data.over", "data.balance", "train.seed",
@@ -74,20 +75,6 @@ def resume_config(run_dir: str | Path, overrides: dict[str, str] | None = None) 
     return cfg
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def autocast_for(precision: str, device: torch.device):
-    """A context factory: bf16/fp16 autocast on ``device``, or nothing for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
-
-
 @contextlib.contextmanager
 def preserved_rng(gen: torch.Generator | None):
     """Run a block (evaluation, loader start-up) without disturbing any RNG of the training."""
@@ -96,18 +83,6 @@ def preserved_rng(gen: torch.Generator | None):
         yield
     finally:
         checkpoint.set_rng_state(state, gen)
-
-
-def make_loss(cfg: Config, policy, device: torch.device):
-    spec, t = policy.spec, cfg.train
-    weights = (torch.tensor(t.history_weights, dtype=torch.float32, device=device)
-               if t.history_weights is not None else None)
-    if policy.discrete:
-        return lambda out, tgt: losses.discrete_loss(out, tgt.bins, tgt.mask, step_weights=weights)
-    arm, grip = list(spec.arm_dims), list(spec.gripper_dims)
-    return lambda out, tgt: losses.continuous_loss(
-        out, tgt.action, tgt.mask, arm_dims=arm, gripper_dims=grip, kind=t.loss,
-        huber_delta=t.huber_delta, gripper_weight=t.gripper_weight, step_weights=weights)
 
 
 def run(cfg: Config, *, resume: bool = False) -> Path:
@@ -132,8 +107,7 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
     stores = data.open_stores(cfg.data)  # [(store, weight)]: one, or a mixture's
     ds = stores[0][0]
     win = data.train_windows(stores, cfg.data)
-    spec = data.spec_from_stores(stores, cfg.data, win)
-    states = data.store_states(stores, cfg, spec)  # a mixture's per-store state statistics
+    spec = data.spec_from_stores(stores, cfg.data, win)  # records the observation normalisation
     policy = build_policy(cfg.model, spec).to(dev)  # the same initial weights on every rank
     model = distributed.wrap(policy, info)
     torch.manual_seed(cfg.train.seed + 1_000_003 * info.rank)  # dropout differs across ranks
@@ -143,7 +117,7 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
     scaler = torch.amp.GradScaler(dev.type, enabled=cfg.train.precision == "fp16")
     pin = dev.type == "cuda"
     loader = Prefetcher(data.train_loader(ds, cfg, rank=info.rank, world_size=info.world_size,
-                                          pin_memory=pin, win=win, states=states))
+                                          pin_memory=pin, win=win))
     image_specs = {c: policy.backbone.image_spec(c) for c in spec.cameras}
     prep = BatchPreparer(spec, image_specs, cfg.data.augment, dev, discrete=policy.discrete,
                          use_state=cfg.model.use_state)
@@ -151,7 +125,7 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
     st = TrainState(cfg=cfg, model=model, policy=policy, optimizer=optimizer, scaler=scaler,
                     loader=loader, prep=prep, loss_fn=loss_fn, gen=gen, dist=info,
                     logger=NullLogger(), autocast=autocast_for(cfg.train.precision, dev))
-    best = restore(st, checkpoint.latest(out / "checkpoints")) if resume else {}
+    best = checkpoint.restore(st, checkpoint.latest(out / "checkpoints")) if resume else {}
     ckpts = None
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -161,8 +135,7 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
         ckpts = checkpoint.CheckpointManager(out / "checkpoints", cfg.train.keep_last,
                                              cfg.eval.best_metric, best.get("value"),
                                              best.get("step"))
-        vals, skipped = data.val_sets(stores, cfg, dev, pin_memory=dev.type == "cuda",
-                                      states=states)
+        vals, skipped = data.val_sets(stores, cfg, dev, pin_memory=dev.type == "cuda")
         for text in skipped:
             st.logger.message(text)
 
@@ -182,7 +155,7 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
     def save(step: int, metrics: dict | None) -> None:
         rng = distributed.gather(checkpoint.rng_state(gen), info)  # every rank takes part
         if ckpts is not None:
-            ckpts.save(step, payload(st, spec, rng), metrics)
+            ckpts.save(step, checkpoint.payload(st, spec, rng), metrics)
 
     st.save = save
     try:
@@ -194,30 +167,3 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
         st.logger.close()
         loader.close()
     return out
-
-
-def payload(st: TrainState, spec, rng: list) -> dict:
-    """What a checkpoint holds besides step/best/metrics (see vlatrain.checkpoint).
-
-    No partial loss sums: a checkpoint step always writes its metrics line first, so a resumed
-    run's lines average the same steps as the uninterrupted run's.
-    """
-    return {"config": st.cfg.to_dict(), "spec": spec.to_dict(), "model": st.policy.state_dict(),
-            "optimizer": st.optimizer.state_dict(), "scaler": st.scaler.state_dict(),
-            "loader": st.loader.state_dict(), "rng": rng}
-
-
-def restore(st: TrainState, path: Path) -> dict:
-    """Load checkpoint ``path`` into ``st`` (this rank's RNG states included); return its best."""
-    ckpt = checkpoint.load(path)
-    st.policy.load_state_dict(ckpt["model"])
-    st.optimizer.load_state_dict(ckpt["optimizer"])
-    st.scaler.load_state_dict(ckpt["scaler"])
-    st.loader.load_state_dict(ckpt["loader"])
-    rngs = ckpt["rng"]
-    if len(rngs) != st.dist.world_size:
-        raise ConfigError([f"{path}: saved by {len(rngs)} processes, resumed by "
-                           f"{st.dist.world_size}: resume with the same number of processes"])
-    checkpoint.set_rng_state(rngs[st.dist.rank], st.gen)
-    st.step = int(ckpt["step"])
-    return ckpt.get("best") or {}
