@@ -49,7 +49,8 @@ import numpy as np
 from vladata.episode import EpisodeInfo, FeatureSpec, Segment, segments_from_runs
 from vladata.errors import SourceFormatError
 from vladata.images import decode_image, image_format
-from vladata.sources.hdf5_layouts import aloha_mapping, check_compress_len, robomimic_mapping
+from vladata.sources.hdf5_layouts import (EpisodeRef, aloha_mapping, check_compress_len,
+                                          robomimic_mapping)
 from vladata.sources.mapping import EpisodesMap, FeatureMap, Mapping, gripper_facts, load_mapping
 
 LAYOUTS = ("aloha", "robomimic", "mapping")
@@ -90,16 +91,6 @@ def _groups(f: h5py.File, pattern: str) -> list[str]:
                     nxt.append(f"{g}/{k}" if g else k)
         level = nxt
     return sorted(level, key=natural_key)
-
-
-@dataclass(frozen=True)
-class EpisodeRef:
-    file: str
-    group: str  # "" = the file's root
-
-    @property
-    def id(self) -> str:
-        return f"{Path(self.file).name}:{self.group}" if self.group else Path(self.file).name
 
 
 @dataclass

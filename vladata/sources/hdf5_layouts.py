@@ -9,16 +9,26 @@ formats): the key tables and the functions that turn a layout's first file into 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import h5py
 
 from vladata.errors import SourceFormatError
 from vladata.sources.mapping import EpisodesMap, FeatureMap, Mapping, Part
 
-if TYPE_CHECKING:
-    from vladata.sources.hdf5 import EpisodeRef
+
+@dataclass(frozen=True)
+class EpisodeRef:
+    """Where one episode lives: an HDF5 ``file`` and the ``group`` in it ("" = the file's root)."""
+
+    file: str
+    group: str
+
+    @property
+    def id(self) -> str:
+        return f"{Path(self.file).name}:{self.group}" if self.group else Path(self.file).name
+
 
 # -- ALOHA / ACT ---------------------------------------------------------------------------------
 ALOHA_FPS = 50.0

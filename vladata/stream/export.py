@@ -37,9 +37,9 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def export_wds(ds, out: str, *, samples="episode", shard_size: int = 1 << 30, context: int = 31,
                features=None, storage_options: dict | None = None) -> dict:
     """Write ``ds`` (a Dataset or store path) as WebDataset shards at ``out``; return index.json."""
-    import vladata
+    from vladata.dataset import open as open_dataset
     if isinstance(ds, str) or not hasattr(ds, "info"):
-        ds = vladata.open(ds)
+        ds = open_dataset(ds)
     if samples != "episode" and not (isinstance(samples, int) and samples >= 1):
         raise ValueError(f"samples must be 'episode' or a positive frame count, got {samples!r}")
     if context < 0 or shard_size < 1:
