@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from vladata.errors import StatsError
+from vladata.jsonable import jsonable
 from vladata.stats.exact import FORMAT_VERSION, SPLITS, parse_quantiles, quantile_key
 
 
@@ -73,19 +74,8 @@ def stats_to_json(stats: dict[str, dict[str, np.ndarray]], *, split: str,
                                "mean": [float(v) for v in st["mean"]],
                                "std": [float(v) for v in st["std"]]} for cam, st in images.items()}
     if extra:
-        doc["extra"] = _jsonable(dict(extra))
+        doc["extra"] = jsonable(dict(extra))
     return doc
-
-
-def _jsonable(v):
-    """numpy arrays and scalars inside ``extra`` -> lists and Python numbers."""
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, (np.ndarray, np.generic)):
-        return v.tolist()
-    return v
 
 
 def stats_from_json(d: dict) -> tuple[dict[str, dict[str, np.ndarray]], dict]:

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from vladata.episode import EpisodeInfo, FeatureSpec, Source
 from vladata.errors import IncompleteStoreError, NonFiniteError, SourceFormatError, StoreError
+from vladata.jsonable import jsonable
 from vladata.store import finalize, layout
 from vladata.store.shards import ShardWriter, can_write
 
@@ -178,7 +179,7 @@ def _create_store(out: Path, source: Source, plan: list[EpisodeInfo],
     root = zarr.open_group(out, mode="w")
     root.attrs["vlakit"] = {
         "format_version": layout.FORMAT_VERSION, "source": source.name,
-        "source_info": _jsonable(source.describe()), "fps": float(source.fps),
+        "source_info": jsonable(source.describe()), "fps": float(source.fps),
         "num_frames": int(n), "num_episodes": len(plan),
         "features": {k: {**v.to_dict(), "storage": storage[k]} for k, v in features.items()},
     }
@@ -198,7 +199,7 @@ def episode_table(plan: list[EpisodeInfo], starts: np.ndarray) -> pl.DataFrame:
         "length": np.asarray([ep.length for ep in plan], np.int64),
         "split": [ep.split for ep in plan],
         "source_id": [ep.source_id for ep in plan],
-        "metadata": [json.dumps(_jsonable(ep.metadata)) for ep in plan],
+        "metadata": [json.dumps(jsonable(ep.metadata)) for ep in plan],
     }, schema_overrides={"split": pl.String, "source_id": pl.String, "metadata": pl.String})
 
 
@@ -384,18 +385,6 @@ def _write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 def _du(path: Path) -> int:
