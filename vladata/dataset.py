@@ -53,11 +53,11 @@ class Dataset:
     # -- tables and statistics -----------------------------------------------------------------
     @cached_property
     def episodes(self) -> pl.DataFrame:
-        return pl.read_parquet(Path(self.path) / "meta" / "episodes.parquet")
+        return pl.read_parquet(Path(self.path) / layout.EPISODES)
 
     @cached_property
     def segments(self) -> pl.DataFrame:
-        return pl.read_parquet(Path(self.path) / "meta" / "segments.parquet")
+        return pl.read_parquet(Path(self.path) / layout.SEGMENTS)
 
     @cached_property
     def stats(self) -> dict[str, dict[str, np.ndarray]]:

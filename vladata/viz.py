@@ -15,6 +15,8 @@ import io
 
 import numpy as np
 
+from vladata.store.layout import ACTION_TOKENS, IMAGE_PREFIX
+
 
 def _plt():
     try:
@@ -88,7 +90,7 @@ def plot_episode(frames: dict[str, np.ndarray], *, names: dict | None = None,
     """Filmstrips of each camera, then every low-dim feature over time with segments shaded."""
     plt = _plt()
     cams = [k for k, v in frames.items() if v.ndim == 4 and v.dtype == np.uint8]
-    series = [k for k, v in frames.items() if v.ndim == 2 and k not in ("action.tokens",)]
+    series = [k for k, v in frames.items() if v.ndim == 2 and k not in (ACTION_TOKENS,)]
     fig, axes = plt.subplots(len(cams) + len(series), 1, squeeze=False,
                              figsize=(10, 1.6 * len(cams) + 2.0 * len(series)))
     axes = axes[:, 0]
@@ -168,7 +170,7 @@ def plot_distribution(ds, feature: str = "action", bins: int = 80):
 def plot_window(sample: dict, n_frames: int = 8):
     """A training window: its frames (masked history greyed out) and its action chunks + mask."""
     plt = _plt()
-    cams = [k for k, v in sample.items() if k.startswith("observation.images.")]
+    cams = [k for k, v in sample.items() if k.startswith(IMAGE_PREFIX)]
     obs_mask = np.asarray(sample.get("obs_mask", np.ones(len(sample[cams[0]]), bool)))
     act = np.asarray(sample["action"])            # (h, c, A)
     amask = np.asarray(sample["action_mask"])     # (h, c)

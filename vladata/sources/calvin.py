@@ -31,6 +31,7 @@ from vladata.episode import EpisodeInfo, FeatureSpec, Segment
 from vladata.errors import SourceFormatError
 from vladata.safe_pickle import load_pickled_npy
 from vladata.sources.npz import read_npz
+from vladata.store.layout import IMAGE_PREFIX, STATE
 
 SPLITS = {"training": "train", "validation": "validation"}
 FPS = 30.0
@@ -60,15 +61,15 @@ class Key:
 
 
 KEYS = (
-    Key("rgb_static", "observation.images.rgb_static", "image", "uint8", None, 3),
-    Key("rgb_gripper", "observation.images.rgb_gripper", "image", "uint8", None, 3),
-    Key("robot_obs", "observation.state", "lowdim", "float32", (15,), names=ROBOT_OBS_NAMES),
+    Key("rgb_static", IMAGE_PREFIX + "rgb_static", "image", "uint8", None, 3),
+    Key("rgb_gripper", IMAGE_PREFIX + "rgb_gripper", "image", "uint8", None, 3),
+    Key("robot_obs", STATE, "lowdim", "float32", (15,), names=ROBOT_OBS_NAMES),
     Key("scene_obs", "observation.scene_state", "lowdim", "float32", (24,), names=SCENE_OBS_NAMES),
     Key("rel_actions", "action", "lowdim", "float32", (7,), names=REL_ACTION_NAMES),
     Key("actions", "action.absolute", "lowdim", "float32", (7,), names=ABS_ACTION_NAMES),
     Key("depth_static", "observation.depth.depth_static", "depth", "float32", None, default=False),
     Key("depth_gripper", "observation.depth.depth_gripper", "depth", "float32", None, default=False),
-    Key("rgb_tactile", "observation.images.rgb_tactile", "image", "uint8", None, 6, default=False),
+    Key("rgb_tactile", IMAGE_PREFIX + "rgb_tactile", "image", "uint8", None, 6, default=False),
     Key("depth_tactile", "observation.depth.depth_tactile", "depth", "float32", None, 2,
         default=False),
 )

@@ -52,6 +52,7 @@ from vladata.images import decode_image, image_format
 from vladata.sources.hdf5_layouts import (EpisodeRef, aloha_mapping, check_compress_len,
                                           robomimic_mapping)
 from vladata.sources.mapping import EpisodesMap, FeatureMap, Mapping, gripper_facts, load_mapping
+from vladata.store.layout import STATE
 
 LAYOUTS = ("aloha", "robomimic", "mapping")
 
@@ -327,8 +328,8 @@ class Hdf5Source:
              "action_space": m.action_space, "robot": m.robot,
              "cameras": [k.split(".", 2)[2] for k, s in feats.items() if s.kind == "image"],
              "action_names": list(feats["action"].names or ()),
-             "state_names": list(feats["observation.state"].names or ())
-             if "observation.state" in feats else [],
+             "state_names": list(feats[STATE].names or ())
+             if STATE in feats else [],
              "mapping": m.to_dict()}
         d.update({k: v for k, v in self._facts.items() if k not in ("cameras", "gripper_meaning")})
         return d

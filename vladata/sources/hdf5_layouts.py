@@ -16,6 +16,7 @@ import h5py
 
 from vladata.errors import SourceFormatError
 from vladata.sources.mapping import EpisodesMap, FeatureMap, Mapping, Part
+from vladata.store.layout import IMAGE_PREFIX, STATE
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ ALOHA_JOINTS = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wr
                 "gripper")
 ALOHA_NAMES = tuple(f"{side}_{j}" for side in ("left", "right") for j in ALOHA_JOINTS)
 ALOHA_KEYS = (  # (hdf5 key, feature, required, names)
-    ("observations/qpos", "observation.state", True, ALOHA_NAMES),
+    ("observations/qpos", STATE, True, ALOHA_NAMES),
     ("observations/qvel", "observation.velocity", False, ALOHA_NAMES),
     ("observations/effort", "observation.effort", False, ALOHA_NAMES),
     ("action", "action", True, ALOHA_NAMES),
@@ -83,7 +84,7 @@ def aloha_mapping(f: h5py.File, ref: EpisodeRef, facts: dict) -> Mapping:
                                     f"{ds.shape}", key=ds.name, **where)
         # (T, padded_len): cv2 JPEG buffers (``compress`` may be missing in older files)
         enc, order = ("jpeg", "bgr") if ds.ndim == 2 else ("raw", "rgb")
-        feats.append(FeatureMap(f"observation.images.{cam}", (Part(key=f"{ALOHA_IMAGES}/{cam}"),),
+        feats.append(FeatureMap(IMAGE_PREFIX + cam, (Part(key=f"{ALOHA_IMAGES}/{cam}"),),
                                 dtype="uint8", encoding=enc, channel_order=order))
     for key, name, required, names in ALOHA_KEYS:
         if key in f:
@@ -119,7 +120,7 @@ def robomimic_mapping(f: h5py.File, ref: EpisodeRef, facts: dict) -> Mapping:
     for k in sorted(obs.keys()):
         part = (Part(key=f"obs/{k}"),)
         if k.endswith("_image"):
-            images.append(FeatureMap(f"observation.images.{k[:-6]}", part, dtype="uint8"))
+            images.append(FeatureMap(IMAGE_PREFIX + k[:-6], part, dtype="uint8"))
         elif k.endswith("_depth"):
             images.append(FeatureMap(f"observation.depth.{k[:-6]}", part))
         elif k not in ROBOMIMIC_STATE:
@@ -131,7 +132,7 @@ def robomimic_mapping(f: h5py.File, ref: EpisodeRef, facts: dict) -> Mapping:
     feats = images
     if state:
         names = None if any(n is None for _, n in state) else sum((n for _, n in state), ())
-        feats.append(FeatureMap("observation.state", tuple(p for p, _ in state), names=names))
+        feats.append(FeatureMap(STATE, tuple(p for p, _ in state), names=names))
     feats += other
     robosuite = env_type == ROBOSUITE_TYPE
     cc = kwargs.get("controller_configs")

@@ -41,6 +41,7 @@ from vladata.episode import EpisodeInfo, FeatureSpec, segments_from_runs
 from vladata.errors import SourceFormatError
 from vladata.images import decode_image, image_format
 from vladata.sources.mapping import gripper_facts
+from vladata.store.layout import IMAGE_PREFIX, STATE
 
 VERSIONS = ("v3.0", "v2.1", "v2.0")
 BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index")
@@ -172,8 +173,8 @@ class LeRobotSource:
                 if key in BOOKKEEPING:
                     continue
                 if dtype in ("video", "image") and not depth:
-                    cam = key if key.startswith("observation.images.") else \
-                        f"observation.images.{key.split('.')[-1]}"
+                    cam = key if key.startswith(IMAGE_PREFIX) else \
+                        IMAGE_PREFIX + key.split('.')[-1]
                     m[cam] = (key, dtype)
                 elif dtype in NUMERIC and (key.startswith("observation.") or key == "action"
                                            or key.startswith("action.")):
@@ -311,8 +312,8 @@ class LeRobotSource:
                 "robot_type": self._info.get("robot_type"), "fps": self.fps,
                 **gripper_facts("unknown"),  # LeRobot datasets do not record a gripper convention
                 "action_names": list(feats["action"].names or ()) if "action" in feats else [],
-                "state_names": list(feats["observation.state"].names or ())
-                if "observation.state" in feats else [],
+                "state_names": list(feats[STATE].names or ())
+                if STATE in feats else [],
                 "renamed": {n: k for n, (k, _) in self._mapping().items() if n != k},
                 "unmapped_features": sorted(k for k in self._info["features"]
                                             if k not in mapped and k not in BOOKKEEPING),

@@ -57,6 +57,7 @@ import numpy as np
 import yaml
 
 from vladata.errors import ConfigError
+from vladata.store.layout import IMAGE_PREFIX
 
 VERSION = 1
 FORMATS = ("rosbag", "hdf5")
@@ -113,7 +114,7 @@ class FeatureMap:
 
     @property
     def kind(self) -> str:
-        if self.name.startswith("observation.images."):
+        if self.name.startswith(IMAGE_PREFIX):
             return "image"
         if self.name.startswith("observation.depth."):
             return "depth"

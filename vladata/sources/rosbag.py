@@ -38,6 +38,7 @@ from vladata.episode import EpisodeInfo, FeatureSpec, segments_from_runs
 from vladata.errors import SourceFormatError
 from vladata.images import decode_image, image_format
 from vladata.sources.mapping import FeatureMap, Mapping, gripper_facts, load_mapping
+from vladata.store.layout import STATE
 
 RULE = ("nearest earlier message: ticks t_k = t0 + floor(k*1e9/fps) ns while t_k <= t_end; t0 = "
         "latest first-message time over the mapped feature topics, t_end = last message time on "
@@ -291,8 +292,8 @@ class RosbagSource:
                 "topics": dict(sorted(self._types.items())), **gripper_facts(m.gripper),
                 "action_space": m.action_space, "robot": m.robot,
                 "action_names": list(feats["action"].names or ()),
-                "state_names": list(feats["observation.state"].names or ())
-                if "observation.state" in feats else [],
+                "state_names": list(feats[STATE].names or ())
+                if STATE in feats else [],
                 "mapping": m.to_dict()}
 
 

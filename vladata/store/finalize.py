@@ -30,7 +30,7 @@ from vladata.stats import (ImageStatsAccumulator, StatsAccumulator, locate_nonfi
 from vladata.store import layout
 from vladata.tokenize import ActionTokenizer
 
-NORM_KEY, TOKENS_KEY = "action.norm", "action.tokens"
+NORM_KEY, TOKENS_KEY = layout.ACTION_NORM, layout.ACTION_TOKENS
 
 
 # -- pass 1, in the workers --------------------------------------------------------------------
@@ -117,7 +117,7 @@ def finish(out: Path, features: dict[str, FeatureSpec], parts, starts: np.ndarra
     """Merge the parts' statistics, finish them exactly, write stats.json and action arrays."""
     merged: dict = {}
     for k in range(len(parts)):
-        for name, acc in load_accumulators(out / "meta" / "parts" /
+        for name, acc in load_accumulators(out / layout.PARTS /
                                            f"part-{k:05d}.stats.npz").items():
             merged[name] = acc if name not in merged else merged[name].merge(acc)
     return _finish(out, features, merged, _row_mask(starts, lengths, in_stats), stats_split,
@@ -134,7 +134,7 @@ def recompute(path: str | os.PathLike, quantiles=(0.01, 0.99),
     root = zarr.open_group(out, mode="r+")
     attrs = dict(root.attrs["vlakit"])
     features = {k: FeatureSpec.from_dict(v) for k, v in attrs["features"].items()}
-    eps = pl.read_parquet(out / "meta" / "episodes.parquet")
+    eps = pl.read_parquet(out / layout.EPISODES)
     starts, lengths = eps["start"].to_numpy(), eps["length"].to_numpy()
     splits = eps["split"].to_list()
     stats_split = "train" if "train" in splits else "all"
@@ -173,14 +173,15 @@ def _finish(out: Path, features, merged: dict, mask: np.ndarray, stats_split: st
         stats[name] = ref.result()
     doc = stats_to_json(stats, split=stats_split, quantiles=quantiles,
                         images=image_stats or None)
-    _atomic_json(out / "meta" / "stats.json", doc)
+    _atomic_json(out / layout.STATS, doc)
     attrs = dict(root.attrs["vlakit"])
     attrs["stats_split"] = stats_split
-    if "action" in stats and features["action"].kind == "lowdim" and len(features["action"].shape) == 1:
-        norm, tok = write_action_arrays(root, features["action"], stats["action"], source_info,
+    act = layout.ACTION
+    if act in stats and features[act].kind == "lowdim" and len(features[act].shape) == 1:
+        norm, tok = write_action_arrays(root, features[act], stats[act], source_info,
                                         tokenizer or ActionTokenizer())
         attrs["normalization"], attrs["tokenizer"] = norm.to_dict(), tok.to_dict()
-        attrs["features"] = {**attrs["features"], **_derived_feature_attrs(features["action"])}
+        attrs["features"] = {**attrs["features"], **_derived_feature_attrs(features[act])}
     root.attrs["vlakit"] = attrs
     return stats
 
@@ -204,7 +205,7 @@ def write_action_arrays(root: zarr.Group, spec: FeatureSpec, stats: dict, source
     dim = spec.shape[0]
     norm = action_normalization(dim, source_info)
     data = root[layout.DATA]
-    src = data["action"]
+    src = data[layout.ACTION]
     n = src.shape[0]
     store = {"codec": "raw", "chunk_frames": layout.BLOCK, "shard_frames": None}
     arr_n = layout.create_array(data, NORM_KEY, FeatureSpec("float32", (dim,)), n, store,
@@ -247,7 +248,7 @@ def _blocks(arr: zarr.Array, rows: int = 16 * layout.BLOCK):
 
 
 def _old_image_stats(out: Path) -> dict:
-    p = out / "meta" / "stats.json"
+    p = out / layout.STATS
     if not p.exists():
         return {}
     return stats_from_json(json.loads(p.read_text()))[1].get("images") or {}
@@ -261,7 +262,7 @@ def _atomic_json(path: Path, obj) -> None:
 
 def load_stats(path: str | os.PathLike) -> tuple[dict, dict]:
     """``meta/stats.json`` of a store -> (stats, meta)."""
-    p = Path(path) / "meta" / "stats.json"
+    p = Path(path) / layout.STATS
     if not p.exists():
         raise StatsError(f"{path}: the store has no meta/stats.json (run `vladata stats {path}`)")
     return stats_from_json(json.loads(p.read_text()))

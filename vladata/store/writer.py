@@ -140,7 +140,7 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
                                         "parts": len(parts), "num_frames": n,
                                         "stats_features": sorted(stats),
                                         "summary": summary.to_dict()})
-    for p in (out / "meta" / "parts").glob("*.stats.npz"):
+    for p in (out / layout.PARTS).glob("*.stats.npz"):
         p.unlink()  # merged into meta/stats.json
     return summary
 
@@ -186,10 +186,9 @@ def _create_store(out: Path, source: Source, plan: list[EpisodeInfo],
     data = root.create_group(layout.DATA)
     for name, spec in features.items():
         layout.create_array(data, name, spec, n, storage[name])
-    meta = out / layout.META
-    (meta / "parts").mkdir(parents=True, exist_ok=True)
-    episode_table(plan, starts).write_parquet(meta / "episodes.parquet")
-    segment_table(plan).write_parquet(meta / "segments.parquet")
+    (out / layout.PARTS).mkdir(parents=True, exist_ok=True)
+    episode_table(plan, starts).write_parquet(out / layout.EPISODES)
+    segment_table(plan).write_parquet(out / layout.SEGMENTS)
 
 
 def episode_table(plan: list[EpisodeInfo], starts: np.ndarray) -> pl.DataFrame:
@@ -236,7 +235,7 @@ class _PartJob:
 
 
 def _marker(out: Path, k: int) -> Path:
-    return out / "meta" / "parts" / f"part-{k:05d}.json"
+    return out / layout.PARTS / f"part-{k:05d}.json"
 
 
 def _run_parts(job: _PartJob, parts, todo, *, workers: int, total: int, already: int,
@@ -323,7 +322,7 @@ def _write_part(job: _PartJob, k: int, rows: tuple[int, int], report=None) -> No
             report(r2 - r)
         for f in in_flight:
             f.result()
-    finalize.save_accumulators(out / "meta" / "parts" / f"part-{k:05d}.stats.npz", accs)
+    finalize.save_accumulators(out / layout.PARTS / f"part-{k:05d}.stats.npz", accs)
     _write_json(_marker(out, k), {"part": k, "rows": [lo, hi]})
 
 

@@ -15,6 +15,7 @@ import torch.utils.data
 from vladata.images import decode_jpeg
 from vladata.sampler import WindowSampler
 from vladata.store.shard_reader import decode_vlen
+from vladata.store.layout import ACTION_NORM, ACTION_TOKENS, IMAGE_PREFIX, STATE
 from vladata.stream.format import FORMAT, FORMAT_VERSION, INDEX, StreamFormatError
 from vladata.windows import OVER, Geometry, Ranges, cut_window, put_language, window_spec
 
@@ -104,18 +105,18 @@ class WindowStream(torch.utils.data.IterableDataset):
             raise ValueError(f"{self.url}: exported with context {context}: history and chunk "
                              f"must be <= {context + 1}; export again with a larger --context")
         images = [k for k, v in feats.items() if v.get("kind") == "image"]
-        cams = images if cameras is None else [c if c in feats else f"observation.images.{c}"
+        cams = images if cameras is None else [c if c in feats else IMAGE_PREFIX + c
                                                for c in ([cameras] if isinstance(cameras, str) else cameras)]
         bad = [c for c in cams if c not in images]
         if bad:
             raise KeyError(f"{self.url}: no cameras {bad}; cameras: {images}")
-        for k in ("action.norm", "action.tokens"):
+        for k in (ACTION_NORM, ACTION_TOKENS):
             if k not in feats:
                 raise StreamFormatError(f"{self.url}: the shards lack {k!r}; export them from a finalised store")
-        lowdim = ("observation.state",) if "observation.state" in feats else ()
+        lowdim = (STATE,) if STATE in feats else ()
         self.geometry = Geometry(int(history), int(chunk), tuple(cams),
                                  frozenset(c for c in cams if feats[c]["storage"]["codec"] == "jpeg"),
-                                 lowdim, "action.norm", "action.tokens")
+                                 lowdim, ACTION_NORM, ACTION_TOKENS)
         self.shapes = {k: tuple(v["shape"]) for k, v in feats.items()}
         self.dtypes = {k: v["dtype"] for k, v in feats.items()}
         self.emb_dim = int(idx["embedding_dim"])

@@ -32,6 +32,7 @@ from vladata.episode import FeatureSpec
 from vladata.errors import SourceFormatError
 from vladata.sources.oxe.standardize import ACTION_NAMES, ROLES, OxeConfig, state_vector
 from vladata.sources.oxe.tfds import Leaf
+from vladata.store.layout import IMAGE_PREFIX, STATE
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def build_mapping(leaves: list[Leaf], cfg: OxeConfig | None, *, skip: set[str] =
         for lf in steps:
             if lf.kind == "image":
                 k = _dotted(_obs_key(lf.rel))
-                add(*_image_output(lf, f"observation.images.{k}", f"observation.depth.{k}"))
+                add(*_image_output(lf, IMAGE_PREFIX + k, f"observation.depth.{k}"))
             elif lf.kind == "tensor":
                 add(_dotted(lf.rel), _tensor_output(lf, _dotted(lf.rel)))
         return out
@@ -111,7 +112,7 @@ def build_mapping(leaves: list[Leaf], cfg: OxeConfig | None, *, skip: set[str] =
         if role in cfg.cameras:
             rel = f"observation/{cfg.cameras[role]}"
             lf = by_rel[rel]
-            add(*_image_output(lf, f"observation.images.{role}", f"observation.depth.{role}"))
+            add(*_image_output(lf, IMAGE_PREFIX + role, f"observation.depth.{role}"))
             used.add(rel)
     for role in ROLES:
         if role in cfg.depth:
@@ -134,7 +135,7 @@ def build_mapping(leaves: list[Leaf], cfg: OxeConfig | None, *, skip: set[str] =
                                        description=lf.description or lf.key), "depth", (rel,)))
             used.add(rel)
     state_keys = tuple(dict.fromkeys(p[0] for p in cfg.state if p is not None))
-    add("observation.state", Output(FeatureSpec("float32", (len(cfg.state_names),), "lowdim",
+    add(STATE, Output(FeatureSpec("float32", (len(cfg.state_names),), "lowdim",
                                                 names=cfg.state_names,
                                                 description=f"proprio ({cfg.state_encoding})"),
                                     "state", state_keys))
@@ -163,7 +164,7 @@ def build_mapping(leaves: list[Leaf], cfg: OxeConfig | None, *, skip: set[str] =
             continue
         if lf.kind == "image":
             k = _dotted(_obs_key(lf.rel))
-            add(*_image_output(lf, f"observation.images.{k}", f"observation.depth.{k}"))
+            add(*_image_output(lf, IMAGE_PREFIX + k, f"observation.depth.{k}"))
         elif lf.kind == "tensor":
             name = (f"observation.raw.{_dotted(_obs_key(lf.rel))}"
                     if lf.rel.startswith("observation/") else _dotted(lf.rel))
