@@ -24,7 +24,7 @@ import yaml
 
 from vladata.errors import ConfigError
 from vlatrain.typed import apply_overrides, build, choice, parse_overrides
-from vlatrain.vlm.config import VLMConfig
+from vlatrain.vlm.config import HISTORY_MODES, VLMConfig
 
 __all__ = ["AugmentConfig", "DataConfig", "ModelConfig", "OptimConfig", "TrainConfig",
            "EvalConfig", "LogConfig", "Config", "ConfigError", "load_config", "parse_overrides",
@@ -133,7 +133,7 @@ class ModelConfig:
     backbone: str = "tiny"         # tiny = the embedded small vision-language encoder
     path: Optional[str] = None     # local weights directory, for backbones that load pretrained weights
     head: str = field(default="gpt", metadata=choice("fc", "lstm", "gpt", "discrete", "lm"))
-    history: str = field(default="one-step", metadata=choice("one-step", "history", "interleaved"))
+    history: str = field(default="one-step", metadata=choice(*HISTORY_MODES))
     language: str = field(default="embedding", metadata=choice("embedding", "text", "none"))
     use_state: bool = True         # feed observation.state (normalised with the store's stats)
     image_size: int = 64           # frames are resized to image_size x image_size on the device

@@ -12,12 +12,11 @@ nor transformers.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import typing
 from dataclasses import dataclass
 from typing import Optional
 
 from vladata.errors import ConfigError
+from vlatrain.typed import build
 
 HISTORY_MODES = ("one-step", "history", "interleaved")
 DTYPES = ("float32", "bfloat16")
@@ -71,32 +70,12 @@ class VLMConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VLMConfig":
-        """Build and validate; raises :class:`ConfigError` naming every bad key (``model.vlm.*``)."""
-        if not isinstance(d, dict):
-            raise ConfigError([f"model.vlm: expected a mapping, got {d!r}"])
-        hints = typing.get_type_hints(cls)
-        errs, kwargs = [], {}
-        for k, v in d.items():
-            if k not in hints:
-                close = difflib.get_close_matches(k, list(hints), n=1)
-                errs.append(f"model.vlm.{k}: unknown key"
-                            + (f" (did you mean {close[0]!r}?)" if close else ""))
-                continue
-            tp = hints[k]
-            optional = typing.get_origin(tp) is typing.Union
-            base = next(a for a in typing.get_args(tp) if a is not type(None)) if optional else tp
-            if v is None and optional:
-                kwargs[k] = None
-            elif base is float and isinstance(v, (int, float)) and not isinstance(v, bool):
-                kwargs[k] = float(v)
-            elif isinstance(v, base) and not (base is int and isinstance(v, bool)):
-                kwargs[k] = v
-            else:
-                want = base.__name__ + (" or null" if optional else "")
-                errs.append(f"model.vlm.{k}: expected {want}, got {v!r}")
-        if errs:
-            raise ConfigError(errs)
-        cfg = cls(**kwargs)
+        """Build and validate with the typed config parser (:func:`vlatrain.typed.build`); raises
+        :class:`ConfigError` naming every bad key (``model.vlm.*``)."""
+        errors: list[str] = []
+        cfg = build(cls, d, "model.vlm.", errors)
+        if errors:
+            raise ConfigError(errors)
         cfg.check()
         return cfg
 
@@ -120,10 +99,8 @@ def vlm_config(model_cfg) -> VLMConfig:
 
 
 def history_mode(model_cfg, vcfg: VLMConfig) -> str:
-    """``model.history``: ``one-step`` and ``history`` run one sequence per history step (the
-    policy head fuses the steps); ``interleaved`` runs the whole window as one sequence of
-    observation and action tokens (RoboVLMs' "pre" mode)."""
-    mode = getattr(model_cfg, "history", "one-step")
-    if mode not in HISTORY_MODES:
-        raise ConfigError([f"model.history: expected one of {', '.join(HISTORY_MODES)}, got {mode!r}"])
-    return mode
+    """``model.history`` (one of :data:`HISTORY_MODES`, checked by ``ModelConfig``): ``one-step``
+    and ``history`` run one sequence per history step (the policy head fuses the steps);
+    ``interleaved`` runs the whole window as one sequence of observation and action tokens
+    (RoboVLMs' "pre" mode)."""
+    return getattr(model_cfg, "history", "one-step")

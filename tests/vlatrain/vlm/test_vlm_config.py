@@ -39,7 +39,7 @@ def test_vlm_options_parse_and_report_every_problem():
     assert "model.vlm.lorra: unknown key (did you mean 'lora'?)" in msg
     assert "model.vlm.lora_r: expected int, got '8'" in msg
     assert "model.vlm.freeze_vision: expected bool, got 1" in msg
-    assert "model.vlm.dtype: expected str, got None" in msg
+    assert "model.vlm.dtype: expected str, got null" in msg
     with pytest.raises(ConfigError) as e:
         VLMConfig.from_dict({"dtype": "float16", "prompt": "no image here",
                              "lora_r": 0, "lr_scale": 0})
