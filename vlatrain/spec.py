@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from vladata.normalize import ObservationNormalizer
+from vladata.normalize import MIN_STD, Normalization, ObservationNormalizer
+from vladata.store.layout import STATE
 
 
 @dataclass(frozen=True)
@@ -68,11 +69,26 @@ class DataSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "DataSpec":
         d = dict(d)
-        if "state_mean" in d:
-            raise ValueError("a data spec with state_mean/state_std comes from a checkpoint of a "
-                             "version that normalised states on the device; retrain it")
+        if "state_mean" in d:  # written when states were normalised on the device
+            d["observation_norm"] = _legacy_state_norm(d.pop("state_mean"), d.pop("state_std"),
+                                                       d.get("state_index") or ())
         d["image_shapes"] = {k: tuple(int(x) for x in v) for k, v in d["image_shapes"].items()}
         for k in ("cameras", "action_names", "gripper_dims",
                   "token_ids", "bin_centers", "state_index"):
             d[k] = tuple(d.get(k, ()))
         return cls(**d)
+
+
+def _legacy_state_norm(mean, std, index) -> dict:
+    """The observation normalisation of a spec that kept ``state_mean``/``state_std`` (the
+    mean/std of the state dims the model saw, applied on the device with stds <= 1e-6 taken as 1)."""
+    if not mean:
+        return {}
+    if index:
+        raise ValueError("this checkpoint's data spec normalised only the data.state_dims of the "
+                         "state (state_index), a format older than observation_norm that cannot "
+                         "be converted; retrain it")
+    std = [s if s > MIN_STD else 1.0 for s in std]
+    norm = ObservationNormalizer({STATE: (Normalization(mode="meanstd"),
+                                          {"mean": tuple(mean), "std": tuple(std)})})
+    return norm.to_dict()

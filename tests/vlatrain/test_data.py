@@ -77,3 +77,16 @@ def test_what_data_refuses(calvin_store):
     with pytest.raises(StoreError, match="fewer than one batch"):
         data.train_loader(ds, cfg_for(calvin_store, "data.batch_size=100000"), rank=0, world_size=1,
                           pin_memory=False)
+
+
+def test_a_spec_that_kept_state_statistics_reads_as_the_same_normaliser():
+    d = DataSpec(cameras=("a",), image_shapes={"a": (8, 8, 3)}, state_dim=2, action_dim=7,
+                 action_names=tuple("abcdefg"), gripper_dims=(6,), language_dim=0, history=1,
+                 chunk=1).to_dict()
+    del d["observation_norm"]
+    old = {**d, "state_mean": [1.0, 2.0], "state_std": [2.0, 0.0]}
+    norm = DataSpec.from_dict(old).observation_normalizer()
+    got = norm.apply({"observation.state": np.array([3.0, 5.0])})["observation.state"]
+    assert got.tolist() == [1.0, 3.0]  # (s - mean) / std, a zero std taken as 1 as before
+    with pytest.raises(ValueError, match="cannot be converted"):
+        DataSpec.from_dict({**old, "state_index": [0, 3]})
