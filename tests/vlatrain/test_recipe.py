@@ -15,7 +15,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import vladata
 from cli.vlatrain import main
+from vladata.normalize import ObservationNormalizer
 from vlatrain.checkpoint import load
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,6 +114,31 @@ def test_eval_prints_errors_against_the_mean_action_baseline(calvin_store, tmp_p
     assert m["val/mae_baseline/dx"] > 0
     r = run.invoke(main, ["eval", str(ckpt), "--data", str(calvin_store), "--split", "nope"])
     assert r.exit_code != 0 and "no split ['nope']" in r.output
+
+
+def test_a_checkpoint_records_and_evaluation_applies_the_observation_normalisation(calvin_store,
+                                                                                    tmp_path):
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["run", CONFIG, f"data.path={calvin_store}", "train.steps=1",
+                                  f"out={out}", *TINY])
+    assert r.exit_code == 0, r.output
+    ckpt = load(out / "checkpoints" / "step_0000001.pt")
+    store = vladata.open(calvin_store)
+    want = ObservationNormalizer.from_dataset(store, ["observation.state"])
+    assert ObservationNormalizer.from_dict(ckpt["spec"]["observation_norm"]) == want
+
+    def evaluate(path):
+        r = CliRunner().invoke(main, ["eval", str(path), "--data", str(calvin_store), "--json",
+                                      "--batches", "1"])
+        assert r.exit_code == 0, r.output
+        return json.loads(r.output)["val/arm_mae"]
+
+    # evaluation normalises the store's states with the checkpoint's normaliser: another one
+    # recorded in the checkpoint changes what the policy sees, hence its error
+    stats = ckpt["spec"]["observation_norm"]["features"]["observation.state"]["stats"]
+    stats["mean"] = [m + 50.0 for m in stats["mean"]]
+    torch.save(ckpt, tmp_path / "shifted.pt")
+    assert evaluate(tmp_path / "shifted.pt") != evaluate(out / "checkpoints" / "step_0000001.pt")
 
 
 def test_cli_reports_every_config_error(calvin_store, tmp_path):
