@@ -17,7 +17,8 @@ from vladata.sampler import WindowSampler
 from vladata.store.shard_reader import decode_vlen
 from vladata.store.layout import ACTION_NORM, ACTION_TOKENS, IMAGE_PREFIX, STATE
 from vladata.stream.format import FORMAT, FORMAT_VERSION, INDEX, StreamFormatError
-from vladata.windows import OVER, Geometry, Ranges, cut_window, put_language, window_spec
+from vladata.windows import (OVER, Geometry, Ranges, batch_loader, cut_window, put_language,
+                             window_spec)
 
 def iter_samples(url: str, storage_options: dict | None = None):
     """Samples of one tar shard: dicts of member extension -> parsed content, plus ``__key__``."""
@@ -305,10 +306,9 @@ class WindowStream(torch.utils.data.IterableDataset):
     def loader(self, *, num_workers: int = 2, prefetch: int = 2, pin_memory: bool = False,
                multiprocessing_context: str | None = None, timeout: float = 300.0):
         """The batch loader: ``batch_size`` windows per batch, ``num_batches`` per epoch per rank."""
-        from vladata.batching import BatchLoader
-        return BatchLoader(self, _StreamPlan(self), batch_size=self.batch_size,
-                           num_workers=num_workers, prefetch=prefetch, pin_memory=pin_memory,
-                           multiprocessing_context=multiprocessing_context, timeout=timeout)
+        return batch_loader(self, _StreamPlan(self), self.batch_size, num_workers=num_workers,
+                            prefetch=prefetch, pin_memory=pin_memory,
+                            multiprocessing_context=multiprocessing_context, timeout=timeout)
 
 
 def _weights(pool) -> np.ndarray:
