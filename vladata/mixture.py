@@ -86,7 +86,8 @@ class Mixture(torch.utils.data.Dataset):
 
     def __init__(self, stores, *, weights=None, balance: bool = False, history: int = 16,
                  chunk: int = 10, cameras=None, split="train", over: str = "episodes",
-                 min_history: int = 1, state: bool = True, normalize_observations: str | None = None):
+                 min_history: int = 1, state: bool = True,
+                 normalize_observations: str | None = None):
         items = list(stores.items()) if isinstance(stores, dict) else list(stores)
         if items and all(isinstance(x, tuple) and len(x) == 2 for x in items):
             if weights is not None:
@@ -161,7 +162,7 @@ class Mixture(torch.utils.data.Dataset):
         return j, int(i - self.offsets[j])
 
     def fill(self, i: int, out: dict) -> tuple[str, str]:
-        """Write mixture window ``i`` into ``out``, observations as stored (see :meth:`normalize`)."""
+        """Write mixture window ``i`` into ``out``, observations as stored (:meth:`normalize`)."""
         j, w = self.locate(i)
         part = self.parts[j]
         e = part.embeddings.shape[1]
@@ -206,7 +207,7 @@ class Mixture(torch.utils.data.Dataset):
 
     def loader(self, batch_size: int = 32, *, seed: int = 0, rank: int = 0, world_size: int = 1,
                drop_last: bool = True, epoch_size: int | None = None, **options):
-        """The batch loader over a :class:`MixtureSampler` (``options`` as WindowDataset.loader's)."""
+        """The batch loader over a :class:`MixtureSampler` (``options``: WindowDataset.loader's)."""
         sampler = MixtureSampler(self, batch_size, epoch_size=epoch_size, seed=seed, rank=rank,
                                  world_size=world_size, drop_last=drop_last)
         return batch_loader(self, sampler, batch_size, **options)

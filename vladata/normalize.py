@@ -344,7 +344,7 @@ class ObservationNormalizer:
         return tuple(self.features)
 
     def apply_feature(self, key: str, x):
-        """Feature ``key``'s values ``x`` (..., D) normalised -> float32 (numpy or torch, as ``x``)."""
+        """Feature ``key``'s values ``x`` (..., D) normalised -> float32 (numpy/torch, as ``x``)."""
         norm, stats = self.features[key]
         return normalize(x, stats, norm)
 
@@ -354,7 +354,8 @@ class ObservationNormalizer:
         return {k: self.apply_feature(k, v) if k in self.features else v for k, v in obs.items()}
 
     def to_dict(self) -> dict:
-        return {"features": {k: {"normalization": n.to_dict(), "stats": {s: list(v) for s, v in st.items()}}
+        return {"features": {k: {"normalization": n.to_dict(),
+                                 "stats": {s: list(v) for s, v in st.items()}}
                              for k, (n, st) in self.features.items()}}
 
     @classmethod

@@ -213,15 +213,25 @@ def batch_loader(producer, sampler, batch_size: int, *, num_workers: int = 2, pr
 def observation_normalizer(ds, how, keys) -> ObservationNormalizer | None:
     """The normaliser ``normalize_observations=how`` asks for (see :class:`WindowDataset`):
     None, the given one, or a mode name applied to the float low-dim features among ``keys``."""
-    if how is None or isinstance(how, ObservationNormalizer):
-        return how
-    if not isinstance(how, str):
-        raise TypeError(f"normalize_observations must be None, a mode name or an "
-                        f"ObservationNormalizer, got {how!r}")
+    if how is None:
+        return None
     feats = ds.info["features"]
     picked = [k for k in keys if k is not None and feats[k].get("kind", "lowdim") == "lowdim"
               and np.issubdtype(np.dtype(feats[k]["dtype"]), np.floating)]
-    return ObservationNormalizer.from_dataset(ds, picked, how)
+    if isinstance(how, str):
+        return ObservationNormalizer.from_dataset(ds, picked, how)
+    if not isinstance(how, ObservationNormalizer):
+        raise TypeError(f"normalize_observations must be None, a mode name or an "
+                        f"ObservationNormalizer, got {how!r}")
+    if set(how.keys) != set(picked):  # nothing served un-normalised, nothing asked for missing
+        raise StoreError(f"{ds.path}: the observation normaliser covers {sorted(how.keys)}, the "
+                         f"windows serve the low-dim features {sorted(picked)}")
+    for k in picked:
+        dims = [len(v) for v in how.features[k][1].values()]
+        if any(d != int(np.prod(feats[k]["shape"])) for d in dims):
+            raise StoreError(f"{ds.path}: the observation normaliser of {k!r} has statistics of "
+                             f"{dims[0]} dims, the store's {k!r} has shape {feats[k]['shape']}")
+    return how
 
 
 class Ranges:

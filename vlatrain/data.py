@@ -162,7 +162,8 @@ def spec_from_store(ds, cfg: DataConfig, win=None) -> DataSpec:
         token_ids = tuple(int(i) for i in t.id_of_bin(np.arange(t.bins)))
         centres = tuple(float(c) for c in t.centres())
     norm = win.observation_norm
-    return DataSpec(cameras=cams, image_shapes=shapes, state_dim=state_dim, action_dim=a_dim, action_names=names, gripper_dims=grip,
+    return DataSpec(cameras=cams, image_shapes=shapes, state_dim=state_dim, action_dim=a_dim,
+                    action_names=names, gripper_dims=grip,
                     language_dim=int(win.embeddings.shape[1]), history=cfg.history,
                     chunk=cfg.chunk, token_ids=token_ids, bin_centers=centres, state_index=index,
                     extra={"source": ds.info.get("source"), "tokenizer": tok,

@@ -81,7 +81,7 @@ class DataSpec:
 
 def _legacy_state_norm(mean, std, index) -> dict:
     """The observation normalisation of a spec that kept ``state_mean``/``state_std`` (the
-    mean/std of the state dims the model saw, applied on the device with stds <= 1e-6 taken as 1)."""
+    mean/std of the state dims the model saw, applied on the device, a std <= 1e-6 taken as 1)."""
     if not mean:
         return {}
     if index:

@@ -180,3 +180,18 @@ def test_observation_normalizer_refuses_missing_statistics(calvin_store):
         ObservationNormalizer.from_dataset(ds, ["action.norm"], mode="quantile")
     with pytest.raises(NormalizationError, match="unknown key 'stat'"):
         ObservationNormalizer.from_dict({"features": {"s": {"normalization": {}, "stat": {}}}})
+
+
+def test_a_given_observation_normalizer_must_fit_the_windows(calvin_store):
+    from vladata.errors import StoreError
+    from vladata.normalize import ObservationNormalizer
+    ds = vladata.open(calvin_store)
+    norm = ObservationNormalizer.from_dataset(ds, ["observation.state"])
+    assert ds.windows(history=2, chunk=3, normalize_observations=norm).observation_norm is norm
+    with pytest.raises(StoreError, match=r"covers \[\], the windows serve the low-dim features "
+                                         r"\['observation.state'\]"):
+        ds.windows(history=2, chunk=3, normalize_observations=ObservationNormalizer())
+    n, st = norm.features["observation.state"]
+    short = ObservationNormalizer({"observation.state": (n, {k: v[:3] for k, v in st.items()})})
+    with pytest.raises(StoreError, match="statistics of 3 dims"):
+        ds.windows(history=2, chunk=3, normalize_observations=short)

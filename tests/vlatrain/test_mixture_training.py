@@ -151,7 +151,8 @@ def test_cli_trains_on_a_mixture_and_resumes_exactly(calvin_store, second_store,
     for row, store in zip(rows, (calvin_store, second_store)):
         want = ObservationNormalizer.from_dataset(vladata.open(store), ["observation.state"])
         assert ObservationNormalizer.from_dict(row["observation_norm"]) == want
-    assert ckpt["spec"]["observation_norm"] == rows[0]["observation_norm"] != rows[1]["observation_norm"]
+    first, second = (row["observation_norm"] for row in rows)
+    assert ckpt["spec"]["observation_norm"] == first != second
     r = run.invoke(main, ["run", CONFIG, "train.steps=2", f"out={b}", *common])
     assert r.exit_code == 0, r.output
     r = run.invoke(main, ["run", "--resume", str(b), "train.steps=4"])
