@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vladata.errors import ConfigError, StatsError
+from vladata.errors import ConfigError, StatsError, StoreError
 
 MODES = ("quantile", "meanstd", "minmax")
 
@@ -369,6 +369,32 @@ class ObservationNormalizer:
         return cls(features)
 
 
+def observation_normalizer(ds, how, keys) -> ObservationNormalizer | None:
+    """The normaliser of store ``ds``'s windows that ``normalize_observations=how`` asks for
+    (:class:`vladata.windows.WindowDataset`): None; a mode name applied to the float low-dim
+    features among ``keys`` with ``ds``'s statistics; or a given one, checked to cover exactly
+    those features with their dims."""
+    if how is None:
+        return None
+    feats = ds.info["features"]
+    picked = [k for k in keys if k is not None and feats[k].get("kind", "lowdim") == "lowdim"
+              and np.issubdtype(np.dtype(feats[k]["dtype"]), np.floating)]
+    if isinstance(how, str):
+        return ObservationNormalizer.from_dataset(ds, picked, how)
+    if not isinstance(how, ObservationNormalizer):
+        raise TypeError(f"normalize_observations must be None, a mode name or an "
+                        f"ObservationNormalizer, got {how!r}")
+    if set(how.keys) != set(picked):  # nothing served un-normalised, nothing asked for missing
+        raise StoreError(f"{ds.path}: the observation normaliser covers {sorted(how.keys)}, the "
+                         f"windows serve the low-dim features {sorted(picked)}")
+    for k in picked:
+        dims = [len(v) for v in how.features[k][1].values()]
+        if any(d != int(np.prod(feats[k]["shape"])) for d in dims):
+            raise StoreError(f"{ds.path}: the observation normaliser of {k!r} has statistics of "
+                             f"{dims[0]} dims, the store's {k!r} has shape {feats[k]['shape']}")
+    return how
+
+
 __all__ = ["MODES", "Normalization", "GripperConvention", "NormalizationError", "normalize",
            "denormalize", "parse_normalization", "parse_convention", "ObservationNormalizer",
-           "OBSERVATION_MODE"]
+           "OBSERVATION_MODE", "observation_normalizer"]

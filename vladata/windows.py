@@ -15,7 +15,7 @@ import torch.utils.data
 from vladata.dataset import open as open_dataset
 from vladata.errors import StoreError
 from vladata.images import decode_jpeg
-from vladata.normalize import ObservationNormalizer
+from vladata.normalize import observation_normalizer
 from vladata.store.layout import ACTION_NORM, ACTION_TOKENS, IMAGE_PREFIX, STATE
 from vladata.store.shard_reader import StoreReader
 
@@ -210,30 +210,6 @@ def batch_loader(producer, sampler, batch_size: int, *, num_workers: int = 2, pr
                        multiprocessing_context=multiprocessing_context, timeout=timeout)
 
 
-def observation_normalizer(ds, how, keys) -> ObservationNormalizer | None:
-    """The normaliser ``normalize_observations=how`` asks for (see :class:`WindowDataset`):
-    None, the given one, or a mode name applied to the float low-dim features among ``keys``."""
-    if how is None:
-        return None
-    feats = ds.info["features"]
-    picked = [k for k in keys if k is not None and feats[k].get("kind", "lowdim") == "lowdim"
-              and np.issubdtype(np.dtype(feats[k]["dtype"]), np.floating)]
-    if isinstance(how, str):
-        return ObservationNormalizer.from_dataset(ds, picked, how)
-    if not isinstance(how, ObservationNormalizer):
-        raise TypeError(f"normalize_observations must be None, a mode name or an "
-                        f"ObservationNormalizer, got {how!r}")
-    if set(how.keys) != set(picked):  # nothing served un-normalised, nothing asked for missing
-        raise StoreError(f"{ds.path}: the observation normaliser covers {sorted(how.keys)}, the "
-                         f"windows serve the low-dim features {sorted(picked)}")
-    for k in picked:
-        dims = [len(v) for v in how.features[k][1].values()]
-        if any(d != int(np.prod(feats[k]["shape"])) for d in dims):
-            raise StoreError(f"{ds.path}: the observation normaliser of {k!r} has statistics of "
-                             f"{dims[0]} dims, the store's {k!r} has shape {feats[k]['shape']}")
-    return how
-
-
 class Ranges:
     """The ranges windows are drawn from and the numbering of their windows (see WindowDataset).
 
@@ -412,4 +388,4 @@ def _pick_cameras(path, feats: dict, cameras) -> tuple[str, ...]:
 
 
 __all__ = ["WindowDataset", "Ranges", "window_spec", "embedding_matrix", "Geometry", "StoreRows",
-           "cut_window", "put_language", "batch_loader", "observation_normalizer"]
+           "cut_window", "put_language", "batch_loader"]
