@@ -288,8 +288,9 @@ def _write_part(job: _PartJob, k: int, rows: tuple[int, int], report=None) -> No
     report = report or (_progress_queue.put if _progress_queue is not None else (lambda n: None))
     lo, hi = rows
     out = Path(job.out)
-    data = zarr.open_group(out / layout.DATA, mode="r+")
-    arrays = {name: data[name] for name in job.features}
+    with zarr.config.set(layout.WRITE_EMPTY):  # a missing chunk must mean damage, not zeros
+        data = zarr.open_group(out / layout.DATA, mode="r+")
+        arrays = {name: data[name] for name in job.features}
     shard_writers = {name: ShardWriter(arr, out / layout.DATA / name)
                      for name, arr in arrays.items()
                      if not layout.is_blocked(job.storage[name]) and can_write(arr)}
