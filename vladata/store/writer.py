@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from vladata.episode import EpisodeInfo, FeatureSpec, Source
 from vladata.errors import IncompleteStoreError, NonFiniteError, SourceFormatError, StoreError
-from vladata.store import finalize, layout
+from vladata.store import finalize, layout, manifest
 from vladata.store.shards import ShardWriter, can_write
 
 _progress_queue = None  # set in worker processes
@@ -135,10 +135,9 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
                       splits={s: sum(ep.split == s for ep in plan)
                               for s in dict.fromkeys(ep.split for ep in plan)},
                       skipped=skipped)
-    _write_json(out / layout.MANIFEST, {"format_version": layout.FORMAT_VERSION, "complete": True,
-                                        "parts": len(parts), "num_frames": n,
-                                        "stats_features": sorted(stats),
-                                        "summary": summary.to_dict()})
+    manifest.write(out, {"format_version": layout.FORMAT_VERSION, "complete": True,
+                         "parts": len(parts), "num_frames": n, "stats_features": sorted(stats),
+                         "summary": summary.to_dict()})
     for p in (out / "meta" / "parts").glob("*.stats.npz"):
         p.unlink()  # merged into meta/stats.json
     return summary
