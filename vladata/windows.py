@@ -66,7 +66,7 @@ class WindowDataset(torch.utils.data.Dataset):
     def __init__(self, ds, history: int = 16, chunk: int = 10, cameras=None, split="train",
                  over: str = "segments", *, min_history: int = 1, state_key="observation.state",
                  action_key: str = "action.norm", tokens_key: str | None = "action.tokens",
-                 extra_keys=()):
+                 extra_keys=(), verify: bool | None = None):
         if isinstance(ds, str):
             import vladata
             ds = vladata.open(ds)
@@ -104,7 +104,7 @@ class WindowDataset(torch.utils.data.Dataset):
         self.instructions, self.tasks = seg["instruction"].to_list(), seg["task"].to_list()
         embs = seg["embedding"].to_list() if "embedding" in seg.columns else [None] * seg.height
         self.embeddings = embedding_matrix(embs)
-        self.reader = StoreReader(ds.path)
+        self.reader = StoreReader(ds.path, verify=verify)  # verify: check every chunk's CRC32C
         self._rows = StoreRows(self.reader, self.path)
         self.geometry = Geometry(self.history, self.chunk, self.cameras, frozenset(self.jpeg),
                                  ((self.state_key,) if self.state_key else ()) + self.extra_keys,
