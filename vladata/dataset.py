@@ -85,6 +85,11 @@ class Dataset:
         return StoreReader(self.path)
 
     def array(self, name: str) -> zarr.Array:
+        """The zarr array of feature ``name``.
+
+        zarr-python checks each chunk's CRC32C but reads a *missing* chunk as zeros;
+        :meth:`episode`, the loaders and ``vladata verify`` refuse it.
+        """
         if name not in self.info["features"]:
             raise KeyError(f"{self.path}: no feature {name!r}; features: {sorted(self.features)}")
         return self.root[f"{layout.DATA}/{name}"]

@@ -61,7 +61,7 @@ def _flip(path, offset):
 
 
 def test_a_fresh_store_verifies(store):
-    assert manifest.verify(store, progress=False) == []
+    assert vladata.verify(store, progress=False) == []
     r = _verify(store)
     assert r.exit_code == 0 and "intact" in r.output
     doc = json.loads((store / "meta/manifest.json").read_text())
