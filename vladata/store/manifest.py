@@ -52,13 +52,17 @@ def file_crc32c(path: str | os.PathLike) -> str:
 
 
 def _walk(root: Path):
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            p = Path(dirpath) / name
-            rel = p.relative_to(root).as_posix()
-            if rel == layout.MANIFEST or name.endswith(_SKIP_SUFFIXES):
-                continue
-            yield rel, p
+    """The store's own files: ``zarr.json``, ``data/``, ``meta/`` (not e.g. an export beside them)."""
+    if (root / "zarr.json").is_file():
+        yield "zarr.json", root / "zarr.json"
+    for top in (layout.DATA, layout.META):
+        for dirpath, _, names in os.walk(root / top):
+            for name in names:
+                p = Path(dirpath) / name
+                rel = p.relative_to(root).as_posix()
+                if rel == layout.MANIFEST or name.endswith(_SKIP_SUFFIXES):
+                    continue
+                yield rel, p
 
 
 def file_table(root: str | os.PathLike) -> dict[str, dict]:
