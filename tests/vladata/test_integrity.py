@@ -96,9 +96,8 @@ def test_deleted_image_shard_with_loader_workers(store):
 
 def test_deleted_action_norm_chunk(store):
     (store / NORM_CHUNK).unlink()
-    w = vladata.open(store).windows(history=1, chunk=3)
     with pytest.raises(MissingChunkError, match=NORM_CHUNK):
-        w[0]
+        vladata.open(store).windows(history=1, chunk=3)[0]
     r = _verify(store)
     assert r.exit_code != 0 and NORM_CHUNK in r.output
 
@@ -183,12 +182,13 @@ def test_edited_stats_json(store, checksums):
     key = next(k for k in feat if k.startswith("q") and isinstance(feat[k], list))
     feat[key][0] = feat[key][0] + 0.25
     p.write_text(json.dumps(doc, indent=1))
-    if checksums:
-        with pytest.raises(StoreError, match="meta/stats.json"):
-            vladata.open(store)
-        assert "meta/stats.json" in _inspect(store).output
-    else:
-        manifest.refresh(store)  # the file list now agrees: only the deep check can tell
+    if not checksums:
+        manifest.refresh(store)  # the file list agrees: action.norm vs the statistics tells
+    with pytest.raises(StoreError, match="meta/stats.json"):
+        vladata.open(store)
+    with pytest.raises(StoreError, match="meta/stats.json"):
+        vladata.open(store).windows(history=1, chunk=3).loader(batch_size=4, num_workers=0)
+    assert "meta/stats.json" in _inspect(store).output
     r = _verify(store)
     assert r.exit_code != 0 and "meta/stats.json" in r.output
 
