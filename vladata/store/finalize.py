@@ -131,7 +131,7 @@ def recompute(path: str | os.PathLike, quantiles=(0.01, 0.99),
     ``tokenizer`` replaces the recorded token layout; by default the store's own is kept.
     """
     out = Path(path)
-    problems = [p for p in manifest.missing_data(out)]
+    problems = manifest.missing_data(out)
     if problems:  # zarr-python would read a missing chunk as zeros
         raise StoreError(f"{problems[0]}; run `vladata verify {out}`")
     root = zarr.open_group(out, mode="r+")
