@@ -7,6 +7,7 @@ windows/s after a few warm-up batches (worker start-up excluded), page cache war
 
     python benchmarks/loader.py --frames 20000 --work /tmp/vla-bench       # ~5 min the first time
     python benchmarks/loader.py --work /tmp/vla-bench --json out.json     # reuses the data
+    python benchmarks/loader.py --work /tmp/vla-bench --verify-only       # CRC32C check on vs off
 
 Generation, conversion and export are cached in ``--work`` (delete it to start again). Each
 case is measured in ``--rounds`` interleaved rounds and the best is reported (the machine is
@@ -250,6 +251,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--naive-batches", type=int, default=4)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--verify-only", action="store_true",
+                    help="only the store cases, with chunk CRC32C verification off and on")
     a = ap.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -277,6 +280,12 @@ def main(argv=None):
     for w in workers:
         cases.append(("(c) wds stream, 256-frame samples", w, lambda w=w: WindowStream(
             str(paths["wds"]), **kw, batch_size=B, shuffle_buffer=4).loader(num_workers=w), a.batches))
+    for w in workers:  # the cost of checking every chunk's CRC32C on the window path
+        for key, name in (("lossless", "(a) store, lossless"), ("jpeg", "(b) store, JPEG q90")):
+            wv = vladata.open(paths[key]).windows(**kw, verify=True)
+            cases.append((name + ", verify=True", w, lambda wv=wv, w=w:
+                          wv.loader(batch_size=B, num_workers=w),
+                          a.batches if key == "lossless" else a.batches // 2))
     n = a.batches * B
     r = StoreReader(str(paths["jpeg"]))
     m = min(4096, ds.num_frames)
@@ -287,6 +296,8 @@ def main(argv=None):
     for p in (1, 2):
         cases.append((f"(f) ceiling: JPEG decode only, {p} process{'es' * (p > 1)}", p,
                        lambda p=p: Ceiling("jpeg", p, frames, max(64, n // 2)), 0))
+    if a.verify_only:
+        cases = [c for c in cases if c[0].startswith(("(a) ", "(b) "))]
     for p in (paths["lossless"], paths["jpeg"], paths["wds"], paths["memmap"]):
         warm(p)
     best: dict[tuple[str, int], float] = {}
@@ -296,7 +307,7 @@ def main(argv=None):
             if (name, w) not in live:
                 obj = make()
                 live[(name, w)] = (obj, obj if isinstance(obj, Ceiling) else cycle(obj))
-                if name.startswith("(a) "):
+                if name == "(a) store, lossless":
                     # the store's files are mapped lazily in each worker: the first pass over the
                     # data pays the page-table faults, later epochs run at the mapped speed
                     first = measure(live[(name, w)][1], len(obj) - 1, 0)
@@ -310,15 +321,25 @@ def main(argv=None):
         if hasattr(obj, "close"):
             obj.close()
     live.clear()
-    warm(root / "training")
-    for w in workers:  # slow: one round
-        best[("(d) naive: per-frame CALVIN npz", w)] = measure(naive(root, w), a.naive_batches, max(w, 1))
+    if not a.verify_only:
+        warm(root / "training")
+        for w in workers:  # slow: one round
+            best[("(d) naive: per-frame CALVIN npz", w)] = measure(naive(root, w), a.naive_batches,
+                                                                   max(w, 1))
     rows = [(name, w, v) for (name, w), v in sorted(best.items())]
     print(f"\nbest of {a.rounds} rounds, windows/s (history {H}, chunk {C}, batch {B}, two cameras "
           f"200x200 + 84x84, {ds.num_frames} frames; 1-min load average at the end: {os.getloadavg()[0]:.1f})")
     print("| case | workers / processes | windows/s |\n|---|---|---|")
     for name, w, v in rows:
         print(f"| {name} | {w} | {v:,.0f} |")
+    print("\nchunk CRC32C verification (verify=True vs the default):")
+    for w in workers:
+        for name in ("(a) store, lossless", "(b) store, JPEG q90"):
+            on, off = best[(name + ", verify=True", w)], best[(name, w)]
+            print(f"  {name}, workers={w}: {on:,.0f} vs {off:,.0f} windows/s: "
+                  f"{on / off:.2f}x ({100 * (1 - on / off):+.1f}% cost)")
+    if a.verify_only:
+        return
     ceil = {p: best[(f"(e) ceiling: memmap copy, {p} process{'es' * (p > 1)}", p)] for p in (1, 2)}
     jceil = {p: best[(f"(f) ceiling: JPEG decode only, {p} process{'es' * (p > 1)}", p)] for p in (1, 2)}
     print("\ntargets (2 cores):")

@@ -110,6 +110,24 @@ def stats(path, quantiles, as_json, **tok):
     click.echo(format_stats(result, ds.features, split=ds.info["stats_split"]))
 
 
+@main.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@fails_cleanly
+def verify(path, quiet):
+    """Check every file and every chunk of the store at PATH against its checksums.
+
+    Exits 1 and names each damaged, missing, stray or inconsistent file; 0 if all is well.
+    """
+    from vladata.store.manifest import verify as verify_store
+    problems = verify_store(path, progress=not quiet)
+    if problems:
+        for p in problems:
+            click.echo(p, err=True)
+        raise click.ClickException(f"{path}: {len(problems)} problem(s) found")
+    click.echo(f"{path}: every file and chunk is intact")
+
+
 def _register() -> None:
     """The commands of the other source readers, each defined beside its own flags."""
     from cli import convert_oxe, convert_real, export

@@ -20,10 +20,13 @@ def __getattr__(name):  # the writer (and its process-pool machinery) loads on f
     if name == "convert":
         from vladata.store.writer import convert
         return convert
+    if name == "verify":  # every file and chunk of a store -> the problems found ([] if none)
+        from vladata.store.manifest import verify
+        return verify
     raise AttributeError(f"module 'vladata' has no attribute {name!r}")
 
 
 __all__ = ["open", "Dataset", "Episode", "EpisodeInfo", "FeatureSpec", "Segment", "Source",
            "iter_episodes", "VladataError", "SourceFormatError", "UnsafePickleError",
-           "StoreError", "IncompleteStoreError", "StatsError", "NonFiniteError", "convert",
+           "StoreError", "IncompleteStoreError", "StatsError", "NonFiniteError", "convert", "verify",
            "normalize", "denormalize", "Normalization", "ActionTokenizer"]

@@ -11,7 +11,10 @@ between processes: (batch number, slot, window indices) out, the batch's strings
 
 A yielded batch is a dict of torch tensors that *view* a slot, plus lists of strings. The slot is
 reused: a batch stays intact while the next batch is in use too (the last two yielded batches are
-never overwritten), so ``clone()`` whatever must live longer.
+never overwritten, across epochs as well), so ``clone()`` whatever must live longer. Slots go
+round in the order batches are yielded, counted over the loader's whole life (not per epoch), and
+at most ``slots - 2`` batches are in flight, so the two a consumer may still hold are never
+written to.
 
 Producers (:class:`vladata.windows.WindowDataset`, the streaming and mixture datasets) provide
 ``sample_spec() -> {name: (shape, dtype)}`` and ``fill_batch(arrays, task) -> {"n": rows, lists}``
@@ -99,7 +102,7 @@ def _worker_loop(producer, arena: torch.Tensor, layout: _Layout, worker_id: int,
         return
 
 
-def _shutdown(procs, task_qs) -> None:
+def _shutdown(procs, task_qs, results) -> None:
     for q in task_qs:
         try:
             q.put(None)
@@ -110,9 +113,14 @@ def _shutdown(procs, task_qs) -> None:
         if p.is_alive():
             p.terminate()
             p.join(timeout=5)
-    for q in task_qs:
+    for q in [*task_qs, *([results] if results is not None else [])]:
         q.cancel_join_thread()
         q.close()
+
+
+def _unregister(arena: torch.Tensor) -> None:
+    """Undo the cudaHostRegister of a shared arena (before its memory is released)."""
+    torch.cuda.cudart().cudaHostUnregister(arena.data_ptr())
 
 
 class BatchLoader:
@@ -127,7 +135,8 @@ class BatchLoader:
         self.batch_size, self.num_workers, self.prefetch = int(batch_size), int(num_workers), int(prefetch)
         self.timeout = float(timeout)
         self.context = multiprocessing_context
-        slots = 2 if num_workers == 0 else num_workers * prefetch + 2
+        self._held = 2  # the last two yielded batches are never overwritten
+        slots = self._held if num_workers == 0 else num_workers * prefetch + self._held
         self.layout = _Layout(producer.sample_spec(), self.batch_size, slots)
         self.pin_memory = bool(pin_memory)
         if self.pin_memory and not torch.cuda.is_available():
@@ -139,7 +148,9 @@ class BatchLoader:
         self._results = None
         self._gen = 0
         self._outstanding = 0
+        self._seq = 0  # batches yielded so far, over every epoch: batch seq uses slot seq % slots
         self._finalizer = None
+        self._unpin = None
 
     # -- resources ------------------------------------------------------------------------------
     def _alloc(self) -> None:
@@ -154,6 +165,7 @@ class BatchLoader:
                 rc = torch.cuda.cudart().cudaHostRegister(self._arena.data_ptr(), n, 0)
                 if int(rc) != 0:
                     raise LoaderError(f"cudaHostRegister of the {n}-byte batch arena failed ({rc})")
+                self._unpin = weakref.finalize(self, _unregister, self._arena)
         self._arena.zero_()  # touch every page once, here, not on the hot path
         arena = _arena_numpy(self._arena)
         self._np = [self.layout.views(arena, s) for s in range(self.layout.slots)]
@@ -172,13 +184,19 @@ class BatchLoader:
             p.start()
             self._procs.append(p)
             self._task_qs.append(q)
-        self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._task_qs)
+        self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._task_qs,
+                                           self._results)
 
     def close(self) -> None:
-        """Stop the worker processes (they are also stopped when the loader is collected)."""
+        """Stop the worker processes and close their queues (also done when it is collected).
+
+        The batch arena stays (pinned, if it was) for a later iteration; it is released, and
+        unregistered from CUDA, with the loader.
+        """
         if self._finalizer is not None:
             self._finalizer()
         self._procs, self._task_qs, self._finalizer, self._outstanding = [], [], None, 0
+        self._results = None
 
     def _get(self):
         waited = 0.0
@@ -221,10 +239,11 @@ class BatchLoader:
             if init is not None:
                 init(0, 1)
             for k in range(start, end):
-                slot = k % self.layout.slots
+                slot = self._seq % self.layout.slots
                 meta = self.dataset.fill_batch(self._np[slot], plan.batch(k))
                 plan.advance(k + 1)
                 expect = (plan.epoch, plan.position)
+                self._seq += 1
                 yield self._batch(slot, meta)
                 if (plan.epoch, plan.position) != expect:
                     return  # set_epoch / load_state_dict during the pass
@@ -233,11 +252,13 @@ class BatchLoader:
         self._drain()
         self._gen += 1
         gen, W, slots = self._gen, self.num_workers, self.layout.slots
+        ahead = slots - self._held  # in flight at once: never into a slot the consumer may hold
+        base = self._seq - start  # batch k of this pass is the loader's batch base + k
         pending: dict[int, tuple[int, dict]] = {}
         nxt = start
         for k in range(start, end):
-            while nxt < end and nxt - k < W * self.prefetch:
-                self._task_qs[nxt % W].put((gen, nxt, nxt % slots, plan.batch(nxt)))
+            while nxt < end and nxt - k < ahead:
+                self._task_qs[nxt % W].put((gen, nxt, (base + nxt) % slots, plan.batch(nxt)))
                 self._outstanding += 1
                 nxt += 1
             while k not in pending:
@@ -252,6 +273,7 @@ class BatchLoader:
             slot, meta = pending.pop(k)
             plan.advance(k + 1)
             expect = (plan.epoch, plan.position)
+            self._seq += 1
             yield self._batch(slot, meta)
             if (plan.epoch, plan.position) != expect:
                 return

@@ -24,13 +24,20 @@ from vladata.store import layout
 
 
 def open(path: str | os.PathLike) -> "Dataset":  # noqa: A001 -- mirrors zarr.open / builtins.open
-    """Open the complete store at ``path``; raise :class:`IncompleteStoreError` if unfinished."""
+    """Open the complete store at ``path``; raise :class:`IncompleteStoreError` if unfinished.
+
+    Cheap integrity checks run first (:func:`vladata.store.manifest.check_open`): a truncated or
+    edited metadata file, or arrays whose length disagrees with the episodes table, raise
+    :class:`StoreError` naming the file. ``vladata verify`` checks every byte.
+    """
     p = Path(path)
     if not (p / "zarr.json").exists():
         raise StoreError(f"{p}: not a vlakit store (no zarr.json)")
     if not (p / layout.MANIFEST).exists():
         raise IncompleteStoreError(f"{p}: the store is incomplete (no {layout.MANIFEST}): its "
                                    "conversion was interrupted or failed; rerun it with --resume")
+    from vladata.store.manifest import check_open
+    check_open(p)
     return Dataset(p)
 
 
@@ -72,7 +79,17 @@ class Dataset:
         return int(self.info["num_episodes"])
 
     # -- frames --------------------------------------------------------------------------------
+    @cached_property
+    def _reader(self):
+        from vladata.store.shard_reader import StoreReader
+        return StoreReader(self.path)
+
     def array(self, name: str) -> zarr.Array:
+        """The zarr array of feature ``name``.
+
+        zarr-python checks each chunk's CRC32C but reads a *missing* chunk as zeros;
+        :meth:`episode`, the loaders and ``vladata verify`` refuse it.
+        """
         if name not in self.info["features"]:
             raise KeyError(f"{self.path}: no feature {name!r}; features: {sorted(self.features)}")
         return self.root[f"{layout.DATA}/{name}"]
@@ -91,12 +108,13 @@ class Dataset:
         lo, hi = row["start"], row["start"] + row["length"]
         out = {}
         for name in keys or self.features:
-            arr = self.array(name)
+            self.array(name)  # a KeyError naming the features for an unknown name
+            arr = self._reader[name]  # refuses a missing chunk (zarr-python would read zeros)
             if self.info["features"][name]["storage"]["codec"] == "jpeg":
                 from vladata.images import decode_jpeg
-                out[name] = np.stack([decode_jpeg(b) for b in arr[lo:hi]])
+                out[name] = np.stack([decode_jpeg(b) for b in arr.read_items(lo, hi)])
             else:
-                out[name] = np.asarray(arr[lo:hi])
+                out[name] = arr.read(lo, hi)
         from vladata.viz import EpisodeView
         return EpisodeView(out, ds=self, index=i)
 

@@ -78,7 +78,7 @@ class WindowDataset(torch.utils.data.Dataset):
     def __init__(self, ds, history: int = 16, chunk: int = 10, cameras=None, split="train",
                  over: str = "segments", *, min_history: int = 1, state_key=STATE,
                  action_key: str = ACTION_NORM, tokens_key: str | None = ACTION_TOKENS,
-                 extra_keys=(), normalize_observations=None):
+                 extra_keys=(), normalize_observations=None, verify: bool | None = None):
         if isinstance(ds, str):
             ds = open_dataset(ds)
         if history < 1 or chunk < 1:
@@ -119,7 +119,7 @@ class WindowDataset(torch.utils.data.Dataset):
         self.instructions, self.tasks = seg["instruction"].to_list(), seg["task"].to_list()
         embs = seg["embedding"].to_list() if "embedding" in seg.columns else [None] * seg.height
         self.embeddings = embedding_matrix(embs)
-        self.reader = StoreReader(ds.path)
+        self.reader = StoreReader(ds.path, verify=verify)  # verify: check every chunk's CRC32C
         self._rows = StoreRows(self.reader, self.path)
         self.geometry = Geometry(self.history, self.chunk, self.cameras, frozenset(self.jpeg),
                                  ((self.state_key,) if self.state_key else ()) + self.extra_keys,

@@ -98,7 +98,7 @@ def test_language_segments_map_to_episode_offsets(calvin_raw, calvin_store):
 
 def test_store_opens_with_plain_zarr(calvin_store):
     g = zarr.open_group(calvin_store, mode="r")
-    assert g.attrs["vlakit"]["format_version"] == 1
+    assert g.attrs["vlakit"]["format_version"] == 2
     a = g["data/observation.images.rgb_static"]
     assert a.shape[0] == vladata.open(calvin_store).num_frames and a.dtype == np.uint8
 

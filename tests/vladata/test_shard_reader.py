@@ -12,7 +12,7 @@ import zarr
 
 from vladata.episode import FeatureSpec
 from vladata.store.layout import create_array, storage_for
-from vladata.store.shard_reader import ArrayReader, ShardFormatError, StoreReader
+from vladata.store.shard_reader import ArrayReader, MissingChunkError, ShardFormatError, StoreReader
 
 IMG = FeatureSpec("uint8", (6, 5, 3), kind="image")
 N = 150  # 3 shards of 64: the last one partial
@@ -27,31 +27,60 @@ def group(tmp_path):
     return zarr.open_group(str(tmp_path / "s.vla"), mode="w").create_group("data")
 
 
+def _v1_array(group, name, n):
+    """An image array as format version 1 wrote it: no chunk CRC32C, all-zero chunks not written."""
+    return group.create_array(name, shape=(n, *IMG.shape), dtype="uint8", chunks=(1, *IMG.shape),
+                              shards=(64, *IMG.shape), compressors=None, fill_value=0)
+
+
 @pytest.mark.parametrize("codec", ["raw", "lz4"])
 def test_image_rows_equal_zarr(group, codec):
     arr = create_array(group, "img", IMG, N, storage_for(IMG, codec))
     data = _frames(N)
-    data[10] = 0            # an all-fill frame: zarr stores no chunk for it
+    data[10] = 0            # an all-fill frame: written all the same (write_empty_chunks)
     data[70:75] = 0
-    arr[:130] = data[:130]  # frames 130.. never written: missing chunks in the last shard
+    arr[:] = data
     want = np.asarray(arr[:])
     r = ArrayReader(arr.store_path.store.root / arr.path)
-    assert r.fast and r.shape == (N, *IMG.shape)
+    assert r.fast and r.crc and r.shape == (N, *IMG.shape)
     np.testing.assert_array_equal(r.read(0, N), want)
     for lo, hi in [(0, 1), (5, 21), (60, 70), (63, 65), (125, 150), (149, 150), (7, 7)]:
         np.testing.assert_array_equal(r.read(lo, hi), want[lo:hi])
     out = np.full((16, *IMG.shape), 7, np.uint8)
     r.read_into(60, 76, out)
     np.testing.assert_array_equal(out, want[60:76])
-    assert np.all(r.read(130, 150) == 0)
+    verified = ArrayReader(arr.store_path.store.root / arr.path, verify=True)
+    np.testing.assert_array_equal(verified.read(0, N), want)
 
 
-def test_absent_shard_reads_fill(group):
-    arr = create_array(group, "img", IMG, N, storage_for(IMG, "raw"))
-    arr[:64] = _frames(64)
+def test_version1_array_reads_absent_chunks_as_fill(group):
+    arr = _v1_array(group, "img", N)
+    data = _frames(N)
+    data[10] = 0            # an all-fill frame: zarr stores no chunk for it
+    arr[:130] = data[:130]  # frames 130.. never written: missing chunks in the last shard
+    r = ArrayReader(arr.store_path.store.root / arr.path)
+    assert r.fast and not r.crc
+    np.testing.assert_array_equal(r.read(0, N), np.asarray(arr[:]))
+    assert np.all(r.read(130, 150) == 0) and np.all(r.read(10, 11) == 0)
+    arr[:64] = data[:64]
+    del group["img"]
+    arr = _v1_array(group, "img", N)
+    arr[:64] = data[:64]
     r = ArrayReader(arr.store_path.store.root / arr.path)
     assert r.shard_index(1) is None
     np.testing.assert_array_equal(r.read(0, N), np.asarray(arr[:]))
+
+
+def test_absent_shard_or_chunk_is_an_error(group):
+    arr = create_array(group, "img", IMG, N, storage_for(IMG, "raw"))
+    arr[:64] = _frames(64)
+    root = arr.store_path.store.root / arr.path
+    r = ArrayReader(root)
+    with pytest.raises(MissingChunkError, match=r"c/1/0/0/0: shard file missing"):
+        r.read(60, 70)
+    arr[64:140] = _frames(76)  # rows 140..149 never written: empty entries in the last shard
+    with pytest.raises(MissingChunkError, match=r"c/2/0/0/0: chunk 12 of the shard is missing"):
+        ArrayReader(root).read(130, 150)
 
 
 def test_jpeg_vlen_items(group):
@@ -61,8 +90,10 @@ def test_jpeg_vlen_items(group):
     arr[:140] = np.array(items, dtype=object)
     r = ArrayReader(arr.store_path.store.root / arr.path)
     assert r.fast and r.vlen and r.attrs["encoding"] == "jpeg"
-    got = r.read_items(0, N)
-    assert got[:140] == items and got[140:] == [b""] * 10
+    got = r.read_items(0, 140)
+    assert got == items and ArrayReader(r.path, verify=True).read_items(0, 140) == items
+    with pytest.raises(MissingChunkError, match="chunk 12 of the shard is missing"):
+        r.read_items(0, N)  # 140.. never written
     assert r.read_items(62, 66) == items[62:66]
     assert list(r.read(3, 5)) == items[3:5]
     with pytest.raises(TypeError):

@@ -23,11 +23,11 @@ import polars as pl
 import zarr
 
 from vladata.episode import FeatureSpec
-from vladata.errors import NonFiniteError, StatsError
+from vladata.errors import NonFiniteError, StatsError, StoreError
 from vladata.normalize import GripperConvention, Normalization, normalize
 from vladata.stats import (ImageStatsAccumulator, StatsAccumulator, locate_nonfinite,
                            stats_from_json, stats_to_json)
-from vladata.store import layout
+from vladata.store import layout, manifest
 from vladata.tokenize import ActionTokenizer
 
 NORM_KEY, TOKENS_KEY = layout.ACTION_NORM, layout.ACTION_TOKENS
@@ -131,6 +131,9 @@ def recompute(path: str | os.PathLike, quantiles=(0.01, 0.99),
     ``tokenizer`` replaces the recorded token layout; by default the store's own is kept.
     """
     out = Path(path)
+    problems = manifest.missing_data(out)
+    if problems:  # zarr-python would read a missing chunk as zeros
+        raise StoreError(f"{problems[0]}; run `vladata verify {out}`")
     root = zarr.open_group(out, mode="r+")
     attrs = dict(root.attrs["vlakit"])
     features = {k: FeatureSpec.from_dict(v) for k, v in attrs["features"].items()}
@@ -154,6 +157,7 @@ def recompute(path: str | os.PathLike, quantiles=(0.01, 0.99),
         tokenizer = ActionTokenizer.from_dict(attrs["tokenizer"])
     stats = _finish(out, features, merged, mask, stats_split, quantiles,
                     attrs.get("source_info", {}), images=images, tokenizer=tokenizer)
+    manifest.refresh(out)  # stats.json and the derived arrays changed: list them anew
     return stats
 
 

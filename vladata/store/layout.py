@@ -1,4 +1,4 @@
-"""The on-disk layout of a vlakit store (format version 1) and the arrays it holds.
+"""The on-disk layout of a vlakit store (format version 2) and the arrays it holds.
 
 A store is one Zarr v3 group, readable by any Zarr v3 reader (``zarr.open_group(path)``)::
 
@@ -22,7 +22,15 @@ A store is one Zarr v3 group, readable by any Zarr v3 reader (``zarr.open_group(
       meta/segments.parquet      segment_index, episode_index, start, end (inclusive, offsets within
                                  the episode), instruction, task, embedding (list<float32> or null)
       meta/stats.json            per-feature, per-dimension statistics (schemas/stats.schema.json)
-      meta/manifest.json         written LAST: its presence is what makes a store complete
+      meta/manifest.json         written LAST: its presence is what makes a store complete; lists
+                                 every other file with its size and CRC32C (vladata/store/manifest.py)
+
+Checksums (format version 2): every chunk of every array ends with its CRC32C (Zarr v3's
+``crc32c`` codec, the last codec of the chunk's chain: inside ``sharding_indexed`` for sharded
+arrays, whose index carries its own ``crc32c`` too), so zarr-python verifies each chunk it reads
+as well as vlakit's reader; and every chunk is written, zeros included (``write_empty_chunks``),
+so a missing chunk or shard file is damage, never an implicit fill. Version 1 stores (no chunk
+checksums, all-zero chunks possibly absent, a manifest without the file list) stay readable.
 
 Store attributes (``zarr.json`` -> ``attributes.vlakit``, schemas/store.schema.json):
 ``format_version``, ``source`` (name), ``source_info`` (gripper convention, ...), ``fps``,
@@ -40,12 +48,13 @@ import warnings
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BloscShuffle
+from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
 
 from vladata.episode import FeatureSpec
 
-FORMAT_VERSION = 1
-READABLE_VERSIONS = (1,)
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+WRITE_EMPTY = {"array.write_empty_chunks": True}  # zarr.config: all-zero chunks are written too
 IMAGE_SHARD = 64     # frames per image shard file
 BLOCK = 1024         # rows per low-dim chunk; parts are multiples of it
 IMAGE_CODECS = ("raw", "lz4", "jpeg")
@@ -94,19 +103,21 @@ def create_array(group: zarr.Group, name: str, spec: FeatureSpec, n: int, storag
             warnings.simplefilter("ignore")  # vlen-bytes has no ratified v3 spec yet
             arr = group.create_array(name, shape=(n,), dtype=zarr.core.dtype.VariableLengthBytes(),
                                      chunks=(1,), shards=(storage["shard_frames"],),
-                                     compressors=None, overwrite=overwrite)
+                                     compressors=[Crc32cCodec()], overwrite=overwrite,
+                                     config={"write_empty_chunks": True})
         arr.attrs.update({"encoding": "jpeg", "frame_shape": list(spec.shape)})
         return arr
-    compressors = None
+    compressors = [Crc32cCodec()]
     if codec == "lz4":
-        compressors = [BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.noshuffle)]
+        compressors = [BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.noshuffle), *compressors]
     if storage["shard_frames"]:
         chunks = (storage["chunk_frames"], *spec.shape)
         shards = (storage["shard_frames"], *spec.shape)
     else:
         chunks, shards = (storage["chunk_frames"], *spec.shape), None
     return group.create_array(name, shape=shape, dtype=spec.dtype, chunks=chunks, shards=shards,
-                              compressors=compressors, fill_value=0, overwrite=overwrite)
+                              compressors=compressors, fill_value=0, overwrite=overwrite,
+                              config={"write_empty_chunks": True})
 
 
 def part_ranges(n: int, part_frames: int) -> list[tuple[int, int]]:

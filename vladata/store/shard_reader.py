@@ -9,7 +9,15 @@ memcpy speed (docs: DESIGN.md "Measured here"). This module reads exactly the la
   of the shard file, ``bytes`` codec and optionally ``crc32c``; empty chunks are ``2**64-1``) or
   unsharded;
 - inner codecs ``bytes`` (raw, little-endian), ``bytes`` + ``blosc`` (lz4 and every other blosc
-  cname), and ``vlen-bytes`` (one encoded JPEG per element).
+  cname), and ``vlen-bytes`` (one encoded JPEG per element), each optionally followed by
+  ``crc32c`` (a little-endian CRC32C after each chunk's bytes: store format version 2).
+
+Missing data is an error: in an array whose chunks carry checksums (version 2 stores write every
+chunk) a missing shard or chunk file, or an empty index entry inside the array's rows, raises
+:class:`MissingChunkError` naming the file; only version 1 arrays read absent chunks as the fill
+value. Chunk checksums are verified when the reader is made with ``verify=True`` (the default is
+:data:`VERIFY_DEFAULT`; see BENCHMARKS.md for its measured cost); a mismatch raises
+:class:`ShardFormatError` naming the file and chunk.
 
 Files are memory-mapped (read-only, an LRU of maps per process). A shard's index is read once
 (the tail of the map, CRC32C checked) and cached; a run of chunks that lie back to back in the
@@ -20,7 +28,9 @@ store stays readable, only slower.
 
 Worker safety: files are mapped lazily and the maps belong to the process that made them; after
 a fork the child drops the inherited table and maps afresh, and pickling (spawn) carries only the
-path and parsed metadata, never maps or caches.
+path and parsed metadata, never maps or caches. Maps are keyed by the array's identity (inode and
+mtime of its ``zarr.json``) as well as the path, so an array rewritten in place (``convert
+--overwrite``, ``vladata stats``) and opened again in the same process never sees the old files.
 """
 
 from __future__ import annotations
@@ -42,8 +52,15 @@ EMPTY = 2**64 - 1
 _INDEX_ENTRY = 16  # (offset, nbytes) as two little-endian uint64
 
 
+VERIFY_DEFAULT = False  # checking every chunk halves lossless window reads (BENCHMARKS.md)
+
+
 class ShardFormatError(StoreError):
-    """A chunk or shard file of a store is corrupt (bad index CRC, short read, bad vlen header)."""
+    """A chunk or shard file of a store is corrupt (bad CRC, short read, bad vlen header)."""
+
+
+class MissingChunkError(ShardFormatError):
+    """A chunk or shard file that the store must hold is absent."""
 
 
 class _Maps:
@@ -62,15 +79,19 @@ class _Maps:
         self._maps: OrderedDict[str, np.ndarray | None] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, path: str) -> np.ndarray | None:
-        """The bytes of ``path`` as a read-only uint8 array, or None if the file does not exist."""
+    def get(self, path: str, identity: str = "") -> np.ndarray | None:
+        """The bytes of ``path`` as a read-only uint8 array, or None if the file does not exist.
+
+        ``identity`` names the version of the array the file belongs to (see the module doc).
+        """
+        key = f"{identity}\0{path}"
         with self._lock:
             if self._pid != os.getpid():  # forked: map afresh in this process
                 self._maps = OrderedDict()
                 self._pid = os.getpid()
-            buf = self._maps.get(path, False)
+            buf = self._maps.get(key, False)
             if buf is not False:
-                self._maps.move_to_end(path)
+                self._maps.move_to_end(key)
                 return buf
             try:
                 with open(path, "rb") as f:
@@ -80,7 +101,7 @@ class _Maps:
                         buf = np.zeros(0, np.uint8)
             except FileNotFoundError:
                 return None
-            self._maps[path] = buf
+            self._maps[key] = buf
             while len(self._maps) > self.capacity:
                 self._maps.popitem(last=False)  # unmapped once no array refers to it
             return buf
@@ -95,9 +116,26 @@ def _slice(buf: np.ndarray, off: int, n: int, path: str) -> np.ndarray:
     return buf[off:off + n]
 
 
+def _check_crc(chunk, path: str, what: str) -> None:
+    """Raise unless the last 4 bytes of ``chunk`` are the CRC32C of the rest (little-endian)."""
+    data = np.frombuffer(chunk, np.uint8)  # google_crc32c takes arrays, not memoryviews
+    (want,) = struct.unpack("<I", data[-4:].tobytes())
+    if google_crc32c.value(data[:-4]) != want:
+        raise ShardFormatError(f"{path}: {what}: CRC32C mismatch (the file is corrupt)")
+
+
+def _has_crc(codecs: list[dict]) -> bool:
+    return [c["name"] for c in codecs][-1:] == ["crc32c"]
+
+
 def _parse_inner(codecs: list[dict]) -> str | None:
-    """'raw', 'blosc' or 'vlen' for the codec chains this reader decodes itself, else None."""
+    """'raw', 'blosc' or 'vlen' for the codec chains this reader decodes itself, else None.
+
+    A trailing ``crc32c`` is not part of the answer: see :func:`_has_crc`.
+    """
     names = [c["name"] for c in codecs]
+    if names[-1:] == ["crc32c"]:
+        names, codecs = names[:-1], codecs[:-1]
     if names == ["vlen-bytes"]:
         return "vlen"
     if not names or names[0] != "bytes":
@@ -120,30 +158,39 @@ class ArrayReader:
     direct path is used (False: zarr-python fallback).
     """
 
-    def __init__(self, path: str, *, index_cache: int = 16384, chunk_cache_bytes: int = 64 << 20):
+    def __init__(self, path: str, *, index_cache: int = 16384, chunk_cache_bytes: int = 64 << 20,
+                 verify: bool | None = None):
         self.path = str(path)
+        self.verify = VERIFY_DEFAULT if verify is None else bool(verify)
         self.index_cache = index_cache
         self.chunk_cache_bytes = chunk_cache_bytes
         meta_path = os.path.join(self.path, "zarr.json")
         try:
             with open(meta_path) as f:
+                st = os.fstat(f.fileno())
                 meta = json.load(f)
+            self._identity = f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
         except FileNotFoundError:
             raise StoreError(f"{meta_path}: no such array (expected a Zarr v3 array directory)")
         except (OSError, ValueError) as e:
             raise StoreError(f"{meta_path}: cannot read array metadata: {e}") from e
-        if meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
+        if not isinstance(meta, dict) or meta.get("zarr_format") != 3 \
+                or meta.get("node_type") != "array":
             raise StoreError(f"{meta_path}: not a Zarr v3 array")
-        self.shape = tuple(meta["shape"])
-        self.attrs = meta.get("attributes", {})
-        self.vlen = meta["data_type"] == "variable_length_bytes"
-        self.dtype = np.dtype(object) if self.vlen else _np_dtype(meta["data_type"])
-        self.fill_value = meta.get("fill_value")
-        self.fast = self._parse_layout(meta)
+        try:
+            self.shape = tuple(int(x) for x in meta["shape"])
+            self.attrs = meta.get("attributes", {})
+            self.vlen = meta["data_type"] == "variable_length_bytes"
+            self.dtype = np.dtype(object) if self.vlen else _np_dtype(meta["data_type"])
+            self.fill_value = meta.get("fill_value")
+            self.fast = self._parse_layout(meta)
+        except (KeyError, TypeError, IndexError, ValueError) as e:
+            raise StoreError(f"{meta_path}: malformed array metadata ({type(e).__name__}: {e})") from e
         self._init_caches()
 
     # -- layout ---------------------------------------------------------------------------------
     def _parse_layout(self, meta: dict) -> bool:
+        self.crc = self.strict = False
         grid = meta.get("chunk_grid", {})
         keys = meta.get("chunk_key_encoding", {})
         if grid.get("name") != "regular" or keys.get("name") != "default" or not self.shape:
@@ -156,6 +203,7 @@ class ArrayReader:
             conf = codecs[0]["configuration"]
             inner = tuple(conf["chunk_shape"])
             self.codec = _parse_inner(conf["codecs"])
+            self.crc = _has_crc(conf["codecs"])
             index_names = [c["name"] for c in conf.get("index_codecs", [])]
             if index_names not in (["bytes"], ["bytes", "crc32c"]) or \
                     (conf["index_codecs"][0].get("configuration") or {}).get("endian", "little") != "little":
@@ -165,6 +213,8 @@ class ArrayReader:
         else:
             inner = outer
             self.codec = _parse_inner(codecs)
+            self.crc = _has_crc(codecs)
+        self.strict = self.crc  # checksummed (version 2) arrays hold every chunk
         if self.codec is None or (self.codec == "vlen") != self.vlen:
             return False
         # whole rows per chunk and per shard: only axis 0 is split
@@ -216,8 +266,11 @@ class ArrayReader:
             self._indexes.move_to_end(shard)
             return idx
         path = self._file(shard)
-        buf = _MAPS.get(path)
+        buf = _MAPS.get(path, self._identity)
         if buf is None:
+            if self.strict:
+                raise MissingChunkError(f"{path}: shard file missing (the store is damaged; "
+                                        "`vladata verify` lists what else is)")
             idx = None
         else:
             size = len(buf)
@@ -253,7 +306,11 @@ class ArrayReader:
             shard, k = divmod(c, self.chunks_per_shard)
             path = self._file(shard)
             if not self.sharded:
-                yield c, 1, 0, None, _MAPS.get(path), path
+                buf = _MAPS.get(path, self._identity)
+                if buf is None and self.strict:
+                    raise MissingChunkError(f"{path}: chunk file missing (the store is damaged; "
+                                            "`vladata verify` lists what else is)")
+                yield c, 1, 0, None, buf, path
                 c += 1
                 continue
             idx = self.shard_index(shard)
@@ -262,10 +319,13 @@ class ArrayReader:
                 yield c, stop - c, 0, None, None, path
                 c = stop
                 continue
-            fbuf = _MAPS.get(path)
+            fbuf = _MAPS.get(path, self._identity)
             n_max = stop - c
             off, nb = idx[k]
             if off == EMPTY:
+                if self.strict and c * self.rows_per_chunk < self.shape[0]:
+                    raise MissingChunkError(f"{path}: chunk {k} of the shard is missing (its "
+                                            "index entry is empty)")
                 n = 1
                 while n < n_max and idx[k + n, 0] == EMPTY:
                     n += 1
@@ -288,6 +348,16 @@ class ArrayReader:
                 v = np.frombuffer(int(v, 16).to_bytes(self.dtype.itemsize, "big"),
                                   dtype=self.dtype.newbyteorder(">"))[0]
         out[...] = v
+
+    def _payload(self, data, path: str, c: int):
+        """A chunk's encoded bytes without its CRC32C, the CRC checked if ``verify``."""
+        if not self.crc:
+            return data
+        if len(data) < 4:
+            raise ShardFormatError(f"{path}: chunk {c} of {len(data)} bytes has no CRC32C")
+        if self.verify:
+            _check_crc(data, path, f"chunk {c}")
+        return data[:-4]
 
     def _decode_chunk(self, data, path: str) -> np.ndarray:
         """A whole decoded chunk (rows_per_chunk, *shape[1:]) from its encoded bytes."""
@@ -313,7 +383,7 @@ class ArrayReader:
             self._fill(arr)
         else:
             data = fbuf if entries is None else _slice(fbuf, off, int(entries[0, 1]), path)
-            arr = self._decode_chunk(data, path).copy()  # off the map: owns its rows
+            arr = self._decode_chunk(self._payload(data, path, c), path).copy()  # off the map
         if not self.sharded:
             self._chunks[c] = arr
             self._chunk_bytes += arr.nbytes
@@ -347,6 +417,8 @@ class ArrayReader:
             dst = flat[c - lo:c - lo + n]
             if fbuf is None:
                 self._fill(out[c - lo:c - lo + n])
+            elif self.codec == "raw" and self.crc:
+                self._copy_checked(fbuf, off, entries, dst, c, path)
             elif self.codec == "raw":
                 if int(entries[:, 1].sum()) != n * self._row_bytes:
                     raise ShardFormatError(f"{path}: raw chunks of {entries[:, 1].tolist()} bytes, "
@@ -356,9 +428,23 @@ class ArrayReader:
                 data = _slice(fbuf, off, int(entries[:, 1].sum()), path)
                 pos = 0
                 for j, nb in enumerate(entries[:, 1].tolist()):
-                    blosc.decompress(memoryview(data)[pos:pos + nb], dst[j])
+                    chunk = self._payload(memoryview(data)[pos:pos + nb], path, c + j)
+                    blosc.decompress(chunk, dst[j])
                     pos += nb
         return out
+
+    def _copy_checked(self, fbuf, off: int, entries, dst: np.ndarray, c: int, path: str) -> None:
+        """Copy a run of raw one-row chunks, each followed by its CRC32C, into ``dst``."""
+        rb = self._row_bytes
+        if (entries[:, 1] != rb + 4).any():
+            raise ShardFormatError(f"{path}: raw chunks of {entries[:, 1].tolist()} bytes, "
+                                   f"expected {rb} + 4 (CRC32C) each")
+        n = len(entries)
+        data = _slice(fbuf, off, n * (rb + 4), path)
+        if self.verify:
+            for j in range(n):
+                _check_crc(data[j * (rb + 4):(j + 1) * (rb + 4)], path, f"chunk {c + j}")
+        dst[...] = data.reshape(n, rb + 4)[:, :rb]
 
     def read(self, lo: int, hi: int) -> np.ndarray:
         """Rows ``lo..hi-1`` as a new array (vlen-bytes: an object array of bytes)."""
@@ -387,8 +473,8 @@ class ArrayReader:
             data = memoryview(_slice(fbuf, off, int(entries[:, 1].sum()) if entries is not None
                                      else len(fbuf), path))
             pos = 0
-            for nb in (entries[:, 1].tolist() if entries is not None else [len(data)]):
-                items.extend(decode_vlen(data[pos:pos + nb], path, r))
+            for j, nb in enumerate(entries[:, 1].tolist() if entries is not None else [len(data)]):
+                items.extend(decode_vlen(self._payload(data[pos:pos + nb], path, c + j), path, r))
                 pos += nb
         first = c0 * r
         return items[lo - first:hi - first]
@@ -428,8 +514,9 @@ class StoreReader:
     streamed from their WebDataset form (:mod:`vladata.stream`).
     """
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, *, verify: bool | None = None):
         root = str(root)
+        self.verify = verify
         if root.startswith("file://"):
             root = root[len("file://"):]
         if "://" in root:
@@ -441,11 +528,13 @@ class StoreReader:
     def __getitem__(self, name: str) -> ArrayReader:
         arr = self._arrays.get(name)
         if arr is None:
-            arr = self._arrays[name] = ArrayReader(os.path.join(self.root, "data", name))
+            arr = self._arrays[name] = ArrayReader(os.path.join(self.root, "data", name),
+                                                   verify=self.verify)
         return arr
 
     def __getstate__(self):
-        return {"root": self.root, "_arrays": {}}
+        return {"root": self.root, "verify": self.verify, "_arrays": {}}
 
 
-__all__ = ["ArrayReader", "StoreReader", "ShardFormatError", "decode_vlen"]
+__all__ = ["ArrayReader", "StoreReader", "ShardFormatError", "MissingChunkError", "decode_vlen",
+           "VERIFY_DEFAULT"]

@@ -3,11 +3,12 @@
 zarr-python encodes a shard chunk by chunk through its async codec pipeline, which costs far more
 than the bytes (about 1 ms per frame at CALVIN sizes, more than reading the source). For the
 layouts vlakit writes (:mod:`vladata.store.layout`: one frame per inner chunk, inner codecs
-``bytes`` [+ ``blosc``] or ``vlen-bytes``, index ``bytes`` + ``crc32c`` at the end) a shard is
-simply::
+``bytes`` [+ ``blosc``] or ``vlen-bytes``, then ``crc32c`` (format version 2; absent in
+version 1), index ``bytes`` + ``crc32c`` at the end) a shard is simply::
 
-    chunk 0 bytes | chunk 1 bytes | ... | index: (n_chunks, 2) little-endian uint64 (offset, nbytes)
-                                        | crc32c of the index, uint32 little-endian
+    chunk 0 bytes [| its crc32c] | chunk 1 ... | index: (n_chunks, 2) little-endian uint64
+                                               (offset, nbytes), nbytes counting the chunk's crc
+                                               | crc32c of the index, uint32 little-endian
 
 with ``(2**64-1, 2**64-1)`` for chunks that are absent (past the end of the array). This module
 writes that; zarr-python (and vlakit's reader) read it back -- the tests check both. Arrays with
@@ -38,8 +39,12 @@ def can_write(arr: zarr.Array) -> bool:
     return (cfg.get("index_location", "end") == "end"
             and [c["name"] for c in cfg["index_codecs"]] == ["bytes", "crc32c"]
             and cfg["chunk_shape"][0] == 1 and tuple(cfg["chunk_shape"][1:]) == arr.shape[1:]
-            and inner in (["bytes"], ["bytes", "blosc"], ["vlen-bytes"])
+            and _strip_crc(inner) in (["bytes"], ["bytes", "blosc"], ["vlen-bytes"])
             and (inner[0] != "bytes" or _little_endian(cfg["codecs"][0])))
+
+
+def _strip_crc(names: list[str]) -> list[str]:
+    return names[:-1] if names[-1:] == ["crc32c"] else names
 
 
 def _little_endian(bytes_codec: dict) -> bool:
@@ -57,6 +62,9 @@ class ShardWriter:
         self.ndim = len(arr.shape)
         self.n = arr.shape[0]
         inner = cfg["codecs"]
+        self.crc = inner[-1]["name"] == "crc32c"
+        if self.crc:
+            inner = inner[:-1]
         self.kind = inner[-1]["name"]  # bytes | blosc | vlen-bytes
         self.blosc = None
         if self.kind == "blosc":
@@ -90,8 +98,10 @@ class ShardWriter:
 
     def _encode(self, frame) -> bytes:
         if self.kind == "vlen-bytes":
-            return struct.pack("<II", 1, len(frame)) + bytes(frame)
-        data = np.ascontiguousarray(frame)
-        if data.dtype.byteorder == ">":
-            data = data.astype(data.dtype.newbyteorder("<"))
-        return self.blosc.encode(data) if self.blosc is not None else data.tobytes()
+            out = struct.pack("<II", 1, len(frame)) + bytes(frame)
+        else:
+            data = np.ascontiguousarray(frame)
+            if data.dtype.byteorder == ">":
+                data = data.astype(data.dtype.newbyteorder("<"))
+            out = self.blosc.encode(data) if self.blosc is not None else data.tobytes()
+        return out + struct.pack("<I", google_crc32c.value(out)) if self.crc else out

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from vladata.episode import EpisodeInfo, FeatureSpec, Source
 from vladata.errors import IncompleteStoreError, NonFiniteError, SourceFormatError, StoreError
 from vladata.jsonable import jsonable
-from vladata.store import finalize, layout
+from vladata.store import finalize, layout, manifest
 from vladata.store.shards import ShardWriter, can_write
 
 _progress_queue = None  # set in worker processes
@@ -136,10 +136,9 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
                       splits={s: sum(ep.split == s for ep in plan)
                               for s in dict.fromkeys(ep.split for ep in plan)},
                       skipped=skipped)
-    _write_json(out / layout.MANIFEST, {"format_version": layout.FORMAT_VERSION, "complete": True,
-                                        "parts": len(parts), "num_frames": n,
-                                        "stats_features": sorted(stats),
-                                        "summary": summary.to_dict()})
+    manifest.write(out, {"format_version": layout.FORMAT_VERSION, "complete": True,
+                         "parts": len(parts), "num_frames": n, "stats_features": sorted(stats),
+                         "summary": summary.to_dict()})
     for p in (out / layout.PARTS).glob("*.stats.npz"):
         p.unlink()  # merged into meta/stats.json
     return summary
@@ -288,8 +287,9 @@ def _write_part(job: _PartJob, k: int, rows: tuple[int, int], report=None) -> No
     report = report or (_progress_queue.put if _progress_queue is not None else (lambda n: None))
     lo, hi = rows
     out = Path(job.out)
-    data = zarr.open_group(out / layout.DATA, mode="r+")
-    arrays = {name: data[name] for name in job.features}
+    with zarr.config.set(layout.WRITE_EMPTY):  # a missing chunk must mean damage, not zeros
+        data = zarr.open_group(out / layout.DATA, mode="r+")
+        arrays = {name: data[name] for name in job.features}
     shard_writers = {name: ShardWriter(arr, out / layout.DATA / name)
                      for name, arr in arrays.items()
                      if not layout.is_blocked(job.storage[name]) and can_write(arr)}
