@@ -170,10 +170,12 @@ def run_expert(env, seed: int, noisy: bool, noise_std: float, *, render_from: in
     from vlaenv.metaworld import from_metaworld
     expert = env.expert()
     noise = np.random.default_rng([seed % 2**63, 7])
+    renders, end = env.render, (np.inf if stop is None else stop)
+    env.render = renders and render_from == 0  # render only the frames that are kept
     obs = env.reset(seed)
     keep: dict[str, list] = {}
     t, done, info = 0, False, {"success": False}
-    while not done and (stop is None or t < stop):
+    while not done and t < end:
         clean = from_metaworld(expert.act_metaworld())
         sent = clean.copy()
         if noisy:
@@ -181,8 +183,10 @@ def run_expert(env, seed: int, noisy: bool, noise_std: float, *, render_from: in
         if t >= render_from:
             for k, v in (*obs.items(), ("action", clean), ("action.executed", sent)):
                 keep.setdefault(k, []).append(v)
+        env.render = renders and render_from <= t + 1 < end
         obs, _, done, info = env.step(sent)
         t += 1
+    env.render = renders
     out = {k: np.stack(v) for k, v in keep.items()}
     return {**out, "length": t, "success": bool(info["success"])}
 
