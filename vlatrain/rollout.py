@@ -70,6 +70,8 @@ class PolicySpec:
 
     def build(self, env):
         if self.kind == "expert":
+            if not hasattr(env, "expert"):
+                raise ValueError(f"{type(env).__name__} has no scripted expert")
             return env.expert()
         if self.kind == "random":
             return RandomPolicy(env.spec.action.shape[0], self.seed)
@@ -119,6 +121,7 @@ class TaskResult:
     successes: int
     mean_length: float
     ci95: tuple[float, float]
+    runs: list[dict] = field(default_factory=list)  # per episode: index, seed, success, length
 
     @property
     def rate(self) -> float:
@@ -202,11 +205,13 @@ def run(policy: PolicySpec, tasks, *, env: EnvConfig | None = None, episodes: in
     bar.close()
     per_task = []
     for t in tasks:
-        rs = [r for r in results if r["task"] == t]
+        rs = sorted((r for r in results if r["task"] == t), key=lambda r: r["index"])
         k = sum(r["success"] for r in rs)
         per_task.append(TaskResult(task=t, instruction=rs[0]["instruction"], episodes=len(rs),
                                    successes=k, mean_length=float(np.mean([r["length"] for r in rs])),
-                                   ci95=wilson(k, len(rs))))
+                                   ci95=wilson(k, len(rs)),
+                                   runs=[{key: r[key] for key in ("index", "seed", "success",
+                                                                  "length")} for r in rs]))
     return Report(env=env.name, policy=policy.checkpoint or policy.kind, seed=seed, tasks=per_task,
                   steps=sum(r["length"] for r in results), seconds=time.perf_counter() - t0,
                   videos=sorted(r["video"] for r in results if r.get("video")))
