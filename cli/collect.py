@@ -28,8 +28,8 @@ def command():
               help="Fraction of episodes whose executed xyz actions get Gaussian noise (the stored "
                    "`action` stays the expert's clean action); e.g. 0.8 as in issue 13's "
                    "calibration.")
-@click.option("--noise-std", type=click.FloatRange(0), default=0.2, show_default=True,
-              help="Standard deviation of that noise, in action units (1 = 1 cm per step).")
+@click.option("--noise-std", type=click.FloatRange(0), default=0.1, show_default=True,
+              help="Standard deviation of that noise, in action units (1 = 1 cm per step); above ~0.2 the experts start to fail on peg-insert-side.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1,
               show_default=True, help="Last fraction of each task's episodes split 'validation'.")
 @convert_options

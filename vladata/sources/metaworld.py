@@ -45,7 +45,7 @@ class MetaWorldSource:
     image_size: int = 128
     max_steps: int = 300
     noise_fraction: float = 0.0
-    noise_std: float = 0.2
+    noise_std: float = 0.1
     val_fraction: float = 0.1
     workers: int = 1
     progress: bool = True

@@ -45,7 +45,7 @@ def test_store_frames_equal_what_the_env_produced(collected):
         noisy.append(is_noisy)
         env = MetaWorldEnv(task, image_size=32)
         try:
-            want = run_expert(env, seed, is_noisy, 0.2)
+            want = run_expert(env, seed, is_noisy, source.noise_std)
         finally:
             env.close()
         got = ds.episode(i)
