@@ -53,6 +53,6 @@ def command(checkpoint, env_name, tasks, episodes, seed, workers, policy_kind, m
     except ImportError as e:
         raise click.ClickException(f"{e}: the simulator is not installed: "
                                    'pip install -e ".[sim]"') from None
-    except (VladataError, ValueError, OSError) as e:
+    except VladataError as e:
         raise click.ClickException(str(e)) from None
     click.echo(json.dumps(report.to_dict(), indent=1) if as_json else str(report))

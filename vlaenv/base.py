@@ -24,18 +24,10 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from vladata.episode import FeatureSpec
-from vladata.errors import VladataError
+from vladata.errors import EnvError, UnknownTaskError  # noqa: F401 -- re-exported
 
 #: The end-effector action every environment accepts: deltas of position and orientation, gripper.
 ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
-
-
-class EnvError(VladataError, ValueError):
-    """An environment was asked for something it cannot do (unknown task, bad action shape)."""
-
-
-class UnknownTaskError(EnvError):
-    """A task name the environment does not know; the message lists the known ones."""
 
 
 @dataclass(frozen=True)

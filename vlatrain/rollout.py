@@ -24,14 +24,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from vladata.errors import VladataError
+from vladata.errors import EnvError, PolicyUnavailableError
 
 ENVS = ("metaworld",)
 POLICIES = ("expert", "random", "checkpoint")
-
-
-class PolicyRuntimeUnavailable(VladataError, RuntimeError):
-    """Rolling out a trained checkpoint needs the policy runtime (``vlatrain.policy``)."""
 
 
 def load_policy(checkpoint: str, device: str | None = None):
@@ -39,7 +35,7 @@ def load_policy(checkpoint: str, device: str | None = None):
 
     Replaced by ``vlatrain.policy.Policy.load`` once the runtime exists.
     """
-    raise PolicyRuntimeUnavailable(f"{checkpoint}: the policy runtime (vlatrain.policy) is not "
+    raise PolicyUnavailableError(f"{checkpoint}: the policy runtime (vlatrain.policy) is not "
                                    "available yet: roll out --policy expert or --policy random")
 
 
@@ -71,7 +67,7 @@ class PolicySpec:
     def build(self, env):
         if self.kind == "expert":
             if not hasattr(env, "expert"):
-                raise ValueError(f"{type(env).__name__} has no scripted expert")
+                raise EnvError(f"{type(env).__name__} has no scripted expert")
             return env.expert()
         if self.kind == "random":
             return RandomPolicy(env.spec.action.shape[0], self.seed)
@@ -101,14 +97,14 @@ class EnvConfig:
 
     def make(self, task: str, render: bool = True):
         if self.name != "metaworld":
-            raise ValueError(f"unknown environment {self.name!r}; known: {', '.join(ENVS)}")
+            raise EnvError(f"unknown environment {self.name!r}; known: {', '.join(ENVS)}")
         from vlaenv.metaworld import MetaWorldEnv
         return MetaWorldEnv(task, image_size=self.image_size, max_steps=self.max_steps,
                             render=render)
 
     def tasks(self, text) -> tuple[str, ...]:
         if self.name != "metaworld":
-            raise ValueError(f"unknown environment {self.name!r}; known: {', '.join(ENVS)}")
+            raise EnvError(f"unknown environment {self.name!r}; known: {', '.join(ENVS)}")
         from vlaenv.metaworld import resolve_tasks
         return resolve_tasks(text)
 

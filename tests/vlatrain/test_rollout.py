@@ -39,14 +39,14 @@ def _rollout(*args):
 def test_expert_succeeds_random_fails_and_videos_decode(tmp_path):
     pytest.importorskip("metaworld")
     import av
-    expert = _rollout("--policy", "expert", "--tasks", "reach,drawer-close", "--episodes", "2",
+    expert = _rollout("--policy", "expert", "--tasks", "reach,drawer-close", "--episodes", "1",
                       "--image-size", "32", "--video", str(tmp_path), "--videos-per-task", "1")
     assert [t["task"] for t in expert["tasks"]] == ["reach-v3", "drawer-close-v3"]
-    assert expert["overall"]["successes"] == 4 and expert["overall"]["success_rate"] == 1.0
-    assert expert["overall"]["ci95"] == pytest.approx(list(wilson(4, 4)))
+    assert expert["overall"]["successes"] == 2 and expert["overall"]["success_rate"] == 1.0
+    assert expert["overall"]["ci95"] == pytest.approx(list(wilson(2, 2)))
     assert all(0 < t["mean_length"] < 300 for t in expert["tasks"])
     seeds = [r["seed"] for t in expert["tasks"] for r in t["runs"]]
-    assert len(set(seeds)) == 4 and all(s % 2 == 1 for s in seeds)  # held-out: odd, collect: even
+    assert len(set(seeds)) == 2 and all(s % 2 == 1 for s in seeds)  # held-out: odd, collect: even
     assert len(expert["videos"]) == 2
     for path, task in zip(expert["videos"], ("drawer-close-v3", "reach-v3")):
         assert os.path.basename(path).startswith(f"{task}_000_success")
@@ -56,9 +56,9 @@ def test_expert_succeeds_random_fails_and_videos_decode(tmp_path):
         assert len(frames) == length + 1  # the initial observation and one per step
         assert frames[0].shape == (32 + 16, 64, 3) and frames[-1].std() > 0
     rand = _rollout("--policy", "random", "--tasks", "drawer-close", "--episodes", "3",
-                    "--image-size", "32", "--max-steps", "60")
+                    "--image-size", "16", "--max-steps", "40")
     assert rand["overall"]["successes"] <= 1
-    assert rand["steps"] >= 2 * 60
+    assert rand["steps"] >= 2 * 40
 
 
 def test_workers_give_the_same_episodes():

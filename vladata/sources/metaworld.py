@@ -63,6 +63,12 @@ class MetaWorldSource:
         if not 0.0 <= self.noise_fraction <= 1.0 or not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("noise_fraction must lie in [0, 1] and val_fraction in [0, 1)")
 
+    def close(self) -> None:
+        """Release the simulators and renderers this process opened for reading."""
+        for env in self._envs.values():
+            env.close()
+        self._envs = {}
+
     def __getstate__(self):  # workers get settings and the plan, never a live simulator
         return {**self.__dict__, "_envs": {}}
 
@@ -134,8 +140,7 @@ class MetaWorldSource:
         env = self._envs.get(info.metadata["task"])
         if env is None:
             from vlaenv.metaworld import MetaWorldEnv
-            for old in self._envs.values():
-                old.close()  # one renderer at a time (OSMesa needs it)
+            self.close()  # one renderer at a time (OSMesa needs it)
             self._envs = {info.metadata["task"]: MetaWorldEnv(
                 info.metadata["task"], image_size=self.image_size, max_steps=self.max_steps)}
             env = self._envs[info.metadata["task"]]

@@ -13,12 +13,13 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 pytest.importorskip("metaworld")
 
 import vladata  # noqa: E402
+from tests.vladata.sources.conformance import SourceConformance  # noqa: E402
 from cli.vladata import main  # noqa: E402
 from vladata.sources.metaworld import MetaWorldSource, run_expert  # noqa: E402
 from vlaenv.metaworld import INSTRUCTIONS, MetaWorldEnv  # noqa: E402
 
 ARGS = ["--tasks", "reach,drawer-close", "--episodes-per-task", "2", "--image-size", "32",
-        "--noise-fraction", "0.5", "--val-fraction", "0.5", "--seed", "4"]
+        "--noise-fraction", "0.5", "--val-fraction", "0.5", "--seed", "4", "--workers", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,13 @@ def collected(tmp_path_factory):
     r = CliRunner().invoke(main, ["collect", "metaworld", str(out), *ARGS, "--json"])
     assert r.exit_code == 0, r.output
     return out, json.loads(r.output[r.output.index("{"):])
+
+
+class TestMetaWorldConformance(SourceConformance):
+    @pytest.fixture
+    def make_source(self):
+        return lambda: MetaWorldSource(("reach",), episodes_per_task=2, image_size=16,
+                                       noise_fraction=1.0, val_fraction=0.5, progress=False)
 
 
 def test_store_frames_equal_what_the_env_produced(collected):
