@@ -18,7 +18,7 @@ def command():
               help="mt10, mt50 or a comma list of Meta-World tasks (reach-v3,push-v3,...).")
 @click.option("--episodes-per-task", type=click.IntRange(1), default=50, show_default=True,
               help="Expert episodes attempted per task (failed ones are dropped and counted).")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
               help="Seeds the initial states (disjoint from `vlatrain rollout`'s).")
 @click.option("--image-size", type=click.IntRange(16, 1024), default=128, show_default=True,
               help="Square camera images, pixels.")

@@ -17,7 +17,7 @@ from vladata.errors import VladataError
               help="mt10, mt50 or a comma list of tasks (reach-v3,push-v3,...).")
 @click.option("--episodes", type=click.IntRange(1), default=20, show_default=True,
               help="Episodes per task, each from a fresh held-out initial state.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
               help="Seeds the held-out initial states (disjoint from `vladata collect`'s).")
 @click.option("--workers", "-j", type=click.IntRange(1), default=1, show_default=True,
               help="Processes, each with its own simulator and renderer.")

@@ -64,20 +64,26 @@ class PolicySpec:
         if (self.kind == "checkpoint") != (self.checkpoint is not None):
             raise ValueError("a checkpoint path goes with policy 'checkpoint' only")
 
-    def build(self, env):
+    def build(self, env, episode_seed: int):
+        """The policy for one episode: built afresh (expert, random), or loaded once per process."""
         if self.kind == "expert":
             if not hasattr(env, "expert"):
                 raise EnvError(f"{type(env).__name__} has no scripted expert")
             return env.expert()
-        if self.kind == "random":
-            return RandomPolicy(env.spec.action.shape[0], self.seed)
-        return load_policy(self.checkpoint)
+        if self.kind == "random":  # seeded by the episode: the same actions whatever --workers
+            return RandomPolicy(env.spec.action.shape[0], [self.seed, episode_seed])
+        if self.checkpoint not in _LOADED:
+            _LOADED[self.checkpoint] = load_policy(self.checkpoint)
+        return _LOADED[self.checkpoint]
+
+
+_LOADED: dict = {}  # checkpoint -> policy, per process
 
 
 class RandomPolicy:
     """Uniform actions in [-1, 1]: the floor a trained policy must clear."""
 
-    def __init__(self, dim: int, seed: int = 0):
+    def __init__(self, dim: int, seed=0):
         self.dim, self.rng = dim, np.random.default_rng(seed)
 
     def reset(self, instruction: str) -> None:
@@ -220,10 +226,10 @@ def _play(env_cfg: EnvConfig, spec: PolicySpec, task: str, indices: list[int], s
     env = env_cfg.make(task)
     out = []
     try:
-        policy = spec.build(env)
         for k in indices:
             s = episode_seed("eval", seed, task, k)
             record = video_dir is not None and k < videos_per_task
+            policy = spec.build(env, s)
             obs = env.reset(s)
             policy.reset(env.instruction)
             frames = [obs] if record else None

@@ -70,6 +70,19 @@ def test_workers_give_the_same_episodes():
     assert one["tasks"] == two["tasks"] and one["steps"] == two["steps"]
 
 
+def test_random_policy_is_seeded_per_episode():
+    from types import SimpleNamespace
+
+    from vlaenv.metaworld import make_spec  # the spec alone needs no simulator
+    from vlatrain.rollout import RandomPolicy
+    env = SimpleNamespace(spec=make_spec())
+    a = PolicySpec("random", seed=1).build(env, 10).act({})
+    b = PolicySpec("random", seed=1).build(env, 10).act({})
+    c = PolicySpec("random", seed=1).build(env, 11).act({})
+    assert np.array_equal(a, b) and not np.array_equal(a, c) and a.shape == (7,)
+    assert np.all(np.abs(RandomPolicy(7, 0).act({})) <= 1)
+
+
 def test_refusals_are_clean(tmp_path):
     from cli.vlatrain import main
     ckpt = tmp_path / "model.pt"
