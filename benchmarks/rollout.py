@@ -60,11 +60,12 @@ def main() -> None:
     print(f"tasks {','.join(tasks)}, {args.episodes} episodes each, max {args.max_steps} steps, "
           f"two {args.image_size}x{args.image_size} cameras, {os.cpu_count()} CPUs, "
           f"MUJOCO_GL={os.environ['MUJOCO_GL']}")
-    print(f"{'run':<28} {'workers':>7} {'steps':>7} {'seconds':>8} {'steps/s':>8} {'vs env':>7}  note")
+    print(f"{'run':<28} {'workers':>7} {'steps':>7} {'seconds':>8} {'steps/s':>8} "
+          f"{'vs env':>7}  note")
     for name, workers, steps, secs, note in rows:
         rate = steps / secs
-        print(f"{name:<28} {workers:>7} {steps:>7} {secs:>8.1f} {rate:>8.1f} {rate / floor:>6.2f}x  "
-              f"{note}")
+        print(f"{name:<28} {workers:>7} {steps:>7} {secs:>8.1f} {rate:>8.1f} "
+              f"{rate / floor:>6.2f}x  {note}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Meta-World (v3, MuJoCo) as a :class:`vlaenv.base.Env`: the closed-loop benchmark that runs on a CPU.
+"""Meta-World (v3, MuJoCo) as a :class:`vlaenv.base.Env`: closed-loop evaluation on a CPU.
 
 ``pip install -e ".[sim]"``; render offscreen with ``MUJOCO_GL=egl`` (or ``osmesa``).
 
@@ -107,8 +107,11 @@ PURPOSES = {"collect": 0, "eval": 1}
 
 
 def resolve_tasks(text: str | list | tuple) -> tuple[str, ...]:
-    """``"mt10"``, ``"mt50"``, ``"reach-v3,push-v3"`` (the ``-v3`` suffix optional) -> task names."""
-    items = text if isinstance(text, (list, tuple)) else [t for t in str(text).split(",") if t.strip()]
+    """``"mt10"``, ``"mt50"``, ``"reach-v3,push-v3"`` (``-v3`` optional) -> task names."""
+    if isinstance(text, (list, tuple)):
+        items = list(text)
+    else:
+        items = [t for t in str(text).split(",") if t.strip()]
     out: list[str] = []
     for item in (str(t).strip() for t in items):
         if item.lower() in TASK_SETS:
@@ -125,7 +128,10 @@ def resolve_tasks(text: str | list | tuple) -> tuple[str, ...]:
 
 
 def episode_seed(purpose: str, seed: int, task: str, index: int) -> int:
-    """The initial-state seed of episode ``index`` of ``task``: collection and evaluation never share one."""
+    """The initial-state seed of episode ``index`` of ``task``.
+
+    Collection seeds are even, evaluation seeds odd: the two never share an initial state.
+    """
     state = np.random.SeedSequence([int(seed), zlib.crc32(task.encode()), int(index)])
     return int(state.generate_state(1, np.uint64)[0] >> np.uint64(2)) * 2 + PURPOSES[purpose]
 
@@ -136,7 +142,7 @@ def make_spec(image_size: int = 128, cameras: tuple[str, ...] = CAMERAS,
                                                     description=f"Meta-World camera {c}")
              for c in cameras}
     feats["observation.state"] = FeatureSpec("float32", (4,), names=STATE_NAMES,
-                                             description="hand position (m) + gripper opening [0,1]")
+                                             description="hand position (m), gripper opening")
     action = FeatureSpec("float32", (7,), names=ACTION_NAMES,
                          description="xyz: mocap delta x 1 cm, rotation ignored, gripper effort")
     return EnvSpec(features=feats, action=action, gripper=GRIPPER, fps=FPS, max_steps=max_steps,
@@ -157,7 +163,7 @@ def to_metaworld(action: np.ndarray) -> np.ndarray:
 
 
 def from_metaworld(action: np.ndarray) -> np.ndarray:
-    """Meta-World's 4-D action -> the 7-D end-effector action (zero rotation), clipped to [-1, 1]."""
+    """Meta-World's 4-D action -> the 7-D action (zero rotation), clipped to [-1, 1]."""
     a = np.clip(np.asarray(action, np.float64), -1.0, 1.0)
     return np.array([a[0], a[1], a[2], 0.0, 0.0, 0.0, a[3]], np.float32)
 
@@ -245,7 +251,7 @@ class MetaWorldEnv:
             except Exception as e:  # mujoco.FatalError and GL errors: no usable offscreen context
                 raise EnvError(f"cannot render offscreen with MUJOCO_GL="
                                f"{os.environ.get('MUJOCO_GL')!r} ({type(e).__name__}: {e}); set "
-                               "MUJOCO_GL=egl or osmesa before the first import of mujoco") from None
+                               "MUJOCO_GL=egl or osmesa before mujoco is first imported") from None
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
         out = {}

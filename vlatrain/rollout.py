@@ -209,11 +209,10 @@ def run(policy: PolicySpec, tasks, *, env: EnvConfig | None = None, episodes: in
     for t in tasks:
         rs = sorted((r for r in results if r["task"] == t), key=lambda r: r["index"])
         k = sum(r["success"] for r in rs)
-        per_task.append(TaskResult(task=t, instruction=rs[0]["instruction"], episodes=len(rs),
-                                   successes=k, mean_length=float(np.mean([r["length"] for r in rs])),
-                                   ci95=wilson(k, len(rs)),
-                                   runs=[{key: r[key] for key in ("index", "seed", "success",
-                                                                  "length")} for r in rs]))
+        per_task.append(TaskResult(
+            task=t, instruction=rs[0]["instruction"], episodes=len(rs), successes=k,
+            mean_length=float(np.mean([r["length"] for r in rs])), ci95=wilson(k, len(rs)),
+            runs=[{key: r[key] for key in ("index", "seed", "success", "length")} for r in rs]))
     return Report(env=env.name, policy=policy.checkpoint or policy.kind, seed=seed, tasks=per_task,
                   steps=sum(r["length"] for r in results), seconds=time.perf_counter() - t0,
                   videos=sorted(r["video"] for r in results if r.get("video")))
@@ -242,10 +241,11 @@ def _play(env_cfg: EnvConfig, spec: PolicySpec, task: str, indices: list[int], s
                  "success": bool(info["success"]), "length": int(info["steps"])}
             if record:
                 from vlatrain.video import write_episode
-                name = f"{task}_{k:03d}_{'success' if r['success'] else 'failure'}.mp4"
-                r["video"] = write_episode(Path(video_dir) / name, frames, env.spec.cameras,
-                                           f"{env.instruction}  ({'success' if r['success'] else 'failure'}, "
-                                           f"{r['length']} steps)", fps=env.spec.fps)
+                outcome = "success" if r["success"] else "failure"
+                r["video"] = write_episode(Path(video_dir) / f"{task}_{k:03d}_{outcome}.mp4",
+                                           frames, env.spec.cameras,
+                                           f"{env.instruction}  ({outcome}, {r['length']} steps)",
+                                           fps=env.spec.fps)
             out.append(r)
             if report is not None:
                 report(1)

@@ -80,7 +80,7 @@ def test_action_mapping_moves_the_hand_and_clips(env):
     env.reset(2)
     start = env.privileged_state()[:3]
     for _ in range(5):
-        env.step(np.array([3.0, 0, 0, 0.7, -0.2, 0.9, 0]))  # clipped to 1 cm per step, rotation ignored
+        env.step(np.array([3.0, 0, 0, 0.7, -0.2, 0.9, 0]))  # clipped to 1 cm/step, no rotation
     moved = env.privileged_state()[:3] - start
     assert 0.02 < moved[0] < 0.06 and abs(moved[1]) < 0.01
     assert to_metaworld(np.array([2, -2, 0.5, 1, 1, 1, -3])).tolist() == [1, -1, 0.5, -1]

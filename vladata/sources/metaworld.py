@@ -167,7 +167,7 @@ class MetaWorldSource:
 
 def run_expert(env, seed: int, noisy: bool, noise_std: float, *, render_from: int = 0,
                stop: int | None = None) -> dict:
-    """Run the scripted expert from ``seed``; frames from ``render_from`` up to ``stop`` (exclusive).
+    """Run the scripted expert from ``seed``; frames ``render_from`` up to ``stop`` (exclusive).
 
     Returns the frames (only the rendered range when the env renders, every step otherwise),
     ``length`` (steps run) and ``success``.

@@ -13,8 +13,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 pytest.importorskip("metaworld")
 
 import vladata  # noqa: E402
-from tests.vladata.sources.conformance import SourceConformance  # noqa: E402
 from cli.vladata import main  # noqa: E402
+from tests.vladata.sources.conformance import SourceConformance  # noqa: E402
 from vladata.sources.metaworld import MetaWorldSource, run_expert  # noqa: E402
 from vlaenv.metaworld import INSTRUCTIONS, MetaWorldEnv  # noqa: E402
 
