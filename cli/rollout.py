@@ -21,6 +21,9 @@ from vladata.errors import VladataError
               help="Seeds the held-out initial states (disjoint from `vladata collect`'s).")
 @click.option("--workers", "-j", type=click.IntRange(1), default=1, show_default=True,
               help="Processes, each with its own simulator and renderer.")
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
+              help="Environments per worker stepped together; a checkpoint policy acts for all of "
+                   "them in one act_batch call (EGL only).")
 @click.option("--policy", "policy_kind", type=click.Choice(["expert", "random"]), default=None,
               help="A built-in policy instead of CHECKPOINT: the scripted expert or uniform "
                    "random actions.")
@@ -31,7 +34,7 @@ from vladata.errors import VladataError
               help="Write MP4 videos of the first episodes of each task here.")
 @click.option("--videos-per-task", type=click.IntRange(0), default=2, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def command(checkpoint, env_name, tasks, episodes, seed, workers, policy_kind, max_steps,
+def command(checkpoint, env_name, tasks, episodes, seed, workers, batch, policy_kind, max_steps,
             image_size, video_dir, videos_per_task, as_json):
     """Roll CHECKPOINT (or --policy expert|random) out and print the success rate per task.
 
@@ -46,9 +49,10 @@ def command(checkpoint, env_name, tasks, episodes, seed, workers, policy_kind, m
             else rollout.PolicySpec(policy_kind, seed=seed))
     try:
         if checkpoint:
-            rollout.load_policy(checkpoint)  # fail before starting any simulator
+            spec.build(None, 0)  # load (and cache) the checkpoint before starting any simulator
         report = rollout.run(spec, tasks, env=rollout.EnvConfig(env_name, image_size, max_steps),
-                             episodes=episodes, seed=seed, workers=workers, video_dir=video_dir,
+                             episodes=episodes, seed=seed, workers=workers, batch=batch,
+                             video_dir=video_dir,
                              videos_per_task=videos_per_task, progress=not as_json)
     except ImportError as e:
         raise click.ClickException(f"{e}: the simulator is not installed: "

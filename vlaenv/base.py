@@ -104,7 +104,9 @@ class Policy(Protocol):
     """What a rollout needs of a policy: ``reset`` at each episode start, ``act`` per step.
 
     ``act`` returns one action of the environment's action shape. A policy that can act for
-    several environments at once may also offer ``act_batch(list_of_obs) -> (B, A)``.
+    several environments at once also offers ``reset_batch(instructions)`` (one per environment,
+    at the start of the episodes) and ``act_batch(list_of_obs) -> (B, A)``; the batch keeps its
+    size for the whole episode (a finished environment keeps showing its last observation).
     """
 
     def reset(self, instruction: str) -> None: ...

@@ -6,7 +6,9 @@ each own their environment and renderer. The policy is anything with ``reset(ins
 ``act(obs) -> (A,)`` (:class:`vlaenv.base.Policy`); workers build it from a picklable
 :class:`PolicySpec`: ``expert`` (Meta-World's scripted expert, which reads the simulator's
 privileged state -- the only policy allowed to), ``random`` (uniform actions) or ``checkpoint``
-(:func:`load_policy`). No torch model is imported here.
+(:func:`load_policy`). No torch model is imported here. With ``batch > 1`` each process steps
+that many environments in lockstep, and a checkpoint policy acts for all of them at once
+(``reset_batch`` / ``act_batch``, see :class:`vlaenv.base.Policy`).
 
 Videos: the first ``videos_per_task`` episodes of each task are written to ``video_dir`` as MP4
 (H.264 via PyAV), cameras side by side under a caption with the instruction and the outcome.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -179,13 +182,21 @@ class Report:
 
 
 def run(policy: PolicySpec, tasks, *, env: EnvConfig | None = None, episodes: int = 20,
-        seed: int = 0, workers: int = 1, video_dir: str | None = None, videos_per_task: int = 2,
-        progress: bool = True) -> Report:
-    """Roll ``policy`` out for ``episodes`` held-out episodes per task; see the module docstring."""
+        seed: int = 0, workers: int = 1, batch: int = 1, video_dir: str | None = None,
+        videos_per_task: int = 2, progress: bool = True) -> Report:
+    """Roll ``policy`` out for ``episodes`` held-out episodes per task; see the module docstring.
+
+    ``batch`` environments per process step in lockstep (a checkpoint policy then acts for all
+    of them with one ``act_batch`` call).
+    """
     env = env or EnvConfig()
     tasks = env.tasks(tasks)
-    if episodes < 1 or workers < 1:
-        raise ValueError(f"episodes and workers must be >= 1, got {episodes} and {workers}")
+    if episodes < 1 or workers < 1 or batch < 1:
+        raise ValueError(f"episodes, workers and batch must be >= 1, got {episodes}, {workers} "
+                         f"and {batch}")
+    if batch > 1 and os.environ.get("MUJOCO_GL") == "osmesa":
+        raise EnvError("--batch > 1 keeps several renderers alive, which OSMesa renders wrongly: "
+                       "use MUJOCO_GL=egl or --batch 1")
     jobs = [(t, k) for t in tasks for k in range(episodes)]
     t0 = time.perf_counter()
     bar = tqdm(total=len(jobs), desc=f"rollout ({policy.kind})", unit="ep", disable=not progress)
@@ -193,13 +204,13 @@ def run(policy: PolicySpec, tasks, *, env: EnvConfig | None = None, episodes: in
     if workers == 1:
         for t in tasks:
             results += _play(env, policy, t, list(range(episodes)), seed, video_dir,
-                             videos_per_task, bar.update)
+                             videos_per_task, batch, bar.update)
     else:
         chunks = [(t, ks) for t in tasks for ks in np.array_split(range(episodes),
                                                                   min(workers, episodes))]
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
             futs = [pool.submit(_play, env, policy, t, [int(k) for k in ks], seed, video_dir,
-                                videos_per_task) for t, ks in chunks if len(ks)]
+                                videos_per_task, batch) for t, ks in chunks if len(ks)]
             for f in as_completed(futs):
                 got = f.result()
                 results += got
@@ -219,36 +230,70 @@ def run(policy: PolicySpec, tasks, *, env: EnvConfig | None = None, episodes: in
 
 
 def _play(env_cfg: EnvConfig, spec: PolicySpec, task: str, indices: list[int], seed: int,
-          video_dir: str | None, videos_per_task: int, report=None) -> list[dict]:
-    """Episodes ``indices`` of ``task`` in this process (a worker, or the caller when workers=1)."""
-    from vlaenv.metaworld import episode_seed
-    env = env_cfg.make(task)
-    out = []
+          video_dir: str | None, videos_per_task: int, batch: int = 1,
+          report=None) -> list[dict]:
+    """Episodes ``indices`` of ``task`` in this process, ``batch`` environments at a time."""
+    envs, out = [], []
     try:
-        for k in indices:
-            s = episode_seed("eval", seed, task, k)
-            record = video_dir is not None and k < videos_per_task
-            policy = spec.build(env, s)
-            obs = env.reset(s)
-            policy.reset(env.instruction)
-            frames = [obs] if record else None
-            done, info, reward = False, {"success": False, "steps": 0}, 0.0
-            while not done:
-                obs, reward, done, info = env.step(policy.act(obs))
-                if record:
-                    frames.append(obs)
-            r = {"task": task, "index": k, "seed": s, "instruction": env.instruction,
-                 "success": bool(info["success"]), "length": int(info["steps"])}
-            if record:
-                from vlatrain.video import write_episode
-                outcome = "success" if r["success"] else "failure"
-                r["video"] = write_episode(Path(video_dir) / f"{task}_{k:03d}_{outcome}.mp4",
-                                           frames, env.spec.cameras,
-                                           f"{env.instruction}  ({outcome}, {r['length']} steps)",
-                                           fps=env.spec.fps)
-            out.append(r)
+        for lo in range(0, len(indices), batch):
+            ks = indices[lo:lo + batch]
+            while len(envs) < len(ks):
+                envs.append(env_cfg.make(task))
+            out += _episodes(envs[:len(ks)], spec, task, ks, seed, video_dir, videos_per_task,
+                             batched=batch > 1 and spec.kind == "checkpoint")
             if report is not None:
-                report(1)
+                report(len(ks))
     finally:
-        env.close()
+        for env in envs:
+            env.close()
+    return out
+
+
+def _episodes(envs: list, spec: PolicySpec, task: str, ks: list[int], seed: int,
+              video_dir: str | None, videos_per_task: int, batched: bool) -> list[dict]:
+    """Episodes ``ks`` in lockstep, one per environment of ``envs``.
+
+    Unbatched, each environment's policy (expert, random: one each; a checkpoint: the one loaded
+    policy) gets ``reset`` + ``act``. ``batched``, the one checkpoint policy gets
+    ``reset_batch(instructions)`` and ``act_batch(observations) -> (B, A)`` for all of them; an
+    environment that is done keeps being shown its last observation (its action is ignored), so
+    the batch keeps its size for the whole episode.
+    """
+    from vlaenv.metaworld import episode_seed
+    seeds = [episode_seed("eval", seed, task, k) for k in ks]
+    obs = [env.reset(s) for env, s in zip(envs, seeds)]
+    policies = [spec.build(env, s) for env, s in zip(envs, seeds)]
+    if batched:
+        if not hasattr(policies[0], "act_batch"):
+            raise PolicyUnavailableError(f"{spec.checkpoint}: the policy has no act_batch: run "
+                                         "with --batch 1")
+        policies[0].reset_batch([env.instruction for env in envs])
+    else:
+        for policy, env in zip(policies, envs):
+            policy.reset(env.instruction)
+    record = [video_dir is not None and k < videos_per_task for k in ks]
+    frames = [[o] if r else None for o, r in zip(obs, record)]
+    done, info = [False] * len(envs), [None] * len(envs)
+    while not all(done):
+        if batched:
+            actions = np.asarray(policies[0].act_batch(obs))  # (B, A)
+        else:
+            actions = [None if d else p.act(o) for p, o, d in zip(policies, obs, done)]
+        for j, env in enumerate(envs):
+            if not done[j]:
+                obs[j], _, done[j], info[j] = env.step(actions[j])
+                if record[j]:
+                    frames[j].append(obs[j])
+    out = []
+    for j, (env, k) in enumerate(zip(envs, ks)):
+        r = {"task": task, "index": k, "seed": seeds[j], "instruction": env.instruction,
+             "success": bool(info[j]["success"]), "length": int(info[j]["steps"])}
+        if record[j]:
+            from vlatrain.video import write_episode
+            outcome = "success" if r["success"] else "failure"
+            r["video"] = write_episode(Path(video_dir) / f"{task}_{k:03d}_{outcome}.mp4",
+                                       frames[j], env.spec.cameras,
+                                       f"{env.instruction}  ({outcome}, {r['length']} steps)",
+                                       fps=env.spec.fps)
+        out.append(r)
     return out

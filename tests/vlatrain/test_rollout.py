@@ -70,6 +70,37 @@ def test_workers_give_the_same_episodes():
     assert one["tasks"] == two["tasks"] and one["steps"] == two["steps"]
 
 
+def test_batched_environments_give_the_same_episodes(monkeypatch):
+    pytest.importorskip("metaworld")
+    from vlatrain import rollout
+    one = rollout.run(PolicySpec("expert"), "reach", episodes=3, seed=2, progress=False,
+                      env=rollout.EnvConfig(image_size=16))
+    two = rollout.run(PolicySpec("expert"), "reach", episodes=3, seed=2, batch=2, progress=False,
+                      env=rollout.EnvConfig(image_size=16))
+    assert one.tasks == two.tasks and one.successes == 3
+
+    class Batched:  # what a runtime offers: one policy acting for B environments at once
+        calls: list = []
+
+        def reset_batch(self, instructions):
+            self.calls.append(("reset", list(instructions)))
+
+        def act_batch(self, observations):
+            for o in observations:
+                assert set(o) == {"observation.state", "observation.images.corner2",
+                                  "observation.images.gripperPOV"}
+            self.calls.append(("act", len(observations)))
+            return np.zeros((len(observations), 7), np.float32)
+
+    monkeypatch.setattr(rollout, "load_policy", lambda checkpoint: Batched())
+    monkeypatch.setattr(rollout, "_LOADED", {})
+    r = rollout.run(PolicySpec("checkpoint", checkpoint="ckpt.pt"), "reach", episodes=3,
+                    batch=2, progress=False, env=rollout.EnvConfig(image_size=16, max_steps=5))
+    assert r.steps == 15 and r.successes == 0
+    assert Batched.calls[0] == ("reset", ["reach the goal position"] * 2)
+    assert [c for c in Batched.calls if c[0] == "act"] == [("act", 2)] * 5 + [("act", 1)] * 5
+
+
 def test_random_policy_is_seeded_per_episode():
     from types import SimpleNamespace
 
