@@ -68,6 +68,10 @@ def test_store_frames_equal_what_the_env_produced(collected):
         [INSTRUCTIONS["drawer-close-v3"]] * 2
     assert (seg["end"] + 1).to_list() == ds.episodes["length"].to_list()
     assert ds.info["source_info"]["gripper"] == "1/-1"
+    jsonschema = pytest.importorskip("jsonschema")
+    schemas = os.path.join(os.path.dirname(__file__), "..", "..", "..", "schemas")
+    with open(os.path.join(schemas, "store.schema.json")) as f:
+        jsonschema.validate(ds.info, json.load(f))
     assert "action.tokens" in ds.features and "action" in ds.stats
 
 
