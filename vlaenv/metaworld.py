@@ -169,7 +169,11 @@ def from_metaworld(action: np.ndarray) -> np.ndarray:
 
 
 class MetaWorldEnv:
-    """One Meta-World task; see the module docstring. ``render=False`` skips the cameras."""
+    """One Meta-World task; see the module docstring.
+
+    ``render=False`` skips the cameras (observations then hold ``observation.state`` only), for
+    planning demonstrations at physics speed.
+    """
 
     def __init__(self, task: str, *, image_size: int = 128, cameras: tuple[str, ...] = CAMERAS,
                  max_steps: int = MAX_STEPS, render: bool = True):
