@@ -130,8 +130,9 @@ def verify(path, quiet):
 
 def _register() -> None:
     """The commands of the other source readers, each defined beside its own flags."""
-    from cli import convert_oxe, convert_real, export
+    from cli import collect, convert_oxe, convert_real, export
     main.add_command(export.command)
+    main.add_command(collect.command)
     convert.add_command(convert_oxe.command)
     sample.add_command(convert_oxe.sample_command)
     for cmd in convert_real.commands:

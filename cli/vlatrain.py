@@ -78,5 +78,12 @@ def evaluate(checkpoint, data_path, split, batches, batch_size, device, as_json)
     click.echo(format_report(metrics, spec.action_names))
 
 
+def _register() -> None:
+    from cli import rollout
+    main.add_command(rollout.command)
+
+
+_register()
+
 if __name__ == "__main__":
     main()

@@ -67,3 +67,15 @@ class ConfigError(VladataError, ValueError):
     def __init__(self, errors: list[str]):
         self.errors = list(errors)
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {e}" for e in self.errors))
+
+
+class EnvError(VladataError, ValueError):
+    """An environment (``vlaenv``) was asked for what it cannot do: bad action, unknown camera."""
+
+
+class UnknownTaskError(EnvError):
+    """A task name the environment does not know; the message lists the known ones."""
+
+
+class PolicyUnavailableError(VladataError, RuntimeError):
+    """A policy cannot be built (e.g. a checkpoint while the policy runtime is missing)."""

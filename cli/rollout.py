@@ -1,0 +1,62 @@
+"""``vlatrain rollout``: closed-loop success rate of a policy in a simulator."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from vladata.errors import VladataError
+
+
+@click.command("rollout")
+@click.argument("checkpoint", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--env", "env_name", type=click.Choice(["metaworld"]), default="metaworld",
+              show_default=True)
+@click.option("--tasks", default="mt10", show_default=True,
+              help="mt10, mt50 or a comma list of tasks (reach-v3,push-v3,...).")
+@click.option("--episodes", type=click.IntRange(1), default=20, show_default=True,
+              help="Episodes per task, each from a fresh held-out initial state.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
+              help="Seeds the held-out initial states (disjoint from `vladata collect`'s).")
+@click.option("--workers", "-j", type=click.IntRange(1), default=1, show_default=True,
+              help="Processes, each with its own simulator and renderer.")
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
+              help="Environments per worker stepped together; a checkpoint policy acts for all of "
+                   "them in one act_batch call (EGL only).")
+@click.option("--policy", "policy_kind", type=click.Choice(["expert", "random"]), default=None,
+              help="A built-in policy instead of CHECKPOINT: the scripted expert or uniform "
+                   "random actions.")
+@click.option("--max-steps", type=click.IntRange(1), default=300, show_default=True,
+              help="Episode step limit.")
+@click.option("--image-size", type=click.IntRange(16, 1024), default=128, show_default=True)
+@click.option("--video", "video_dir", type=click.Path(file_okay=False), default=None,
+              help="Write MP4 videos of the first episodes of each task here.")
+@click.option("--videos-per-task", type=click.IntRange(0), default=2, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def command(checkpoint, env_name, tasks, episodes, seed, workers, batch, policy_kind, max_steps,
+            image_size, video_dir, videos_per_task, as_json):
+    """Roll CHECKPOINT (or --policy expert|random) out and print the success rate per task.
+
+    \b
+    vlatrain rollout --policy expert --tasks mt10 --episodes 20 --workers 2
+    vlatrain rollout runs/mt10/checkpoints/best.pt --tasks mt10 --video videos/
+    """
+    if (checkpoint is None) == (policy_kind is None):
+        raise click.UsageError("give either a CHECKPOINT or --policy expert|random")
+    from vlatrain import rollout
+    spec = (rollout.PolicySpec("checkpoint", checkpoint=checkpoint) if checkpoint
+            else rollout.PolicySpec(policy_kind, seed=seed))
+    try:
+        if checkpoint:
+            spec.build(None, 0)  # load (and cache) the checkpoint before starting any simulator
+        report = rollout.run(spec, tasks, env=rollout.EnvConfig(env_name, image_size, max_steps),
+                             episodes=episodes, seed=seed, workers=workers, batch=batch,
+                             video_dir=video_dir,
+                             videos_per_task=videos_per_task, progress=not as_json)
+    except ImportError as e:
+        raise click.ClickException(f"{e}: the simulator is not installed: "
+                                   'pip install -e ".[sim]"') from None
+    except VladataError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(report.to_dict(), indent=1) if as_json else str(report))
