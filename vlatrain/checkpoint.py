@@ -31,12 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vlatrain.errors import CheckpointError
+
+__all__ = ["CheckpointError", "CheckpointManager", "latest", "load", "load_weights", "rng_state",
+           "save", "set_rng_state", "step_checkpoints"]
+
 FORMAT_VERSION = 1
 STEP_RE = re.compile(r"^step_(\d+)\.pt$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable or of another format version."""
 
 
 def rng_state(gen: torch.Generator | None = None) -> dict:
