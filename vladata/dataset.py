@@ -19,7 +19,7 @@ import polars as pl
 import zarr
 
 from vladata.episode import FeatureSpec
-from vladata.errors import IncompleteStoreError, StoreError
+from vladata.errors import IncompleteStoreError, SelectionError, StoreError
 from vladata.store import layout
 
 
@@ -74,7 +74,7 @@ class Dataset:
     # -- frames --------------------------------------------------------------------------------
     def array(self, name: str) -> zarr.Array:
         if name not in self.info["features"]:
-            raise KeyError(f"{self.path}: no feature {name!r}; features: {sorted(self.features)}")
+            raise SelectionError(f"{self.path}: no feature {name!r}; features: {sorted(self.features)}")
         return self.root[f"{layout.DATA}/{name}"]
 
     def episode(self, i: int, keys: builtins.list[str] | None = None) -> dict[str, np.ndarray]:

@@ -48,6 +48,16 @@ class IncompleteStoreError(StoreError):
     """A conversion was interrupted: the manifest that marks a complete store is absent."""
 
 
+class SelectionError(VladataError, KeyError, ValueError):
+    """A request names a split, camera, feature or dimension the data does not have.
+
+    A ``KeyError`` and a ``ValueError`` for callers that caught those before; prints as plain text.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class StatsError(VladataError, ValueError):
     """A statistic is missing or cannot be computed (NaN/inf in the data, empty feature)."""
 

@@ -1,5 +1,14 @@
 """Reading the streaming form: :func:`iter_samples` and :class:`WindowStream` (see
-:mod:`vladata.stream` for the layout and the window and epoch semantics)."""
+:mod:`vladata.stream` for the layout and the window and epoch semantics).
+
+The tar reading is our own few lines over ``tarfile`` and ``fsspec`` (any URL, ``s3://``
+included), not ``webdataset``'s iterators: those are built to skip or warn on bad samples through
+a handler, and a shard here must either match its index.json entry exactly -- the same samples, in
+order, each with readable members -- or raise :class:`StreamFormatError` naming the shard and the
+sample. A tar cut at a member boundary reads as a valid, shorter tar, so the count is checked
+against the index. Plain ``webdataset`` still reads the shards (the tests check it), which is why
+it is only a test dependency.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +16,34 @@ import io
 import json
 import posixpath
 import tarfile
+import tokenize
 
 import fsspec
 import numpy as np
 import torch.utils.data
 
+from vladata.errors import SelectionError
 from vladata.images import decode_jpeg
 from vladata.sampler import WindowSampler
 from vladata.store.shard_reader import decode_vlen
 from vladata.stream.format import FORMAT, FORMAT_VERSION, INDEX, StreamFormatError
 from vladata.windows import OVER, Geometry, Ranges, cut_window, put_language, window_spec
 
-def iter_samples(url: str, storage_options: dict | None = None):
-    """Samples of one tar shard: dicts of member extension -> parsed content, plus ``__key__``."""
+# what np.load raises on a malformed .npy (its header is parsed with ast/tokenize)
+NPY_ERRORS = (ValueError, EOFError, OSError, SyntaxError, tokenize.TokenError)
+META_KEYS = ("episode_index", "episode_length", "split", "frame_start", "own", "segments")
+
+
+def iter_samples(url: str, storage_options: dict | None = None, keys: list | None = None):
+    """Samples of one tar shard: dicts of member extension -> parsed content, plus ``__key__`` and
+    ``__url__`` (the shard).
+
+    ``keys`` (the shard's ``keys`` in index.json: ``[episode, own_lo, own_hi]`` per sample) is what
+    the shard must hold, in order: a shard that ends early -- a tar cut at a member boundary reads
+    as a shorter, valid tar -- or holds other samples is a :class:`StreamFormatError` naming it.
+    """
+    expected = None if keys is None else [f"e{int(e):07d}_{int(lo):07d}" for e, lo, _ in keys]
+    n = 0
     try:
         with fsspec.open(url, "rb", **(storage_options or {})) as f, \
                 tarfile.open(fileobj=f, mode="r|") as tar:
@@ -30,28 +54,57 @@ def iter_samples(url: str, storage_options: dict | None = None):
                 base = posixpath.basename(m.name)
                 key, _, ext = base.partition(".")
                 if sample and key != sample["__key__"]:
-                    yield _parse(sample, url)
-                    sample = {}
+                    yield _parse(sample, url, expected, n)
+                    n, sample = n + 1, {}
                 sample["__key__"] = key
                 sample[ext] = tar.extractfile(m).read()
             if sample:
-                yield _parse(sample, url)
+                yield _parse(sample, url, expected, n)
+                n += 1
     except (tarfile.TarError, EOFError) as e:
         raise StreamFormatError(f"{url}: not a readable tar shard ({e})") from e
     except FileNotFoundError as e:
         raise StreamFormatError(f"{url}: shard not found") from e
+    if expected is not None and n != len(expected):
+        raise StreamFormatError(f"{url}: the shard ends after {n} samples, index.json lists "
+                                f"{len(expected)} (truncated or replaced: export it again)")
 
 
-def _parse(sample: dict, url: str) -> dict:
+def _parse(sample: dict, url: str, expected: list[str] | None = None, n: int = 0) -> dict:
     where = f"{url} sample {sample['__key__']}"
+    if expected is not None and (n >= len(expected) or sample["__key__"] != expected[n]):
+        want = expected[n] if n < len(expected) else f"no sample after {len(expected)}"
+        raise StreamFormatError(f"{where}: sample {n} of the shard should be {want} as "
+                                "index.json lists (the shard was replaced: export it again)")
     if "meta.json" not in sample:
         raise StreamFormatError(f"{where}: no meta.json")
-    out = {"__key__": sample["__key__"], "meta": json.loads(sample["meta.json"])}
+    try:
+        meta = json.loads(sample["meta.json"])
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise StreamFormatError(f"{where}: meta.json is not valid JSON ({e})") from None
+    lacking = [k for k in META_KEYS if k not in meta] if isinstance(meta, dict) else list(META_KEYS)
+    if lacking:
+        raise StreamFormatError(f"{where}: meta.json lacks {lacking}")
+    try:
+        named = f"e{int(meta['episode_index']):07d}_{int(meta['own'][0]):07d}"
+    except (TypeError, ValueError, IndexError, KeyError):
+        named = None
+    if named != sample["__key__"]:
+        raise StreamFormatError(f"{where}: meta.json says episode {meta['episode_index']!r} from "
+                                f"{meta['own']!r}, not what the sample key names")
+    out = {"__key__": sample["__key__"], "__url__": url, "meta": meta}
     for ext, data in sample.items():
-        if ext.endswith(".npy"):
-            out[ext[:-4]] = np.load(io.BytesIO(data), allow_pickle=False)
-        elif ext.endswith(".jpegs"):
-            out[ext[:-6]] = decode_vlen(memoryview(data), where)
+        if ext.endswith(".jpegs"):
+            out[ext[:-6]] = decode_vlen(memoryview(data), f"{where} member {ext}")
+        elif ext.endswith(".npy"):
+            try:
+                out[ext[:-4]] = np.load(io.BytesIO(data), allow_pickle=False)
+            except NPY_ERRORS as e:  # a bad .npy header or a short body
+                raise StreamFormatError(f"{where}: member {ext} is not a readable .npy array "
+                                        f"({type(e).__name__}: {e})") from None
+    lengths = {k: len(v) for k, v in out.items() if k not in ("__key__", "__url__", "meta")}
+    if len(set(lengths.values())) > 1:
+        raise StreamFormatError(f"{where}: its features hold different frame counts {lengths}")
     return out
 
 
@@ -101,14 +154,14 @@ class WindowStream(torch.utils.data.IterableDataset):
         feats = idx["features"]
         context = idx["context"]
         if context is not None and (history - 1 > context or chunk - 1 > context):
-            raise ValueError(f"{self.url}: exported with context {context}: history and chunk "
+            raise SelectionError(f"{self.url}: exported with context {context}: history and chunk "
                              f"must be <= {context + 1}; export again with a larger --context")
         images = [k for k, v in feats.items() if v.get("kind") == "image"]
         cams = images if cameras is None else [c if c in feats else f"observation.images.{c}"
                                                for c in ([cameras] if isinstance(cameras, str) else cameras)]
         bad = [c for c in cams if c not in images]
         if bad:
-            raise KeyError(f"{self.url}: no cameras {bad}; cameras: {images}")
+            raise SelectionError(f"{self.url}: no cameras {bad}; cameras: {images}")
         for k in ("action.norm", "action.tokens"):
             if k not in feats:
                 raise StreamFormatError(f"{self.url}: the shards lack {k!r}; export them from a finalised store")
@@ -130,6 +183,8 @@ class WindowStream(torch.utils.data.IterableDataset):
             rank, world_size = (dist.get_rank(), dist.get_world_size()) if on else (0, 1)
         self.rank, self.world_size = int(rank), int(world_size)
         self.shards = [f"{self.url}/{sh['url']}" for sh in idx["shards"]]
+        self._shard_keys = [sh["keys"] for sh in idx["shards"]]
+        self.context = context
         order = np.argsort(self.ranges.r_episode, kind="stable")
         self._ep_ranges = {}
         for r in order:
@@ -211,15 +266,21 @@ class WindowStream(torch.utils.data.IterableDataset):
                 order = order[np.random.default_rng([self.seed, epoch, cycle]).permutation(len(order))]
             by_shard = len(order) >= consumers
             keep_all = not by_shard and consumer >= n_samples
-            k = 0
-            for s in (order[consumer::consumers] if by_shard else order):
-                for sample in iter_samples(self.shards[s], self.storage_options):
+            k = yielded = 0
+            mine = order[consumer::consumers] if by_shard else order
+            for s in mine:
+                for sample in iter_samples(self.shards[s], self.storage_options, self._shard_keys[s]):
                     m = sample["meta"]
                     if not self._sample_windows(m["episode_index"], *m["own"]):
                         continue
                     k += 1
                     if by_shard or keep_all or (k - 1) % consumers == consumer:
+                        yielded += 1
                         yield sample
+            if not yielded:  # never cycle on without yielding: the shards disagree with the index
+                raise StreamFormatError(
+                    f"{self.url}: shards {[self.shards[s] for s in mine]} hold no sample with "
+                    f"windows for split {self.ranges.split!r}, although index.json says they do")
             cycle += 1
 
     def _windows(self, epoch: int, worker: int, workers: int):
@@ -232,8 +293,9 @@ class WindowStream(torch.utils.data.IterableDataset):
             while len(pool) < self.shuffle_buffer:
                 s = next(samples)
                 m = s["meta"]
+                self._check_frames(s)
                 base = int(self.ranges.ep_start[m["episode_index"]]) + m["frame_start"]
-                pool.append([_SampleRows(s, base, f"{self.url} sample {s['__key__']}"), m,
+                pool.append([_SampleRows(s, base, f"{s['__url__']} sample {s['__key__']}"), m,
                              self._refs(s, rng)])
             j = int(rng.choice(len(pool), p=_weights(pool))) if self.shuffle else 0
             rows, m, refs = pool[j]
@@ -241,6 +303,22 @@ class WindowStream(torch.utils.data.IterableDataset):
             if not refs:
                 pool.pop(j)
             yield rows, m, r, e
+
+    def _check_frames(self, sample: dict) -> None:
+        """Refuse a sample whose frames do not cover what its windows read (see the module)."""
+        m, where = sample["meta"], f"{sample['__url__']} sample {sample['__key__']}"
+        ep, (lo, hi) = int(m["episode_index"]), m["own"]
+        n_ep = int(self.ranges.ep_length[ep]) if 0 <= ep < len(self.ranges.ep_length) else None
+        if n_ep is None or n_ep != m["episode_length"]:
+            raise StreamFormatError(f"{where}: meta.json says episode {ep} of "
+                                    f"{m['episode_length']} frames; index.json disagrees")
+        want_lo, want_hi = ((0, n_ep) if self.context is None else
+                            (max(0, lo - self.context), min(n_ep, hi + self.context)))
+        got = {k: len(v) for k, v in sample.items() if k not in ("__key__", "__url__", "meta")}
+        bad = {k: n for k, n in got.items() if n != want_hi - want_lo}
+        if m["frame_start"] != want_lo or bad:
+            raise StreamFormatError(f"{where}: expected frames [{want_lo}, {want_hi}) of episode "
+                                    f"{ep}, the sample holds {bad or got} from {m['frame_start']}")
 
     def _fill(self, item, out: dict) -> tuple[str, str]:
         rows, m, r, e = item
