@@ -8,6 +8,7 @@ from :mod:`vladata.errors`; what only training knows lives here::
     └── VlatrainError
         ├── CheckpointError    a checkpoint is missing, unreadable, or disagrees with the policy
         ├── RunDirError        ``out=`` is not a run directory vlatrain may write into
+        ├── StoreMismatchError the stores lack what the config asks for (every mismatch at once)
         └── DivergedError      a loss part became NaN/inf (names the step and the parts)
 """
 
@@ -27,6 +28,15 @@ class CheckpointError(VlatrainError, ValueError):
 
 class RunDirError(VlatrainError, ValueError):
     """A run directory cannot be used: not a vlatrain run, not writable, or overlapping a store."""
+
+
+class StoreMismatchError(VlatrainError, ValueError):
+    """The stores cannot feed the run or evaluation the config describes; lists every mismatch."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = list(errors)
+        super().__init__("the data does not match the configuration:\n"
+                         + "\n".join(f"  - {e}" for e in self.errors))
 
 
 class DivergedError(VlatrainError, ArithmeticError):

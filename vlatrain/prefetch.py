@@ -17,6 +17,8 @@ from __future__ import annotations
 import queue
 import threading
 
+from vladata.errors import StoreError
+
 
 class Prefetcher:
     """Wraps a resumable loader; iterate it for an endless stream of training batches."""
@@ -37,7 +39,7 @@ class Prefetcher:
                 empty = False
                 yield batch, self.loader.state_dict()
             if empty:
-                raise ValueError("the training loader yields no batches: the split has fewer "
+                raise StoreError("the training loader yields no batches: the split has fewer "
                                  "windows than one batch per process (lower data.batch_size)")
 
     def _run(self, stream) -> None:

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import torch
 
-from vlatrain import checkpoint, data, distributed
+from vlatrain import checkpoint, data, distributed, preflight
 from vlatrain.augment import BatchPreparer
-from vlatrain.config import Config
+from vlatrain.config import Config, ConfigError
+from vlatrain.errors import CheckpointError
 from vlatrain.evaluate import evaluate
 from vlatrain.model import build_policy
 from vlatrain.recipes.train import autocast_for, make_loss
@@ -32,16 +33,21 @@ def evaluate_checkpoint(path: str | Path, data_path: str, *, split: str | None =
         overrides["data.val_split"] = split
     if batch_size is not None:
         overrides["eval.batch_size"] = str(batch_size)
-    cfg = Config.from_dict(ckpt["config"], overrides)
+    try:
+        cfg = Config.from_dict(ckpt["config"], overrides)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: key 'config' (with this command's options) is not a "
+                              "valid config:\n" + "\n".join(f"  - {m}" for m in e.errors)) from None
     cfg.eval.batches = batches
     dev = distributed.pick_device(device)
-    trained = DataSpec.from_dict(ckpt["spec"])
+    trained = checkpoint.read_spec(ckpt, path)
     ds = data.open_store(cfg.data.path)
+    preflight.check_eval(ds, cfg, trained)  # every mismatch at once, before any window is cut
     win = data.windows(ds, cfg.data, cfg.data.val_split)
     here = data.spec_from_store(ds, cfg.data, win)
     data.check_compatible(here, trained, ds.path)
     policy = build_policy(cfg.model, trained).to(dev)
-    policy.load_state_dict(ckpt["model"])
+    checkpoint.load_weights(policy, ckpt["model"], path)
     # a mixture-trained policy normalises each store's states with that store's statistics
     seen = (dataclasses.replace(trained, state_mean=here.state_mean, state_std=here.state_std)
             if "mixture" in trained.extra else trained)

@@ -16,13 +16,14 @@ uninterrupted one would have. ``data.mixture`` trains from several stores at onc
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vlatrain import checkpoint, data, distributed, losses
+from vlatrain import checkpoint, data, distributed, losses, preflight, rundir
 from vlatrain.augment import BatchPreparer
 from vlatrain.config import Config, ConfigError, dump_config, load_config
 from vlatrain.evaluate import evaluate
@@ -70,7 +71,7 @@ def resume_config(run_dir: str | Path, overrides: dict[str, str] | None = None) 
                           f"now {now})")
     if errors:
         raise ConfigError(errors)
-    cfg.out = str(run_dir)
+    cfg.out = os.path.abspath(run_dir)
     return cfg
 
 
@@ -122,14 +123,16 @@ def run(cfg: Config, *, resume: bool = False) -> Path:
 def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    rundir.absolute_paths(cfg)  # the saved config resumes from any working directory
     dev, out = info.device, Path(cfg.out)
     if cfg.train.precision == "fp16" and dev.type != "cuda":
         raise ConfigError(["train.precision: fp16 needs a CUDA device; use bf16 on the CPU"])
-    if not resume and checkpoint.latest(out / "checkpoints") is not None:
-        raise ConfigError([f"out: {out} already holds a run with checkpoints; continue it with "
-                           f"`vlatrain run --resume {out}` or choose another out=DIR"])
+    rundir.check_out(cfg, resume=resume)  # never writes into what is not a vlatrain run
+    if resume and rundir.already_done(cfg):
+        return out  # at or past train.steps: nothing is trained or written
     seed_everything(cfg.train.seed)
     stores = data.open_stores(cfg.data)  # [(store, weight)]: one, or a mixture's
+    preflight.check_run(stores, cfg)  # every mismatch of config and stores at once, before step 1
     ds = stores[0][0]
     win = data.train_windows(stores, cfg.data)
     spec = data.spec_from_stores(stores, cfg.data, win)
@@ -154,7 +157,7 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
     best = restore(st, checkpoint.latest(out / "checkpoints")) if resume else {}
     ckpts = None
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        rundir.create(out)
         (out / "config.yaml").write_text(dump_config(cfg))
         st.logger = RunLogger(out, total_steps=cfg.train.steps, start_step=st.step,
                               tensorboard=cfg.log.tensorboard, progress=cfg.log.progress)
@@ -210,10 +213,9 @@ def payload(st: TrainState, spec, rng: list) -> dict:
 def restore(st: TrainState, path: Path) -> dict:
     """Load checkpoint ``path`` into ``st`` (this rank's RNG states included); return its best."""
     ckpt = checkpoint.load(path)
-    st.policy.load_state_dict(ckpt["model"])
-    st.optimizer.load_state_dict(ckpt["optimizer"])
-    st.scaler.load_state_dict(ckpt["scaler"])
-    st.loader.load_state_dict(ckpt["loader"])
+    checkpoint.load_weights(st.policy, ckpt["model"], path)
+    for key, obj in (("optimizer", st.optimizer), ("scaler", st.scaler), ("loader", st.loader)):
+        checkpoint.load_state(obj, ckpt.get(key), path, key)
     rngs = ckpt["rng"]
     if len(rngs) != st.dist.world_size:
         raise ConfigError([f"{path}: saved by {len(rngs)} processes, resumed by "
