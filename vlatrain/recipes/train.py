@@ -2,7 +2,8 @@
 
 A run directory (``out``) receives::
 
-    <out>/config.yaml          the resolved config (rewritten on resume with the new overrides)
+    <out>/vlatrain-run.json    the marker that makes it a run directory (vlatrain.rundir)
+    <out>/config.yaml          the resolved config, paths absolute (rewritten on resume)
     <out>/metrics.jsonl        one JSON object per log line (vlatrain.logging)
     <out>/tensorboard/         TensorBoard events
     <out>/checkpoints/         step_NNNNNNN.pt (last train.keep_last) and best.pt (vlatrain.checkpoint)
