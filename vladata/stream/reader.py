@@ -85,6 +85,9 @@ def _parse(sample: dict, url: str, expected: list[str] | None = None, n: int = 0
     lacking = [k for k in META_KEYS if k not in meta] if isinstance(meta, dict) else list(META_KEYS)
     if lacking:
         raise StreamFormatError(f"{where}: meta.json lacks {lacking}")
+    bad = _meta_problems(meta)
+    if bad:
+        raise StreamFormatError(f"{where}: meta.json has malformed {bad}")
     try:
         named = f"e{int(meta['episode_index']):07d}_{int(meta['own'][0]):07d}"
     except (TypeError, ValueError, IndexError, KeyError):
@@ -106,6 +109,27 @@ def _parse(sample: dict, url: str, expected: list[str] | None = None, n: int = 0
     if len(set(lengths.values())) > 1:
         raise StreamFormatError(f"{where}: its features hold different frame counts {lengths}")
     return out
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _meta_problems(meta: dict) -> list[str]:
+    """The fields of a sample's meta.json whose types are not what the export writes."""
+    bad = [k for k in ("episode_index", "episode_length", "frame_start") if not _is_int(meta[k])]
+    own = meta["own"]
+    if not (isinstance(own, list) and len(own) == 2 and all(map(_is_int, own))):
+        bad.append("own")
+    segs = meta["segments"]
+    if not isinstance(segs, list) or not all(
+            isinstance(g, dict) and _is_int(g.get("segment_index"))
+            and all(isinstance(g.get(k), (str, type(None))) for k in ("instruction", "task"))
+            and (g.get("embedding") is None or (isinstance(g["embedding"], list) and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in g["embedding"])))
+            for g in segs):
+        bad.append("segments")
+    return bad
 
 
 class _SampleRows:
