@@ -11,7 +11,7 @@ import click
 from vladata.errors import VladataError
 
 
-def _fail(e: Exception):
+def _fail(e: object):
     raise click.ClickException(str(e)) from None
 
 

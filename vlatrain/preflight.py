@@ -47,6 +47,9 @@ def check_eval(ds, cfg, trained) -> None:
     elif trained.state_dim and STATE_KEY not in feats:
         errors.append(f"{ds.path}: no {STATE_KEY!r}; the policy was trained on "
                       f"{trained.state_dim} state dims")
+    if "action" in feats and int(feats["action"]["shape"][0]) != trained.action_dim:
+        errors.append(f"{ds.path}: actions have {feats['action']['shape'][0]} dims, the policy "
+                      f"predicts {trained.action_dim}")
     if errors:
         raise StoreMismatchError(errors)
 
