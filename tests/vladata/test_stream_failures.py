@@ -189,3 +189,15 @@ def test_fuzzed_shards_raise_only_stream_errors(stores, tmp_path):
             assert str(shards[0]) in str(e), e
             outcomes["error"] += 1
     assert outcomes["error"] > 50 and outcomes["ok"] > 0, outcomes
+
+
+def test_no_consumer_cycles_over_shards_that_yield_nothing(stores, tmp_path, monkeypatch):
+    """The last guard against spinning: were a reader ever to return no sample with windows from
+    shards the index says hold some, the stream raises instead of cycling forever."""
+    import vladata.stream.reader as reader
+    _, shards = export(stores["raw"], tmp_path / "wds", samples="episode")
+    monkeypatch.setattr(reader, "iter_samples", lambda *a, **k: iter(()))
+    st = WindowStream(str(tmp_path / "wds"), history=H, chunk=C, split="validation", batch_size=1)
+    with pytest.raises(StreamFormatError, match=f"{shards[0]}.*hold no sample with windows for "
+                                                "split 'validation'"):
+        drain(st)

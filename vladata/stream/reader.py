@@ -199,7 +199,7 @@ class WindowStream(torch.utils.data.IterableDataset):
         e, s = idx["episodes"], idx["segments"]
         self.ranges = Ranges(e["start"], e["length"], e["split"], s["episode_index"], s["start"],
                              s["end"], split=split, over=over, min_history=min_history, where=self.url)
-        self.over, self.shuffle, self.seed = over, bool(shuffle), int(seed)
+        self.over, self.split, self.shuffle, self.seed = over, split, bool(shuffle), int(seed)
         self.shuffle_buffer, self.batch_size = max(1, int(shuffle_buffer)), int(batch_size)
         if rank is None or world_size is None:
             dist = torch.distributed
@@ -304,7 +304,7 @@ class WindowStream(torch.utils.data.IterableDataset):
             if not yielded:  # never cycle on without yielding: the shards disagree with the index
                 raise StreamFormatError(
                     f"{self.url}: shards {[self.shards[s] for s in mine]} hold no sample with "
-                    f"windows for split {self.ranges.split!r}, although index.json says they do")
+                    f"windows for split {self.split!r}, although index.json says they do")
             cycle += 1
 
     def _windows(self, epoch: int, worker: int, workers: int):
