@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from tqdm import tqdm
@@ -71,7 +72,9 @@ class RunLogger(NullLogger):
         note = None
         if start_step and self.path.exists():  # resume: drop lines past the checkpoint
             keep, note = lines_upto(self.path, start_step)
-            self.path.write_text("".join(ln + "\n" for ln in keep))
+            tmp = self.path.with_name(self.path.name + ".tmp")  # a kill now keeps the old file
+            tmp.write_text("".join(ln + "\n" for ln in keep))
+            os.replace(tmp, self.path)
         elif not start_step:
             self.path.write_text("")
         self.file = self.path.open("a")

@@ -61,15 +61,22 @@ def create(out: str | Path) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
         marked = is_run(out)
-        tmp = out / (MARKER + ".tmp")
-        tmp.write_text(json.dumps({"format": FORMAT, "version": 1}) + "\n")
-        os.replace(tmp, out / MARKER)
+        write_atomic(out / MARKER, json.dumps({"format": FORMAT, "version": 1}) + "\n")
     except OSError as e:
         raise RunDirError(f"out: cannot write the run directory {out} ({e.strerror or e})") from None
     if marked and checkpoint.latest(out / "checkpoints") is None:  # an attempt that saved nothing
         for old in (out / "tensorboard").glob("events.out.tfevents.*"):
             old.unlink()
     return out
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary name, then rename it over ``path`` (a kill leaves the old
+    file or the new one, never half of one)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def store_paths(cfg) -> list[str]:

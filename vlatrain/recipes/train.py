@@ -159,7 +159,7 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
     ckpts = None
     if info.is_main:
         rundir.create(out)
-        (out / "config.yaml").write_text(dump_config(cfg))
+        rundir.write_atomic(out / "config.yaml", dump_config(cfg))
         st.logger = RunLogger(out, total_steps=cfg.train.steps, start_step=st.step,
                               tensorboard=cfg.log.tensorboard, progress=cfg.log.progress)
         ckpts = checkpoint.CheckpointManager(out / "checkpoints", cfg.train.keep_last,
