@@ -11,8 +11,12 @@ import click
 from vladata.errors import VladataError
 
 
-def _fail(e: Exception):
+def _fail(e: object):
     raise click.ClickException(str(e)) from None
+
+
+def _rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for the run
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,23 +35,37 @@ def run(args, resume_dir):
     vlatrain run configs/calvin.yaml data.path=calvin.vla train.steps=300 out=runs/calvin
     vlatrain run --resume runs/calvin train.steps=600
     """
+    from vlatrain import rundir
     from vlatrain.config import load_config, parse_overrides
+    from vlatrain.errors import DivergedError
     from vlatrain.recipes.train import resume_config
     from vlatrain.recipes.train import run as train_run
+    cfg = None
     try:
         if resume_dir is not None:
             cfg = resume_config(resume_dir, parse_overrides(args))
+            done = rundir.already_done(cfg)
+            if done:  # not an error: the run is complete as asked (exit 0, like convert --resume)
+                click.echo(done)
+                return
         else:
             if not args or "=" in args[0]:
                 raise click.UsageError("give a config file first: vlatrain run CONFIG [key=value ...]")
             cfg = load_config(args[0], parse_overrides(args[1:]))
         out = train_run(cfg, resume=resume_dir is not None)
-    except (VladataError, ValueError, OSError) as e:
+    except DivergedError as e:
+        step = rundir.checkpoint_step(cfg.out)
+        _fail(f"{e}\n" + (f"{cfg.out} keeps the checkpoint of step {step}: "
+                          f"`{rundir.resume_command(cfg.out)}` continues from it"
+                          if step is not None else f"{cfg.out} holds no checkpoint yet"))
+    except VladataError as e:  # only the project's errors: a bug keeps its traceback
         _fail(e)
     except KeyboardInterrupt:
-        click.echo("\ninterrupted: continue with `vlatrain run --resume RUN_DIR`", err=True)
+        if _rank0():
+            click.echo("\n" + (rundir.interrupted_message(cfg.out) if cfg is not None else
+                               "interrupted"), err=True)
         sys.exit(130)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+    if _rank0():
         click.echo(f"run directory: {out}")
 
 
@@ -69,8 +87,11 @@ def evaluate(checkpoint, data_path, split, batches, batch_size, device, as_json)
     try:
         metrics, spec = evaluate_checkpoint(checkpoint, data_path, split=split, batches=batches,
                                             batch_size=batch_size, device=device)
-    except (VladataError, ValueError, OSError) as e:
+    except VladataError as e:  # only the project's errors: a bug keeps its traceback
         _fail(e)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted", err=True)
+        sys.exit(130)
     if as_json:
         click.echo(json.dumps(metrics, indent=1))
         return

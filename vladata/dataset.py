@@ -19,7 +19,7 @@ import polars as pl
 import zarr
 
 from vladata.episode import FeatureSpec
-from vladata.errors import IncompleteStoreError, StoreError
+from vladata.errors import IncompleteStoreError, SelectionError, StoreError
 from vladata.store import layout
 
 
@@ -91,7 +91,7 @@ class Dataset:
         :meth:`episode`, the loaders and ``vladata verify`` refuse it.
         """
         if name not in self.info["features"]:
-            raise KeyError(f"{self.path}: no feature {name!r}; features: {sorted(self.features)}")
+            raise SelectionError(f"{self.path}: no feature {name!r}; features: {sorted(self.features)}")
         return self.root[f"{layout.DATA}/{name}"]
 
     def episode(self, i: int, keys: builtins.list[str] | None = None) -> dict[str, np.ndarray]:

@@ -2,7 +2,20 @@
 
 Every error names *where* the problem is (file, episode, key, frame) and *what was expected*, so a
 user can fix the input without reading our code. They subclass builtins so ``except ValueError``
-still works for callers that do not know vladata.
+still works for callers that do not know vladata. Every error the project raises on purpose is in
+this one tree (``tests/test_error_tree.py`` checks it), so the CLIs catch ``VladataError`` alone and
+an internal bug keeps its traceback. Subclasses defined beside the code that raises them::
+
+    VladataError
+    ├── SourceFormatError ── UnsafePickleError, npz.CorruptMember,
+    │                        oxe.tfrecord.RecordError (CorruptRecordError, ...), FeatureMismatchError
+    ├── StoreError ── IncompleteStoreError, ShardFormatError, stream.StreamFormatError
+    ├── SelectionError     a split, camera or feature the data does not have
+    ├── StatsError ── NonFiniteError
+    ├── ConfigError ── NormalizationError, sources.mapping.MappingError
+    ├── ImageDecodeError, SamplerStateError, batching.LoaderError
+    └── vlatrain.errors.VlatrainError ── CheckpointError, RunDirError, StoreMismatchError,
+                                         DivergedError, (vlm.loading.WeightsError is a VladataError)
 """
 
 from __future__ import annotations
@@ -46,6 +59,16 @@ class StoreError(VladataError, ValueError):
 
 class IncompleteStoreError(StoreError):
     """A conversion was interrupted: the manifest that marks a complete store is absent."""
+
+
+class SelectionError(VladataError, KeyError, ValueError):
+    """A request names a split, camera, feature or dimension the data does not have.
+
+    A ``KeyError`` and a ``ValueError`` for callers that caught those before; prints as plain text.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class StatsError(VladataError, ValueError):

@@ -13,7 +13,7 @@ import numpy as np
 import torch.utils.data
 
 from vladata.dataset import open as open_dataset
-from vladata.errors import StoreError
+from vladata.errors import SelectionError, StoreError
 from vladata.images import decode_jpeg
 from vladata.normalize import observation_normalizer
 from vladata.store.layout import ACTION_NORM, ACTION_TOKENS, IMAGE_PREFIX, STATE
@@ -98,10 +98,10 @@ class WindowDataset(torch.utils.data.Dataset):
         self.action_key, self.tokens_key = action_key, tokens_key
         self.state_key = state_key if state_key in feats else None
         if state_key is not None and state_key != STATE and self.state_key is None:
-            raise KeyError(f"{ds.path}: no feature {state_key!r}; features: {sorted(feats)}")
+            raise SelectionError(f"{ds.path}: no feature {state_key!r}; features: {sorted(feats)}")
         for k in extra_keys:
             if k not in feats:
-                raise KeyError(f"{ds.path}: no feature {k!r}; features: {sorted(feats)}")
+                raise SelectionError(f"{ds.path}: no feature {k!r}; features: {sorted(feats)}")
         self.extra_keys = tuple(extra_keys)
         self.jpeg = {c for c in self.cameras if feats[c]["storage"]["codec"] == "jpeg"}
         self.shapes = {k: tuple(feats[k]["shape"]) for k in (*self.cameras, *self.extra_keys,
@@ -225,7 +225,7 @@ class Ranges:
         splits = sorted(set(ep_split))
         wanted = None if split is None else ([split] if isinstance(split, str) else list(split))
         if wanted is not None and not set(wanted) <= set(splits):
-            raise ValueError(f"{where}: no split {sorted(set(wanted) - set(splits))}; "
+            raise SelectionError(f"{where}: no split {sorted(set(wanted) - set(splits))}; "
                              f"the data has {splits}")
         keep = np.asarray([wanted is None or s in wanted for s in ep_split], bool)
         self.seg_episode = np.asarray(seg_episode, np.int64)
@@ -382,7 +382,7 @@ def _pick_cameras(path, feats: dict, cameras) -> tuple[str, ...]:
     for cam in ([cameras] if isinstance(cameras, str) else cameras):
         key = cam if cam in feats else IMAGE_PREFIX + cam
         if key not in images:
-            raise KeyError(f"{path}: no camera {cam!r}; cameras: {images}")
+            raise SelectionError(f"{path}: no camera {cam!r}; cameras: {images}")
         picked.append(key)
     return tuple(picked)
 

@@ -34,13 +34,14 @@ import numpy as np
 import torch
 
 from vladata.errors import ConfigError
+from vlatrain.errors import CheckpointError
+from vlatrain.spec import DataSpec
+
+__all__ = ["CheckpointError", "CheckpointManager", "latest", "load", "load_state", "load_weights", "payload",
+           "read_spec", "restore", "rng_state", "save", "set_rng_state", "step_checkpoints"]
 
 FORMAT_VERSION = 1
 STEP_RE = re.compile(r"^step_(\d+)\.pt$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable or of another format version."""
 
 
 def rng_state(gen: torch.Generator | None = None) -> dict:
@@ -98,6 +99,74 @@ def load(path: str | Path) -> dict:
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing}")
     return ckpt
+
+
+def load_weights(module: torch.nn.Module, state, path: str | Path, key: str = "model") -> None:
+    """``module.load_state_dict(state)``, or a :class:`CheckpointError` naming the file and every
+    missing, unexpected or wrong-shaped weight (the first few of each)."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: key {key!r} is {type(state).__name__}, not a state dict")
+    own = module.state_dict()
+    errors = []
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{key}.{k}: {_shape(state[k])} in the checkpoint, the policy has {tuple(v.shape)}"
+              for k, v in own.items() if k in state and _shape(state[k]) != tuple(v.shape)]
+    if missing:
+        errors.append(f"{len(missing)} weights missing ({', '.join(missing[:5])}{', ...' * (len(missing) > 5)})")
+    if unexpected:
+        errors.append(f"{len(unexpected)} unexpected weights ({', '.join(unexpected[:5])}"
+                      f"{', ...' * (len(unexpected) > 5)})")
+    errors += shapes[:5] + ([f"... {len(shapes) - 5} more shapes differ"] if len(shapes) > 5 else [])
+    if errors:
+        raise CheckpointError(f"{path}: the weights do not fit the policy its config and spec "
+                              "build: " + "; ".join(errors))
+    load_state(module, state, path, key)
+
+
+def _shape(v) -> tuple | str:
+    return tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+
+
+def load_state(obj, state, path: str | Path, key: str) -> None:
+    """``obj.load_state_dict(state)`` (an optimizer, scaler, loader ...) naming file and key on
+    failure."""
+    try:
+        obj.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: key {key!r} does not fit ({first})") from None
+
+
+_SPEC_TYPES = {"cameras": str, "action_names": str,
+               "gripper_dims": int, "token_ids": int, "bin_centers": float, "state_index": int}
+
+
+def read_spec(ckpt: dict, path: str | Path) -> DataSpec:
+    """The checkpoint's DataSpec, or a :class:`CheckpointError` naming the malformed field."""
+    d = ckpt.get("spec")
+    where = f"{path}: key 'spec'"
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{where} is {type(d).__name__}, not a dict")
+    try:
+        spec = DataSpec.from_dict(d)
+        spec.observation_normalizer()  # the recorded observation normalisation must rebuild
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{where} is malformed ({type(e).__name__}: {e})") from None
+    bad = [k for k in ("state_dim", "action_dim", "language_dim", "history", "chunk")
+           if not (isinstance(getattr(spec, k), int) and getattr(spec, k) >= 0)]
+    bad += [k for k, t in _SPEC_TYPES.items()
+            if not all(isinstance(x, t) or (t is float and isinstance(x, int))
+                       for x in getattr(spec, k))]
+    bad += [f"image_shapes[{c!r}]" for c, s in spec.image_shapes.items() if len(s) != 3]
+    if set(spec.cameras) != set(spec.image_shapes):
+        bad.append("cameras/image_shapes")
+    if len(spec.action_names) != spec.action_dim or any(not 0 <= i < spec.action_dim
+                                                       for i in spec.gripper_dims):
+        bad.append("action_names/gripper_dims")
+    if bad:
+        raise CheckpointError(f"{where} is malformed: {', '.join(bad)}")
+    return spec
 
 
 def step_checkpoints(directory: str | Path) -> list[Path]:
@@ -164,10 +233,9 @@ def payload(st, spec, rng: list) -> dict:
 def restore(st, path: Path) -> dict:
     """Load checkpoint ``path`` into ``st`` (this rank's RNG states included); return its best."""
     ckpt = load(path)
-    st.policy.load_state_dict(ckpt["model"])
-    st.optimizer.load_state_dict(ckpt["optimizer"])
-    st.scaler.load_state_dict(ckpt["scaler"])
-    st.loader.load_state_dict(ckpt["loader"])
+    load_weights(st.policy, ckpt["model"], path)
+    for key, obj in (("optimizer", st.optimizer), ("scaler", st.scaler), ("loader", st.loader)):
+        load_state(obj, ckpt.get(key), path, key)
     rngs = ckpt["rng"]
     if len(rngs) != st.dist.world_size:
         raise ConfigError([f"{path}: saved by {len(rngs)} processes, resumed by "

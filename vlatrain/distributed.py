@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from vladata.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -38,7 +40,7 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> CUDA when available, else the CPU; ``cuda`` without a GPU is an error."""
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but torch sees no CUDA device; use train.device=cpu")
+            raise ConfigError(["train.device: cuda, but torch sees no CUDA device; use train.device=cpu"])
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 

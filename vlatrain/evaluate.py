@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from vladata.errors import StoreError
 from vlatrain.augment import BatchPreparer
 
 
@@ -67,7 +68,7 @@ def evaluate(policy, loader, prep: BatchPreparer, loss_fn: Callable, *,
             tok_n = tok_n + mf.sum() * spec.action_dim
     policy.train(was_training)
     if batches == 0 or float(n) == 0:
-        raise ValueError("the validation split yielded no valid windows to evaluate; check "
+        raise StoreError("the validation split yielded no valid windows to evaluate; check "
                          "data.val_split and that it holds episodes longer than data.history")
     count = float(n)
     mae, base = (abs_err / count).tolist(), (base_err / count).tolist()

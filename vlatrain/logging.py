@@ -11,9 +11,41 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from tqdm import tqdm
+
+from vlatrain.errors import RunDirError
+
+
+def lines_upto(path: Path, step: int) -> tuple[list[str], str | None]:
+    """The lines of ``metrics.jsonl`` up to ``step``, and a note if a torn last line was dropped.
+
+    A run killed while writing leaves a partial last line: it is dropped (with the note). Any
+    other line that is not a JSON object is damage we did not cause: a :class:`RunDirError`
+    naming the file and line.
+    """
+    lines = path.read_text(errors="replace").splitlines()
+    last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
+    keep, note = [], None
+    for i, ln in enumerate(lines):
+        if not ln.strip():
+            continue
+        try:
+            d = json.loads(ln)
+        except ValueError:
+            d = None
+        if not isinstance(d, dict):
+            if i == last:
+                note = (f"{path}: dropped its torn last line {i + 1} ({ln[:40]!r}...), left by "
+                        "an interrupted run")
+                break
+            raise RunDirError(f"{path}: line {i + 1} is not a JSON object ({ln[:60]!r}); "
+                              "remove or repair that line to resume")
+        if d.get("step", 0) <= step:
+            keep.append(ln)
+    return keep, note
 
 
 class NullLogger:
@@ -37,10 +69,12 @@ class RunLogger(NullLogger):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
+        note = None
         if start_step and self.path.exists():  # resume: drop lines past the checkpoint
-            keep = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= start_step]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
+            keep, note = lines_upto(self.path, start_step)
+            tmp = self.path.with_name(self.path.name + ".tmp")  # a kill now keeps the old file
+            tmp.write_text("".join(ln + "\n" for ln in keep))
+            os.replace(tmp, self.path)
         elif not start_step:
             self.path.write_text("")
         self.file = self.path.open("a")
@@ -51,6 +85,8 @@ class RunLogger(NullLogger):
                                     purge_step=start_step + 1 if start_step else None)
         self.bar = tqdm(total=total_steps, initial=start_step, disable=not progress,
                         dynamic_ncols=True, desc="train")
+        if note:
+            self.message(note)
 
     def log(self, step: int, metrics: dict, *, progress: bool = True) -> None:
         clean = {k: (float(v) if isinstance(v, float) or hasattr(v, "item") else v)
@@ -65,7 +101,8 @@ class RunLogger(NullLogger):
                     self.tb.add_scalar(k if "/" in k else f"train/{k}", v, step)
         if progress:
             self.bar.update(step - self.bar.n)
-            shown = {k: clean[k] for k in ("loss", "samples_per_s", "data_wait") if k in clean}
+            shown = {k: clean[k] for k in ("loss", "samples_per_s", "data_wait")
+                     if clean.get(k) is not None}
             if shown:
                 self.bar.set_postfix_str(
                     f"loss {shown.get('loss', 0):.4f} | {shown.get('samples_per_s', 0):.0f} "

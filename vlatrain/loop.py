@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -10,9 +11,11 @@ from typing import Callable
 import torch
 from torch import nn
 
+from vladata.errors import StoreError
 from vlatrain import distributed
 from vlatrain.augment import BatchPreparer
 from vlatrain.config import Config
+from vlatrain.errors import DivergedError
 from vlatrain.optim import lr_at, set_lr
 from vlatrain.prefetch import forever
 
@@ -36,6 +39,7 @@ class TrainState:
     step: int = 0
     pending: dict = field(default_factory=dict)  # loss parts summed since the last log line
     pending_steps: int = 0
+    finite: list = field(default_factory=list)   # per step since the last log line: parts finite?
 
 
 def train_step(st: TrainState, batches) -> tuple[dict, torch.Tensor, float, int]:
@@ -82,23 +86,45 @@ def train(st: TrainState) -> dict | None:
         for k, v in {**parts, "grad_norm": grad_norm}.items():
             st.pending[k] = st.pending.get(k, 0) + v.detach().float()
         st.pending_steps += 1
+        st.finite.append(torch.isfinite(torch.stack(list(parts.values()))).all())  # no sync
         saving = st.step % cfg.train.checkpoint_every == 0 or st.step == total
         evaluating = saving or bool(cfg.eval.every and st.step % cfg.eval.every == 0)
+        log_now = evaluating or st.step % cfg.log.every == 0  # the same steps on every rank
+        if log_now:  # before evaluating or saving: a diverged run keeps its last good checkpoint
+            names = list(st.pending)
+            means = distributed.mean(torch.stack([st.pending[k] for k in names])
+                                     / st.pending_steps, st.dist)
+            check_finite(st, dict(zip(names, means.tolist())), parts)
         if evaluating and st.evaluate is not None:  # rank 0; its time stays out of samples/s
             paused = time.perf_counter()
             metrics = st.evaluate()
             tick += time.perf_counter() - paused
-        if evaluating or st.step % cfg.log.every == 0:  # the same steps on every rank
-            names = list(st.pending)
-            means = distributed.mean(torch.stack([st.pending[k] for k in names])
-                                     / st.pending_steps, st.dist)
+        if log_now:
             elapsed = time.perf_counter() - tick
             st.logger.log(st.step, {**dict(zip(names, means.tolist())), "lr": lr,
                                     "samples_per_s": samples / elapsed, "data_wait": wait / elapsed,
                                     **(metrics if evaluating and metrics else {})})
-            st.pending, st.pending_steps = {}, 0
+            st.pending, st.pending_steps, st.finite = {}, 0, []
             wait, samples, tick = 0.0, 0, time.perf_counter()
         if saving and st.save is not None:
             st.save(st.step, metrics)
             tick = time.perf_counter()
     return metrics
+
+
+def check_finite(st: TrainState, means: dict, parts: dict) -> None:
+    """Stop with :class:`DivergedError` if a loss part was NaN/inf at a step since the last line.
+
+    ``means`` (averaged over ranks, so every rank stops together) name the parts; this rank's
+    per-step flags name the first step it saw, else the range of steps.
+    """
+    bad = sorted(k for k, v in means.items() if k in parts and not math.isfinite(v))
+    if not bad:
+        return
+    first = next((st.step - len(st.finite) + 1 + i for i, ok in enumerate(st.finite)
+                  if not bool(ok)), None)
+    when = (f"step {first}" if first is not None else
+            f"a step in {st.step - st.pending_steps + 1}..{st.step} (on another rank)")
+    raise DivergedError(f"the loss is not finite at {when}: {', '.join(bad)} = "
+                        f"{', '.join(str(means[k]) for k in bad)}; stopped before saving a "
+                        "checkpoint (lower optim.lr, raise optim.warmup_steps or check the data)")

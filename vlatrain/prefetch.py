@@ -17,6 +17,8 @@ from __future__ import annotations
 import queue
 import threading
 
+from vladata.errors import StoreError
+
 
 def forever(loader):
     """Batches of every epoch, one epoch after another (the loader advances its own epoch)."""
@@ -26,7 +28,7 @@ def forever(loader):
             empty = False
             yield batch
         if empty:
-            raise ValueError("the training loader yields no batches: the split has fewer windows "
+            raise StoreError("the training loader yields no batches: the split has fewer windows "
                              "than one batch per process (lower data.batch_size)")
 
 

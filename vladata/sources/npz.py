@@ -19,6 +19,8 @@ from functools import lru_cache
 import numpy as np
 from numpy.lib import format as npy_format
 
+from vladata.errors import SourceFormatError
+
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")  # local file header, 30 bytes
 _SIG = b"PK\x03\x04"
 
@@ -27,8 +29,8 @@ class _Fallback(Exception):
     """This file needs the general reader."""
 
 
-class CorruptMember(ValueError):
-    """A member's data is truncated or fails its CRC."""
+class CorruptMember(SourceFormatError):
+    """A member's data is truncated or fails its CRC (the caller adds the file to the message)."""
 
 
 def read_npz(path, keys) -> dict[str, np.ndarray]:

@@ -30,6 +30,7 @@ rank waiting at an epoch end; an epoch therefore may repeat or skip a few window
 
 from vladata.stream.export import export_wds
 from vladata.stream.format import INDEX, StreamFormatError
-from vladata.stream.reader import WindowStream, iter_samples
+from vladata.stream.reader import WindowStream
+from vladata.stream.samples import iter_samples
 
 __all__ = ["export_wds", "iter_samples", "WindowStream", "StreamFormatError", "INDEX"]

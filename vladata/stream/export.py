@@ -11,6 +11,7 @@ import tarfile
 import fsspec
 import numpy as np
 
+from vladata.errors import SelectionError
 from vladata.store.shard_reader import StoreReader
 from vladata.stream.format import FORMAT, FORMAT_VERSION, INDEX
 from vladata.windows import embedding_matrix
@@ -48,7 +49,7 @@ def export_wds(ds, out: str, *, samples="episode", shard_size: int = 1 << 30, co
     names = list(features or feats)
     missing = [n for n in names if n not in feats]
     if missing:
-        raise KeyError(f"{ds.path}: no features {missing}; features: {sorted(feats)}")
+        raise SelectionError(f"{ds.path}: no features {missing}; features: {sorted(feats)}")
     jpeg = {n for n in names if feats[n]["storage"]["codec"] == "jpeg"}
     reader = StoreReader(ds.path)
     eps, segs = ds.episodes, ds.segments

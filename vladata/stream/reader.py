@@ -1,60 +1,22 @@
-"""Reading the streaming form: :func:`iter_samples` and :class:`WindowStream` (see
-:mod:`vladata.stream` for the layout and the window and epoch semantics)."""
+"""Reading the streaming form: :class:`WindowStream` over the samples :func:`iter_samples` reads
+and checks (see :mod:`vladata.stream` for the layout and the window and epoch semantics)."""
 
 from __future__ import annotations
 
-import io
 import json
-import posixpath
-import tarfile
 
 import fsspec
 import numpy as np
 import torch.utils.data
 
+from vladata.errors import SelectionError
 from vladata.images import decode_jpeg
 from vladata.sampler import WindowSampler
-from vladata.store.shard_reader import decode_vlen
 from vladata.store.layout import ACTION_NORM, ACTION_TOKENS, IMAGE_PREFIX, STATE
 from vladata.stream.format import FORMAT, FORMAT_VERSION, INDEX, StreamFormatError
+from vladata.stream.samples import iter_samples
 from vladata.windows import (OVER, Geometry, Ranges, batch_loader, cut_window, put_language,
                              window_spec)
-
-def iter_samples(url: str, storage_options: dict | None = None):
-    """Samples of one tar shard: dicts of member extension -> parsed content, plus ``__key__``."""
-    try:
-        with fsspec.open(url, "rb", **(storage_options or {})) as f, \
-                tarfile.open(fileobj=f, mode="r|") as tar:
-            sample: dict = {}
-            for m in tar:
-                if not m.isfile():
-                    continue
-                base = posixpath.basename(m.name)
-                key, _, ext = base.partition(".")
-                if sample and key != sample["__key__"]:
-                    yield _parse(sample, url)
-                    sample = {}
-                sample["__key__"] = key
-                sample[ext] = tar.extractfile(m).read()
-            if sample:
-                yield _parse(sample, url)
-    except (tarfile.TarError, EOFError) as e:
-        raise StreamFormatError(f"{url}: not a readable tar shard ({e})") from e
-    except FileNotFoundError as e:
-        raise StreamFormatError(f"{url}: shard not found") from e
-
-
-def _parse(sample: dict, url: str) -> dict:
-    where = f"{url} sample {sample['__key__']}"
-    if "meta.json" not in sample:
-        raise StreamFormatError(f"{where}: no meta.json")
-    out = {"__key__": sample["__key__"], "meta": json.loads(sample["meta.json"])}
-    for ext, data in sample.items():
-        if ext.endswith(".npy"):
-            out[ext[:-4]] = np.load(io.BytesIO(data), allow_pickle=False)
-        elif ext.endswith(".jpegs"):
-            out[ext[:-6]] = decode_vlen(memoryview(data), where)
-    return out
 
 
 class _SampleRows:
@@ -103,14 +65,14 @@ class WindowStream(torch.utils.data.IterableDataset):
         feats = idx["features"]
         context = idx["context"]
         if context is not None and (history - 1 > context or chunk - 1 > context):
-            raise ValueError(f"{self.url}: exported with context {context}: history and chunk "
+            raise SelectionError(f"{self.url}: exported with context {context}: history and chunk "
                              f"must be <= {context + 1}; export again with a larger --context")
         images = [k for k, v in feats.items() if v.get("kind") == "image"]
         cams = images if cameras is None else [c if c in feats else IMAGE_PREFIX + c
                                                for c in ([cameras] if isinstance(cameras, str) else cameras)]
         bad = [c for c in cams if c not in images]
         if bad:
-            raise KeyError(f"{self.url}: no cameras {bad}; cameras: {images}")
+            raise SelectionError(f"{self.url}: no cameras {bad}; cameras: {images}")
         for k in (ACTION_NORM, ACTION_TOKENS):
             if k not in feats:
                 raise StreamFormatError(f"{self.url}: the shards lack {k!r}; export them from a finalised store")
@@ -124,7 +86,7 @@ class WindowStream(torch.utils.data.IterableDataset):
         e, s = idx["episodes"], idx["segments"]
         self.ranges = Ranges(e["start"], e["length"], e["split"], s["episode_index"], s["start"],
                              s["end"], split=split, over=over, min_history=min_history, where=self.url)
-        self.over, self.shuffle, self.seed = over, bool(shuffle), int(seed)
+        self.over, self.split, self.shuffle, self.seed = over, split, bool(shuffle), int(seed)
         self.shuffle_buffer, self.batch_size = max(1, int(shuffle_buffer)), int(batch_size)
         if rank is None or world_size is None:
             dist = torch.distributed
@@ -132,6 +94,8 @@ class WindowStream(torch.utils.data.IterableDataset):
             rank, world_size = (dist.get_rank(), dist.get_world_size()) if on else (0, 1)
         self.rank, self.world_size = int(rank), int(world_size)
         self.shards = [f"{self.url}/{sh['url']}" for sh in idx["shards"]]
+        self._shard_keys = [sh["keys"] for sh in idx["shards"]]
+        self.context = context
         order = np.argsort(self.ranges.r_episode, kind="stable")
         self._ep_ranges = {}
         for r in order:
@@ -213,15 +177,21 @@ class WindowStream(torch.utils.data.IterableDataset):
                 order = order[np.random.default_rng([self.seed, epoch, cycle]).permutation(len(order))]
             by_shard = len(order) >= consumers
             keep_all = not by_shard and consumer >= n_samples
-            k = 0
-            for s in (order[consumer::consumers] if by_shard else order):
-                for sample in iter_samples(self.shards[s], self.storage_options):
+            k = yielded = 0
+            mine = order[consumer::consumers] if by_shard else order
+            for s in mine:
+                for sample in iter_samples(self.shards[s], self.storage_options, self._shard_keys[s]):
                     m = sample["meta"]
                     if not self._sample_windows(m["episode_index"], *m["own"]):
                         continue
                     k += 1
                     if by_shard or keep_all or (k - 1) % consumers == consumer:
+                        yielded += 1
                         yield sample
+            if not yielded:  # never cycle on without yielding: the shards disagree with the index
+                raise StreamFormatError(
+                    f"{self.url}: shards {[self.shards[s] for s in mine]} hold no sample with "
+                    f"windows for split {self.split!r}, although index.json says they do")
             cycle += 1
 
     def _windows(self, epoch: int, worker: int, workers: int):
@@ -234,8 +204,9 @@ class WindowStream(torch.utils.data.IterableDataset):
             while len(pool) < self.shuffle_buffer:
                 s = next(samples)
                 m = s["meta"]
+                self._check_frames(s)
                 base = int(self.ranges.ep_start[m["episode_index"]]) + m["frame_start"]
-                pool.append([_SampleRows(s, base, f"{self.url} sample {s['__key__']}"), m,
+                pool.append([_SampleRows(s, base, f"{s['__url__']} sample {s['__key__']}"), m,
                              self._refs(s, rng)])
             j = int(rng.choice(len(pool), p=_weights(pool))) if self.shuffle else 0
             rows, m, refs = pool[j]
@@ -243,6 +214,22 @@ class WindowStream(torch.utils.data.IterableDataset):
             if not refs:
                 pool.pop(j)
             yield rows, m, r, e
+
+    def _check_frames(self, sample: dict) -> None:
+        """Refuse a sample whose frames do not cover what its windows read (see the module)."""
+        m, where = sample["meta"], f"{sample['__url__']} sample {sample['__key__']}"
+        ep, (lo, hi) = int(m["episode_index"]), m["own"]
+        n_ep = int(self.ranges.ep_length[ep]) if 0 <= ep < len(self.ranges.ep_length) else None
+        if n_ep is None or n_ep != m["episode_length"]:
+            raise StreamFormatError(f"{where}: meta.json says episode {ep} of "
+                                    f"{m['episode_length']} frames; index.json disagrees")
+        want_lo, want_hi = ((0, n_ep) if self.context is None else
+                            (max(0, lo - self.context), min(n_ep, hi + self.context)))
+        got = {k: len(v) for k, v in sample.items() if k not in ("__key__", "__url__", "meta")}
+        bad = {k: n for k, n in got.items() if n != want_hi - want_lo}
+        if m["frame_start"] != want_lo or bad:
+            raise StreamFormatError(f"{where}: expected frames [{want_lo}, {want_hi}) of episode "
+                                    f"{ep}, the sample holds {bad or got} from {m['frame_start']}")
 
     def _fill(self, item, out: dict) -> tuple[str, str]:
         rows, m, r, e = item

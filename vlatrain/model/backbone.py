@@ -28,6 +28,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from vladata.errors import ConfigError
 from vlatrain.config import ModelConfig
 from vlatrain.spec import DataSpec
 
@@ -160,10 +161,11 @@ class TinyBackbone(nn.Module):
     def __init__(self, cfg: ModelConfig, spec: DataSpec):
         super().__init__()
         if not spec.cameras and not (cfg.use_state and spec.state_dim):
-            raise ValueError("the tiny backbone needs at least one camera or the state")
+            raise ConfigError(["data.cameras: the tiny backbone needs at least one camera or "
+                               "the state (model.use_state)"])
         if cfg.language == "embedding" and spec.language_dim == 0:
-            raise ValueError("model.language=embedding but the store has no language embeddings; "
-                             "use model.language=text (a small text encoder) or none")
+            raise ConfigError(["model.language: 'embedding' but the store has no language "
+                               "embeddings; use model.language=text (a small text encoder) or none"])
         w = self.feature_dim = cfg.width
         self.size = cfg.image_size
         self.language = cfg.language

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vladata.errors import ConfigError
 from vlatrain.config import ModelConfig
 from vlatrain.model.backbone import BackboneOutput
 from vlatrain.spec import DataSpec
@@ -151,7 +152,7 @@ def build_head(cfg: ModelConfig, feature_dim: int, spec: DataSpec) -> ActionHead
     kwargs = {"heads": cfg.heads} if name == "gpt" else {}
     trunk = TRUNKS[name](feature_dim, cfg.hidden, cfg.layers, cfg.dropout, spec.history, **kwargs)
     if cfg.head == "discrete" and spec.n_bins < 2:
-        raise ValueError("model.head=discrete needs the store's action tokenizer (info['tokenizer']); "
-                         "this store records none")
+        raise ConfigError(["model.head: discrete needs the store's action tokenizer "
+                           "(info['tokenizer']); this store records none"])
     return ActionHead(trunk, cfg.hidden, spec.chunk, spec.action_dim,
                       bins=spec.n_bins if cfg.head == "discrete" else 0)

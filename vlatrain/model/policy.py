@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from vladata.errors import ConfigError
 from vlatrain.config import ModelConfig
 from vlatrain.model.backbone import Backbone, Observation, TinyBackbone
 from vlatrain.model.heads import PolicyHead, build_head
@@ -65,10 +66,11 @@ class Policy(nn.Module):
 def build_policy(cfg: ModelConfig, spec: DataSpec) -> Policy:
     """The policy ``cfg`` describes, for data shaped as ``spec``."""
     if cfg.backbone not in BACKBONES:
-        raise ValueError(f"model.backbone: unknown backbone {cfg.backbone!r}; "
-                         f"known: {', '.join(sorted(BACKBONES))}")
+        raise ConfigError([f"model.backbone: unknown backbone {cfg.backbone!r}; "
+                           f"known: {', '.join(sorted(BACKBONES))}"])
     if cfg.head not in HEADS:
-        raise ValueError(f"model.head: unknown head {cfg.head!r}; known: {', '.join(sorted(HEADS))}")
+        raise ConfigError([f"model.head: unknown head {cfg.head!r}; known: "
+                           f"{', '.join(sorted(HEADS))}"])
     backbone = BACKBONES[cfg.backbone](cfg, spec)
     head = HEADS[cfg.head](cfg, backbone.feature_dim, spec)
     return Policy(backbone, head, spec)

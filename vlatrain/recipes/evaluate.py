@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from vlatrain import checkpoint, data, distributed
+from vlatrain import checkpoint, data, distributed, preflight
 from vlatrain.augment import BatchPreparer
-from vlatrain.config import Config
+from vlatrain.config import Config, ConfigError
+from vlatrain.errors import CheckpointError
 from vladata.normalize import OBSERVATION_MODE
 from vlatrain.evaluate import evaluate
 from vlatrain.losses import make_loss
@@ -35,18 +36,23 @@ def evaluate_checkpoint(path: str | Path, data_path: str, *, split: str | None =
         overrides["data.val_split"] = split
     if batch_size is not None:
         overrides["eval.batch_size"] = str(batch_size)
-    cfg = Config.from_dict(ckpt["config"], overrides)
+    try:
+        cfg = Config.from_dict(ckpt["config"], overrides)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: key 'config' (with this command's options) is not a "
+                              "valid config:\n" + "\n".join(f"  - {m}" for m in e.errors)) from None
     cfg.eval.batches = batches
     dev = distributed.pick_device(device)
-    trained = DataSpec.from_dict(ckpt["spec"])
+    trained = checkpoint.read_spec(ckpt, path)
     ds = data.open_store(cfg.data.path)
+    preflight.check_eval(ds, cfg, trained)  # every mismatch at once, before any window is cut
     # a mixture-trained policy saw each store normalised with that store's own statistics
     obs_norm = OBSERVATION_MODE if "mixture" in trained.extra else trained.observation_normalizer()
     win = data.windows(ds, cfg.data, cfg.data.val_split, obs_norm)
     here = data.spec_from_store(ds, cfg.data, win)
     data.check_compatible(here, trained, ds.path)
     policy = build_policy(cfg.model, trained).to(dev)
-    policy.load_state_dict(ckpt["model"])
+    checkpoint.load_weights(policy, ckpt["model"], path)
     prep = BatchPreparer(trained, {c: policy.backbone.image_spec(c) for c in trained.cameras},
                          cfg.data.augment, dev, discrete=policy.discrete,
                          use_state=cfg.model.use_state)

@@ -2,7 +2,8 @@
 
 A run directory (``out``) receives::
 
-    <out>/config.yaml          the resolved config (rewritten on resume with the new overrides)
+    <out>/vlatrain-run.json    the marker that makes it a run directory (vlatrain.rundir)
+    <out>/config.yaml          the resolved config, paths absolute (rewritten on resume)
     <out>/metrics.jsonl        one JSON object per log line (vlatrain.logging)
     <out>/tensorboard/         TensorBoard events
     <out>/checkpoints/         step_NNNNNNN.pt (last train.keep_last) and best.pt (vlatrain.checkpoint)
@@ -16,11 +17,12 @@ uninterrupted one would have. ``data.mixture`` trains from several stores at onc
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import torch
 
-from vlatrain import checkpoint, data, distributed
+from vlatrain import checkpoint, data, distributed, losses, preflight, rundir
 from vlatrain.augment import BatchPreparer
 from vlatrain.config import Config, ConfigError, dump_config, load_config
 from vlatrain.evaluate import evaluate
@@ -71,7 +73,7 @@ def resume_config(run_dir: str | Path, overrides: dict[str, str] | None = None) 
                           f"now {now})")
     if errors:
         raise ConfigError(errors)
-    cfg.out = str(run_dir)
+    cfg.out = os.path.abspath(run_dir)
     return cfg
 
 
@@ -97,14 +99,16 @@ def run(cfg: Config, *, resume: bool = False) -> Path:
 def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    rundir.absolute_paths(cfg)  # the saved config resumes from any working directory
     dev, out = info.device, Path(cfg.out)
     if cfg.train.precision == "fp16" and dev.type != "cuda":
         raise ConfigError(["train.precision: fp16 needs a CUDA device; use bf16 on the CPU"])
-    if not resume and checkpoint.latest(out / "checkpoints") is not None:
-        raise ConfigError([f"out: {out} already holds a run with checkpoints; continue it with "
-                           f"`vlatrain run --resume {out}` or choose another out=DIR"])
+    rundir.check_out(cfg, resume=resume)  # never writes into what is not a vlatrain run
+    if resume and rundir.already_done(cfg):
+        return out  # at or past train.steps: nothing is trained or written
     seed_everything(cfg.train.seed)
     stores = data.open_stores(cfg.data)  # [(store, weight)]: one, or a mixture's
+    preflight.check_run(stores, cfg)  # every mismatch of config and stores at once, before step 1
     ds = stores[0][0]
     win = data.train_windows(stores, cfg.data)
     spec = data.spec_from_stores(stores, cfg.data, win)  # records the observation normalisation
@@ -128,8 +132,8 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
     best = checkpoint.restore(st, checkpoint.latest(out / "checkpoints")) if resume else {}
     ckpts = None
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump_config(cfg))
+        rundir.create(out)
+        rundir.write_atomic(out / "config.yaml", dump_config(cfg))
         st.logger = RunLogger(out, total_steps=cfg.train.steps, start_step=st.step,
                               tensorboard=cfg.log.tensorboard, progress=cfg.log.progress)
         ckpts = checkpoint.CheckpointManager(out / "checkpoints", cfg.train.keep_last,
