@@ -4,8 +4,8 @@ The check is written on a CPU machine and run in one go where a GPU is lent for 
 so every part is its own process (``gpu_check.py part NAME``) under its own time budget: a part
 that crashes, hangs or breaks the CUDA context records its error and leaves the others alone.
 Each writes ``<out>/parts/<name>.json`` (status ``ok``, ``skipped`` with a reason, or ``error``
-with the traceback); ``gpu_check.py report`` merges them into ``<out>/gpu_check.json`` and a
-short ``<out>/gpu_check.md`` and exits non-zero when any part failed or left no result.
+with the traceback); ``gpu_check.py report`` merges them into ``gpu_check.json`` and a short
+``gpu_check.md`` and exits non-zero when any part failed or left no result.
 
 Parts (``benchmarks/gpu_parts.py``, ``benchmarks/gpu_vlm.py``):
 
@@ -126,15 +126,16 @@ def environment() -> dict:
     return env
 
 
-def report(out: Path, device: str) -> int:
-    """Merge the parts into gpu_check.json + gpu_check.md; 1 when any part failed or is missing."""
+def report(records: Path, out: Path, device: str) -> int:
+    """Merge the parts' records (``records/<name>.json``, and ``<name>.rc``: the exit status the
+    script saw) into ``out``/gpu_check.json + gpu_check.md; 1 when any part failed or is missing."""
     parts, failed = {}, []
     for name in PARTS:
-        f = out / "parts" / f"{name}.json"
+        f = records / f"{name}.json"
         if f.is_file():
             parts[name] = json.loads(f.read_text())
         else:  # killed by its budget (timeout) or crashed before writing
-            rc = out / "parts" / f"{name}.rc"
+            rc = records / f"{name}.rc"
             code = rc.read_text().strip() if rc.is_file() else "unknown"
             why = ("killed at its time budget" if code in ("124", "137") else "crashed")
             parts[name] = {"part": name, "letter": LETTERS.get(name), "status": "error",
@@ -194,11 +195,12 @@ def main() -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--budget", type=float, required=True, help="seconds (the hard timeout)")
     r = sub.add_parser("report", help="merge the parts into gpu_check.json + gpu_check.md")
+    r.add_argument("--parts", required=True, help="the parts' records (<out of part>/parts)")
     r.add_argument("--out", required=True)
     r.add_argument("--device", default="cuda")
     args = ap.parse_args()
     if args.cmd == "report":
-        return report(Path(args.out), args.device)
+        return report(Path(args.parts), Path(args.out), args.device)
     rec = run_part(args.name, args.device, Path(args.store), Path(args.work) / args.name,
                    Path(args.out), args.budget)
     print(f"gpu_check: {args.name}: {rec['status']} in {rec['seconds']} s"

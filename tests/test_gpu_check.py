@@ -28,6 +28,8 @@ def cpu_run(tmp_path_factory):
     res = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--device", "cpu"],
                          capture_output=True, text=True, env=env, timeout=300)
     report = json.loads((out / "gpu_check.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log",
+                                                     "gpu_check.md"]  # few files: all come back
     return res.returncode, report, (out / "gpu_check.md").read_text(), res.stdout + res.stderr
 
 
@@ -99,7 +101,7 @@ def test_a_failing_part_is_loud_and_fails_the_report(tmp_path, monkeypatch):
     rec = gpu_check.run_part("exact", "cpu", missing, tmp_path / "w", tmp_path, 30)
     assert rec["status"] == "error" and rec["figures"] == {"max_rel_diff": 0.5}
     (tmp_path / "parts" / "vlm.rc").write_text("124\n")  # killed by `timeout`, no JSON
-    assert gpu_check.report(tmp_path, "cpu") == 1
+    assert gpu_check.report(tmp_path / "parts", tmp_path, "cpu") == 1
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert {"loader", "exact", "vlm", "data"} <= set(report["failed"])
     assert "killed at its time budget" in report["parts"]["vlm"]["error"]
