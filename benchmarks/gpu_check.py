@@ -7,7 +7,7 @@ Each writes ``<out>/parts/<name>.json`` (status ``ok``, ``skipped`` with a reaso
 with the traceback); ``gpu_check.py report`` merges them into ``gpu_check.json`` and a short
 ``gpu_check.md`` and exits non-zero when any part failed or left no result.
 
-Parts (``benchmarks/gpu_parts.py``, ``benchmarks/gpu_vlm.py``):
+Parts (``benchmarks/gpu_parts.py``; ``gpu_vlm.py`` and ``gpu_act.py`` for c and d):
 
 - ``data``: the CALVIN sample (``vladata sample calvin``) converted into a store;
 - ``train`` (a): the embedded model trained from the store, fp32 / bf16 / fp16 + GradScaler;

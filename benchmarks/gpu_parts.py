@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -108,6 +109,29 @@ def config(ctx, *overrides: str):
                                 "log.progress=false", "log.tensorboard=false", *overrides])
 
 
+def attempt(fn, *args) -> dict:
+    """``fn(*args)``, or its error and traceback: one failing run of a part spares the others."""
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001 -- recorded; finish() fails the part loudly
+        return {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(),
+                **getattr(e, "figures", {})}
+
+
+def finish(result: dict, runs: dict) -> dict:
+    """``result``, or CheckFailed carrying it when any of ``runs`` failed."""
+    failed = [k for k, r in runs.items() if "error" in r]
+    if failed:
+        raise CheckFailed("; ".join(f"{k}: {runs[k]['error']}" for k in failed), result)
+    return result
+
+
+def headline_of(runs: dict, keys: tuple) -> dict:
+    """Each run's ``keys``, or its error / skip reason."""
+    return {name: {"error": r["error"]} if "error" in r else {"skipped": r["skipped"]}
+            if "skipped" in r else {k: r[k] for k in keys if k in r} for name, r in runs.items()}
+
+
 def metrics(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -179,7 +203,7 @@ def part_train(ctx) -> dict:
         elif ctx.left() <= 0:
             runs[precision] = {"skipped": "the part's time budget was spent"}
         else:
-            runs[precision] = train_run(ctx, precision, ctx.work / precision)
+            runs[precision] = attempt(train_run, ctx, precision, ctx.work / precision)
     base = runs["fp32"].get("samples_per_s")
     for p in ("bf16", "fp16"):
         if base and "samples_per_s" in runs[p]:
@@ -187,10 +211,8 @@ def part_train(ctx) -> dict:
     notes.append(f"batch {ctx.size['batch']}, {ctx.size['workers']} loader workers, "
                  f"{ctx.size['steps']} timed steps after {ctx.size['warmup']} warm-up steps; "
                  "GPU utilisation sampled over the whole run, start-up included")
-    return {"runs": runs, "notes": notes,
-            "headline": {p: {k: r[k] for k in ("samples_per_s", "data_wait_pct", "peak_mem_gib",
-                                                "gpu_util_mean_pct") if k in r} or r
-                         for p, r in runs.items()}}
+    return finish({"runs": runs, "notes": notes, "headline": headline_of(runs, (
+        "samples_per_s", "data_wait_pct", "peak_mem_gib", "gpu_util_mean_pct"))}, runs)
 
 
 # ------------------------------------------------------------------------------------ (b)
@@ -262,98 +284,6 @@ def part_loader(ctx) -> dict:
     return {**res, "notes": notes, "headline": {k: res[k] for k in (
         "windows_per_s", "h2d_gb_per_s", "memcpy_gb_per_s", "loader_share_of_pinned_memcpy",
         "batches_pinned")}}
-
-
-# ------------------------------------------------------------------------------------ (d)
-def one_window(ctx, cfg, spec):
-    """The first training window as a batch of one, copied out of the loader's buffers."""
-    from vlatrain import data
-    loader = data.windows(data.open_store(str(ctx.store)), cfg.data, cfg.data.train_split).loader(
-        batch_size=1, shuffle=False, num_workers=0, pin_memory=ctx.device.type == "cuda")
-    batch = next(iter(loader))
-    batch = {k: (v.clone().pin_memory() if ctx.device.type == "cuda" else v.clone())
-             if torch.is_tensor(v) else list(v) for k, v in batch.items()}
-    loader.close()
-    return batch
-
-
-def time_forward(ctx, policy, prep, batch, iters: int, autocast) -> dict:
-    """Latency of prepare (copy, resize) + forward + decode for one observation window."""
-    policy.eval()
-    times = []
-    with torch.inference_mode():
-        for i in range(iters + 3):  # three warm-up calls
-            sync(ctx.device)
-            t0 = time.perf_counter()
-            obs, _ = prep(batch, train=False)
-            with autocast():
-                act = policy.decode(policy(obs))
-            act.cpu()  # the action leaves the device, as a robot needs it
-            sync(ctx.device)
-            if i >= 3:
-                times.append(time.perf_counter() - t0)
-            prep.release()
-            if ctx.left() <= 0 and len(times) >= 2:
-                break
-    return percentiles(times)
-
-
-def act_embedded(ctx) -> dict:
-    from vlatrain import data
-    from vlatrain.recipes import train as recipe
-    s = ctx.size
-    if importlib.util.find_spec("vlatrain.policy") is not None:
-        return act_runtime(ctx)
-    from vlatrain.augment import BatchPreparer
-    from vlatrain.model import build_policy
-    cfg = config(ctx)
-    ds = data.open_store(str(ctx.store))
-    spec = data.spec_from_store(ds, cfg.data)
-    recipe.seed_everything(0)
-    policy = build_policy(cfg.model, spec).to(ctx.device)
-    prep = BatchPreparer(spec, {c: policy.backbone.image_spec(c) for c in spec.cameras},
-                         cfg.data.augment, ctx.device, discrete=policy.discrete,
-                         use_state=cfg.model.use_state)
-    res = time_forward(ctx, policy, prep, one_window(ctx, cfg, spec), s["act_iters"],
-                       recipe.autocast_for("fp32", ctx.device))
-    return {**res, "timed": "model forward",
-            "note": "policy runtime absent: timed model forward (prepare + forward + decode of "
-                    "one stored window, fp32)"}
-
-
-def act_runtime(ctx) -> dict:
-    """``vlatrain.policy.Policy`` (issue 13's runtime): load a checkpoint, ``act`` on frames."""
-    from vlatrain import checkpoint
-    from vlatrain.policy import Policy
-    from vlatrain.recipes import train as recipe
-    import vladata
-    out = ctx.work / "act_run"
-    recipe.run(config(ctx, "train.steps=2", "eval.every=0", "eval.batches=1",
-                      f"data.batch_size={ctx.size['batch']}", "data.num_workers=0", f"out={out}"))
-    policy = Policy.load(checkpoint.latest(out / "checkpoints"), device=ctx.device)
-    ep = vladata.open(ctx.store).episode(0)
-    keys = [k for k in ep if k.startswith("observation.images.") or k == "observation.state"]
-    policy.reset("open the drawer")
-    times = []
-    for i in range(ctx.size["act_iters"] + 3):
-        obs = {k: ep[k][i % len(ep[k])] for k in keys}
-        t0 = time.perf_counter()
-        policy.act(obs)  # returns a numpy array: the device has finished
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
-        if ctx.left() <= 0 and len(times) >= 2:
-            break
-    return {**percentiles(times), "timed": "vlatrain.policy.Policy.act"}
-
-
-def part_act(ctx) -> dict:
-    from gpu_vlm import act_vlm
-    embedded = act_embedded(ctx)
-    vlm = act_vlm(ctx) if ctx.left() > 0 else {"skipped": "the part's time budget was spent"}
-    notes = [r["note"] for r in (embedded, vlm) if "note" in r]
-    return {"embedded": embedded, "vlm": vlm, "notes": notes,
-            "headline": {"embedded": {k: embedded[k] for k in ("p50_ms", "p99_ms", "timed")},
-                         "vlm": {k: vlm[k] for k in ("model", "p50_ms", "p99_ms") if k in vlm}}}
 
 
 # ------------------------------------------------------------------------------------ (e)
@@ -434,5 +364,10 @@ def _part_vlm(ctx) -> dict:
     return part_vlm(ctx)
 
 
+def _part_act(ctx) -> dict:
+    from gpu_act import part_act
+    return part_act(ctx)
+
+
 FUNCTIONS = {"data": part_data, "train": part_train, "loader": part_loader, "vlm": _part_vlm,
-             "act": part_act, "ddp": part_ddp, "exact": part_exact}
+             "act": _part_act, "ddp": part_ddp, "exact": part_exact}

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from gpu_check import ROOT
-from gpu_parts import config, one_window, peak_gib, reset_peak, sync, time_forward
+from gpu_act import one_window, time_forward
+from gpu_parts import attempt, config, finish, headline_of, peak_gib, reset_peak, sync
 
 REAL = {
     "paligemma": dict(  # google/paligemma-3b-pt-224: SigLIP-So400m/14 + Gemma-2B
@@ -207,7 +208,7 @@ def part_vlm(ctx) -> dict:
     from vlatrain import data
     cfg = config(ctx)
     spec = data.spec_from_store(data.open_store(str(ctx.store)), cfg.data)
-    runs, headline = {}, {}
+    runs = {}
     for name in ("paligemma", "qwen2vl"):
         path = weights_dir(name, ctx.size["vlm"], ctx.work / name)
         for tuning, ckpt in VARIANTS:
@@ -215,12 +216,13 @@ def part_vlm(ctx) -> dict:
             if ctx.left() <= 0:
                 runs[key] = {"skipped": "the part's time budget was spent"}
                 continue
-            runs[key] = r = train_steps(ctx, name, path, cfg, spec, tuning == "lora", ckpt)
-            headline[key] = {k: r[k] for k in ("tokens_per_s", "samples_per_s", "peak_mem_gib")}
-    return {"size": ctx.size["vlm"], "dtype": "bfloat16 weights, bf16 autocast",
-            "cameras": list(spec.cameras), "runs": runs, "headline": headline,
-            "notes": [f"{ctx.size['vlm']} configs, random weights; tokens = rows x sequence "
-                      "length into the language model (padding included)"]}
+            runs[key] = attempt(train_steps, ctx, name, path, cfg, spec, tuning == "lora", ckpt)
+            reset_peak(ctx.device)  # a failed run's model is freed before the next is built
+    return finish({"size": ctx.size["vlm"], "dtype": "bfloat16 weights, bf16 autocast",
+                   "cameras": list(spec.cameras), "runs": runs,
+                   "headline": headline_of(runs, ("tokens_per_s", "samples_per_s", "peak_mem_gib")),
+                   "notes": [f"{ctx.size['vlm']} configs, random weights; tokens = rows x sequence "
+                             "length into the language model (padding included)"]}, runs)
 
 
 def act_vlm(ctx) -> dict:

@@ -82,6 +82,7 @@ def test_act_latency_and_the_skips(cpu_run):
     act = parts["act"]
     for who in ("embedded", "vlm"):
         assert 0 < act[who]["p50_ms"] <= act[who]["p99_ms"]
+    assert set(act["headline"]) == {"embedded", "vlm"}
     assert act["embedded"]["note"].startswith("policy runtime absent: timed model forward")
     assert "2 CUDA devices" in parts["ddp"]["reason"]
     exact = parts["exact"]
@@ -106,6 +107,23 @@ def test_a_failing_part_is_loud_and_fails_the_report(tmp_path, monkeypatch):
     assert {"loader", "exact", "vlm", "data"} <= set(report["failed"])
     assert "killed at its time budget" in report["parts"]["vlm"]["error"]
     assert "**error**: runs differ" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_one_failing_run_keeps_the_others_and_fails_its_part():
+    def run(name):
+        if name == "bf16":
+            raise gpu_check.CheckFailed("a non-finite loss", {"final_loss": float("nan")})
+        return {"samples_per_s": 10.0}
+    runs = {p: gpu_parts.attempt(run, p) for p in ("fp32", "bf16")}
+    assert runs["fp32"] == {"samples_per_s": 10.0}
+    assert runs["bf16"]["error"] == "CheckFailed: a non-finite loss"
+    assert "Traceback" in runs["bf16"]["traceback"] and math.isnan(runs["bf16"]["final_loss"])
+    head = gpu_parts.headline_of(runs, ("samples_per_s",))
+    assert head == {"fp32": {"samples_per_s": 10.0}, "bf16": {"error": runs["bf16"]["error"]}}
+    with pytest.raises(gpu_check.CheckFailed, match="bf16: CheckFailed") as e:
+        gpu_parts.finish({"runs": runs}, runs)
+    assert e.value.figures["runs"]["fp32"] == {"samples_per_s": 10.0}
+    assert gpu_parts.finish({"runs": {"fp32": runs["fp32"]}}, {"fp32": runs["fp32"]})
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA machine runs it for real")
