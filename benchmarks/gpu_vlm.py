@@ -218,8 +218,13 @@ def part_vlm(ctx) -> dict:
                 continue
             runs[key] = attempt(train_steps, ctx, name, path, cfg, spec, tuning == "lora", ckpt)
             reset_peak(ctx.device)  # a failed run's model is freed before the next is built
+    saved = {}  # peak memory gradient checkpointing saves in full fine-tuning (CUDA only)
+    for name in ("paligemma", "qwen2vl"):
+        off, on = runs.get(f"{name}/full/no-gc", {}), runs.get(f"{name}/full/gc", {})
+        if off.get("peak_mem_gib") is not None and on.get("peak_mem_gib") is not None:
+            saved[name] = round(off["peak_mem_gib"] - on["peak_mem_gib"], 3)
     return finish({"size": ctx.size["vlm"], "dtype": "bfloat16 weights, bf16 autocast",
-                   "cameras": list(spec.cameras), "runs": runs,
+                   "cameras": list(spec.cameras), "runs": runs, "checkpointing_saves_gib": saved,
                    "headline": headline_of(runs, ("tokens_per_s", "samples_per_s", "peak_mem_gib")),
                    "notes": [f"{ctx.size['vlm']} configs, random weights; tokens = rows x sequence "
                              "length into the language model (padding included)"]}, runs)
