@@ -132,6 +132,13 @@ def headline_of(runs: dict, keys: tuple) -> dict:
             if "skipped" in r else {k: r[k] for k in keys if k in r} for name, r in runs.items()}
 
 
+def child_env() -> dict:
+    """The environment of a CLI subprocess: this checkout first on the path, then whatever the
+    script put there (the dependencies installed from carried wheels on the GPU machine)."""
+    path = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
 def metrics(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -140,7 +147,7 @@ def metrics(out: Path) -> list[dict]:
 def part_data(ctx) -> dict:
     """The CALVIN sample, written and converted by the project's own CLI."""
     raw = ctx.store.parent / "calvin_raw"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     cmds = [[sys.executable, "-m", "cli.vladata", "sample", "calvin", str(raw), *ctx.size["sample"]],
             [sys.executable, "-m", "cli.vladata", "convert", "calvin", str(raw), str(ctx.store),
              "--workers", str(ctx.size["convert_workers"]), "--overwrite"]]
@@ -301,7 +308,7 @@ def part_ddp(ctx) -> dict:
            f"data.num_workers={s['workers'] // 2}", "log.progress=false",
            "log.tensorboard=false", f"train.checkpoint_every={10**9}", f"out={out}"]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=max(10, ctx.left()),
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         env=child_env())
     if res.returncode:
         raise RuntimeError(f"torchrun exited {res.returncode}: {res.stderr[-3000:]}")
     lines = [d for d in metrics(out) if "loss" in d and d["step"] > s["warmup"]]

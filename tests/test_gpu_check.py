@@ -130,3 +130,9 @@ def test_one_failing_run_keeps_the_others_and_fails_its_part():
 def test_cuda_requested_without_a_device_is_an_error(tmp_path):
     rec = gpu_check.run_part("train", "cuda", tmp_path / "s.vla", tmp_path / "w", tmp_path, 30)
     assert rec["status"] == "error" and "sees no CUDA device" in rec["error"]
+
+
+def test_cli_subprocesses_keep_the_carried_dependencies_on_the_path(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/tmp/site", "/other"]))
+    path = gpu_parts.child_env()["PYTHONPATH"].split(os.pathsep)
+    assert path == [str(ROOT), "/tmp/site", "/other"]
