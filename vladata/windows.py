@@ -29,8 +29,9 @@ class WindowDataset(torch.utils.data.Dataset):
     ``start..end`` inclusive of its episode) of a selected episode is one range; segments may
     overlap (CALVIN's language windows do), and a frame in two segments then starts a window in
     each. ``over="episodes"``: every selected episode is one range. ``split`` keeps the episodes
-    of that split (a name or a list of names; ``None``: all). No window leaves its range, so no
-    window crosses an episode.
+    of that split (a name or a list of names; ``None``: all) and ``episodes`` (episode indices,
+    e.g. a held-out part of a split; ``None``: all). No window leaves its range, so no window
+    crosses an episode.
 
     **Where windows sit.** A window is anchored at its *current step* ``e``, the last of its ``h``
     steps ``t..e`` with ``t = e - h + 1``. Every frame ``e`` of a range with at least
@@ -78,7 +79,8 @@ class WindowDataset(torch.utils.data.Dataset):
     def __init__(self, ds, history: int = 16, chunk: int = 10, cameras=None, split="train",
                  over: str = "segments", *, min_history: int = 1, state_key=STATE,
                  action_key: str = ACTION_NORM, tokens_key: str | None = ACTION_TOKENS,
-                 extra_keys=(), normalize_observations=None, verify: bool | None = None):
+                 extra_keys=(), normalize_observations=None, verify: bool | None = None,
+                 episodes=None):
         if isinstance(ds, str):
             ds = open_dataset(ds)
         if history < 1 or chunk < 1:
@@ -115,7 +117,7 @@ class WindowDataset(torch.utils.data.Dataset):
         self.ranges = Ranges(eps["start"].to_numpy(), eps["length"].to_numpy(), eps["split"].to_list(),
                              seg["episode_index"].to_numpy(), seg["start"].to_numpy(),
                              seg["end"].to_numpy(), split=split, over=over,
-                             min_history=self.min_history, where=ds.path)
+                             min_history=self.min_history, where=ds.path, episodes=episodes)
         self.instructions, self.tasks = seg["instruction"].to_list(), seg["task"].to_list()
         embs = seg["embedding"].to_list() if "embedding" in seg.columns else [None] * seg.height
         self.embeddings = embedding_matrix(embs)
@@ -218,7 +220,7 @@ class Ranges:
     """
 
     def __init__(self, ep_start, ep_length, ep_split, seg_episode, seg_start, seg_end, *,
-                 split, over: str, min_history: int, where: str = ""):
+                 split, over: str, min_history: int, where: str = "", episodes=None):
         self.ep_start = np.asarray(ep_start, np.int64)
         self.ep_length = np.asarray(ep_length, np.int64)
         ep_split = list(ep_split)
@@ -228,6 +230,8 @@ class Ranges:
             raise SelectionError(f"{where}: no split {sorted(set(wanted) - set(splits))}; "
                              f"the data has {splits}")
         keep = np.asarray([wanted is None or s in wanted for s in ep_split], bool)
+        if episodes is not None:
+            keep &= np.isin(np.arange(len(ep_split)), np.asarray(list(episodes), np.int64))
         self.seg_episode = np.asarray(seg_episode, np.int64)
         self.seg_lo = self.ep_start[self.seg_episode] + np.asarray(seg_start, np.int64)
         self.seg_hi = self.ep_start[self.seg_episode] + np.asarray(seg_end, np.int64)

@@ -77,6 +77,9 @@ class DataConfig:
     ``data.mixture=[{path: A, weight: 1.0}, {path: B, weight: 2.0}]`` on the command line, the
     same YAML list in a config file; an entry may also be a bare path (weight 1).
     ``balance`` multiplies each weight by the store's window count (OXE's balancing).
+    ``val_fraction`` (one store): a store without a validation split validates on a fixed
+    fraction of its ``train_split`` episodes, held out from training (``vlatrain.data.held_out``);
+    ``val_split`` then names that held-out part (a split of that name in the store is not used).
     """
 
     path: Optional[str] = None     # the store (directory or fsspec URL); this or mixture to train
@@ -89,6 +92,8 @@ class DataConfig:
     over: str = field(default="segments", metadata=choice("segments", "episodes"))
     train_split: str = "train"
     val_split: str = "validation"
+    val_fraction: Optional[float] = None  # validate on this fraction of train_split's episodes
+                                   # (held out from training, chosen by episode) instead of val_split
     batch_size: int = 32           # per process, per micro-step
     num_workers: int = 2
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -100,6 +105,15 @@ class DataConfig:
                 errs.append(f"{k}: must be >= 1, got {getattr(self, k)}")
         if self.num_workers < 0:
             errs.append(f"num_workers: must be >= 0, got {self.num_workers}")
+        if self.val_fraction is not None:
+            if not 0 < self.val_fraction < 1:
+                errs.append(f"val_fraction: must be in (0, 1) or null, got {self.val_fraction}")
+            if self.val_split == self.train_split:
+                errs.append(f"val_split: names the held-out episodes under val_fraction; it "
+                            f"must differ from train_split ({self.train_split!r})")
+            if self.mixture is not None:
+                errs.append("val_fraction: holds out episodes of one store (data.path); a "
+                            "mixture validates on each store's data.val_split")
         if self.cameras is not None and not self.cameras:
             errs.append("cameras: an empty list leaves no images; use null for every camera")
         if self.state_dims is not None and (not self.state_dims or min(self.state_dims) < 0

@@ -24,6 +24,7 @@ a store without the split is skipped.
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -120,9 +121,35 @@ def check_stores(stores: list[tuple], cfg: DataConfig, parts=None) -> list[DataS
 
 def windows(ds, cfg: DataConfig, split: str, observation_norm=OBSERVATION_MODE):
     """The store's windows as ``cfg`` cuts them, observations normalised by ``observation_norm``
-    (a mode: the store's own statistics; or the :class:`ObservationNormalizer` of a checkpoint)."""
+    (a mode: the store's own statistics; or the :class:`ObservationNormalizer` of a checkpoint).
+
+    With ``data.val_fraction``, ``split`` = ``data.val_split`` means the held-out episodes of
+    ``data.train_split`` and ``data.train_split`` the rest (:func:`held_out`)."""
+    episodes = None
+    if cfg.val_fraction is not None and split in (cfg.train_split, cfg.val_split):
+        train, val = held_out(ds, cfg)
+        episodes = val if split == cfg.val_split else train
+        split = cfg.train_split
     return ds.windows(history=cfg.history, chunk=cfg.chunk, cameras=cfg.cameras, split=split,
-                      over=cfg.over, normalize_observations=observation_norm)
+                      over=cfg.over, normalize_observations=observation_norm, episodes=episodes)
+
+
+def held_out(ds, cfg: DataConfig) -> tuple[list[int], list[int]]:
+    """(training, validation) episode indices of ``data.train_split`` under ``data.val_fraction``.
+
+    ``round(fraction * n)`` episodes (at least 1, leaving at least 1 to train on) are held out,
+    picked by a hash of the episode index: the same episodes for the same store whatever the
+    seed, the worker count or the order the store was written in.
+    """
+    eps = [i for i, s in enumerate(ds.episodes["split"].to_list()) if s == cfg.train_split]
+    if len(eps) < 2:
+        raise StoreError(f"{ds.path}: data.val_fraction needs at least 2 episodes in split "
+                         f"{cfg.train_split!r} (one to train on, one to validate on); it has "
+                         f"{len(eps)}")
+    n_val = min(max(1, round(cfg.val_fraction * len(eps))), len(eps) - 1)
+    order = sorted(eps, key=lambda i: (zlib.crc32(str(i).encode()), i))
+    val = sorted(order[:n_val])
+    return [i for i in eps if i not in set(val)], val
 
 
 def spec_from_store(ds, cfg: DataConfig, win=None) -> DataSpec:

@@ -34,6 +34,7 @@ def evaluate_checkpoint(path: str | Path, data_path: str, *, split: str | None =
                  "train.device": device}
     if split is not None:
         overrides["data.val_split"] = split
+        overrides["data.val_fraction"] = "null"  # a named split, not the run's held-out episodes
     if batch_size is not None:
         overrides["eval.batch_size"] = str(batch_size)
     try:

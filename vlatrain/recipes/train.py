@@ -108,7 +108,7 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
         return out  # at or past train.steps: nothing is trained or written
     seed_everything(cfg.train.seed)
     stores = data.open_stores(cfg.data)  # [(store, weight)]: one, or a mixture's
-    preflight.check_run(stores, cfg)  # every mismatch of config and stores at once, before step 1
+    preflight.check_run(stores, cfg, info.world_size)  # every mismatch of config and stores at once, before step 1
     ds = stores[0][0]
     win = data.train_windows(stores, cfg.data)
     spec = data.spec_from_stores(stores, cfg.data, win)  # records the observation normalisation
