@@ -264,6 +264,7 @@ class ValSet:
     loader: object
     restart: Callable[[], None]
     units: ActionUnits
+    windows: int = 0     # validation windows
 
 
 def val_sets(stores: list[tuple], cfg: Config, device: torch.device, *, pin_memory: bool = False
@@ -276,7 +277,8 @@ def val_sets(stores: list[tuple], cfg: Config, device: torch.device, *, pin_memo
             continue
         loader, restart = val_loader(ds, cfg, pin_memory=pin_memory)
         sets.append(ValSet("val" if j == 0 else f"val{j}", ds.path, loader, restart,
-                           action_units(ds, device)))
+                           action_units(ds, device),
+                           len(windows(ds, cfg.data, cfg.data.val_split))))
     if not sets:
         raise StoreError(f"no store of the mixture has a {cfg.data.val_split!r} split to "
                          f"validate on; set data.val_split")

@@ -90,20 +90,25 @@ def evaluate(policy, loader, prep: BatchPreparer, loss_fn: Callable, *,
 
 
 def format_report(metrics: dict[str, float], action_names: list[str] | tuple[str, ...]) -> str:
-    """A table of per-dimension errors, model vs mean-action baseline, and the summary lines."""
+    """A table of per-dimension errors, model vs mean-action baseline, every dimension where the
+    model is worse flagged, the summary lines and what the numbers mean."""
     lines = [f"{'dimension':<16}{'model MAE':>14}{'mean-action MAE':>18}{'ratio':>8}"]
+    worse = []
     for name in action_names:
         k = f"val/mae/{name}"
         if k in metrics:
             b = metrics[f"val/mae_baseline/{name}"]
-            lines.append(f"{name:<16}{metrics[k]:>14.5f}{b:>18.5f}"
-                         f"{metrics[k] / max(b, 1e-12):>8.3f}")
+            ratio = metrics[k] / max(b, 1e-12)
+            flag = "  <- worse than the mean action" if ratio >= 1 else ""
+            worse += [name] if ratio >= 1 else []
+            lines.append(f"{name:<16}{metrics[k]:>14.5f}{b:>18.5f}{ratio:>8.3f}{flag}")
     if "val/arm_mae" in metrics:
         lines.append(f"{'arm (mean)':<16}{metrics['val/arm_mae']:>14.5f}"
                      f"{metrics['val/arm_mae_baseline']:>18.5f}{metrics['val/arm_mae_ratio']:>8.3f}")
     if "val/gripper_acc" in metrics:
-        lines.append(f"gripper accuracy: {metrics['val/gripper_acc']:.3f} "
-                     f"(mean-action baseline {metrics['val/gripper_acc_baseline']:.3f})")
+        g, gb = metrics["val/gripper_acc"], metrics["val/gripper_acc_baseline"]
+        lines.append(f"gripper accuracy: {g:.3f} (mean-action baseline {gb:.3f})"
+                     + ("  <- not above the baseline" if g <= gb else ""))
     if "val/token_acc" in metrics:
         lines.append(f"token accuracy:   {metrics['val/token_acc']:.3f}")
     lines.append(f"validation loss:  {metrics['val/loss']:.5f} over {int(metrics['val/samples'])} "
@@ -112,4 +117,11 @@ def format_report(metrics: dict[str, float], action_names: list[str] | tuple[str
         verdict = "below" if metrics["val/arm_mae_ratio"] < 1 else "NOT below"
         lines.append(f"arm error is {verdict} the mean-action baseline "
                      f"(ratio {metrics['val/arm_mae_ratio']:.3f})")
+    if worse:
+        lines.append(f"worse than the mean action on {len(worse)} dimension(s): "
+                     f"{', '.join(worse)} -- the policy has not learnt them yet (train longer, "
+                     "or check that they vary in the data)")
+    lines.append("MAE: mean absolute error of each predicted action dimension over the chunk, in "
+                 "the dataset's units; the mean-action baseline always predicts the training "
+                 "mean; ratio = model / baseline (below 1 beats it)")
     return "\n".join(lines)

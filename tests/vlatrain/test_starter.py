@@ -54,8 +54,14 @@ def test_init_writes_the_example_config_and_it_trains(sample_store, tmp_path, mo
     # configs/<source>.yaml is exactly what `vlatrain init` writes
     assert fitted == (ROOT / "configs" / f"{name}.yaml").read_text()
     text = cli(vlatrain_main, "run", ROOT / "configs" / f"{name}.yaml", f"data.path={store}",
-               f"out={tmp_path / 'run'}", *QUICK)
+               f"out={tmp_path / 'run'}", *QUICK, "log.tensorboard=true")
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file(), text
+    # the header before step 1 and the closing report
+    for line in ("device     cpu | precision fp32", "trainable /", "windows    train 'train' ",
+                 "per epoch of batch", f"run dir    {tmp_path / 'run'}",
+                 f"tensorboard --logdir {tmp_path / 'run' / 'tensorboard'}",
+                 "mean-action MAE", "MAE: mean absolute error"):
+        assert line in text, (line, text)
 
 
 def test_init_reads_the_store(sample_store):
@@ -142,3 +148,33 @@ def test_calvin_config_on_an_aloha_store_lists_every_problem(sample_store, tmp_p
                  "model.language: 'embedding'", "data.batch_size:", "data.over=episodes"):
         assert text in r.output, (text, r.output)
     assert not out.exists()
+
+
+def test_version_on_both_clis():
+    from importlib.metadata import version
+    for main in (vladata_main, vlatrain_main):
+        assert version("vlakit") in cli(main, "--version")
+
+
+def test_report_flags_every_dimension_worse_than_the_baseline():
+    from vlatrain.evaluate import format_report
+    m = {"val/mae/dx": 0.5, "val/mae_baseline/dx": 1.0, "val/mae/dz": 2.0,
+         "val/mae_baseline/dz": 1.0, "val/mae/dpitch": 1.0, "val/mae_baseline/dpitch": 1.0,
+         "val/arm_mae": 7 / 6, "val/arm_mae_baseline": 1.0, "val/arm_mae_ratio": 7 / 6,
+         "val/loss": 0.1, "val/samples": 10}
+    lines = format_report(m, ["dx", "dz", "dpitch", "gripper"]).splitlines()
+    flagged = [ln.split()[0] for ln in lines if "<- worse than the mean action" in ln]
+    assert flagged == ["dz", "dpitch"]
+    assert any("worse than the mean action on 2 dimension(s): dz, dpitch" in ln for ln in lines)
+    assert any(ln.startswith("MAE: mean absolute error") for ln in lines)
+
+
+def test_inspect_prints_tables(sample_store):
+    name, store = sample_store
+    if name != "bridge":
+        pytest.skip("one store with a gripper is enough")
+    text = cli(vladata_main, "inspect", store)
+    assert "{" not in text  # no Python dicts
+    assert "normalization (action.norm): quantile (q01 -> -1, q99 -> +1)" in text
+    assert "gripper: closed/open 0/1 -> -1/1 (binarised)" in text
+    assert "tokenizer (action.tokens):" in text and "    bins         256" in text

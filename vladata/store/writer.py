@@ -239,7 +239,7 @@ def _marker(out: Path, k: int) -> Path:
 
 def _run_parts(job: _PartJob, parts, todo, *, workers: int, total: int, already: int,
                progress: bool) -> None:
-    bar = tqdm(total=total, initial=already, unit="frame", unit_scale=True, disable=not progress,
+    bar = tqdm(total=total, initial=already, unit=" frames", unit_scale=False, disable=not progress,
                desc="convert", smoothing=0.1, dynamic_ncols=True)
     try:
         if workers <= 1 or len(todo) <= 1:

@@ -25,8 +25,8 @@ import torch
 from vlatrain import checkpoint, data, distributed, losses, preflight, rundir
 from vlatrain.augment import BatchPreparer
 from vlatrain.config import Config, ConfigError, dump_config, load_config
-from vlatrain.evaluate import evaluate
-from vlatrain.logging import NullLogger, RunLogger
+from vlatrain.evaluate import evaluate, format_report
+from vlatrain.logging import NullLogger, RunLogger, run_header
 from vlatrain.loop import TrainState, train
 from vlatrain.losses import make_loss
 from vlatrain.model import build_policy
@@ -75,6 +75,12 @@ def resume_config(run_dir: str | Path, overrides: dict[str, str] | None = None) 
         raise ConfigError(errors)
     cfg.out = os.path.abspath(run_dir)
     return cfg
+
+
+def _val_name(cfg: Config) -> str:
+    if cfg.data.val_fraction is not None:
+        return f"({cfg.data.val_fraction:g} of {cfg.data.train_split!r} held out)"
+    return repr(cfg.data.val_split)
 
 
 @contextlib.contextmanager
@@ -142,6 +148,16 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
         vals, skipped = data.val_sets(stores, cfg, dev, pin_memory=dev.type == "cuda")
         for text in skipped:
             st.logger.message(text)
+        sizes = {f"train {cfg.data.train_split!r}": len(win)}
+        sizes.update({f"{v.prefix} {v.path}" if len(vals) > 1 else
+                      f"validation {_val_name(cfg)}": v.windows for v in vals})
+        st.logger.message(run_header(
+            device=dev, precision=cfg.train.precision,
+            params=(sum(p.numel() for p in policy.parameters() if p.requires_grad),
+                    sum(p.numel() for p in policy.parameters())),
+            windows=sizes, batch_size=cfg.data.batch_size * info.world_size,
+            batches_per_epoch=len(win) // (cfg.data.batch_size * info.world_size),
+            steps=cfg.train.steps, run_dir=out, tensorboard=cfg.log.tensorboard))
 
         def evaluate_fn():  # each store's validation split, in its units (val/, val1/, ...)
             metrics = {}
@@ -167,6 +183,7 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
         if final:
             st.logger.message("final validation: " + ", ".join(
                 f"{k}={v:.4g}" for k, v in final.items() if k.count("/") == 1))
+            st.logger.message(format_report(final, spec.action_names))
     finally:
         st.logger.close()
         loader.close()
