@@ -128,6 +128,22 @@ def verify(path, quiet):
     click.echo(f"{path}: every file and chunk is intact")
 
 
+@main.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@fails_cleanly
+def card(path):
+    """Write a dataset card into the store at PATH: README.md + card/<camera>.png.
+
+    Source, robot, fps, episodes and frames per split, cameras with thumbnail strips, action and
+    state dimensions with their statistics, language tasks with counts, how it was converted.
+    The card is outside the store's manifest (`vladata verify` does not check it); rerun to
+    refresh it. A README.md that vlakit did not write is never replaced.
+    """
+    import vladata
+    from vladata.card import write_card
+    click.echo(f"wrote {write_card(vladata.open(path))}")
+
+
 def _register() -> None:
     """The commands of the other source readers, each defined beside its own flags."""
     from cli import collect, convert_oxe, convert_real, export
