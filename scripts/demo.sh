@@ -5,13 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-demo}
 STEPS=${STEPS:-300}
+SAMPLE_FLAGS=${SAMPLE_FLAGS:-}   # e.g. "--train-segments 2" for a smaller sample (the tests)
+RUN_FLAGS=${RUN_FLAGS:-}         # extra key=value overrides of the training run
 rm -rf "$OUT"
 mkdir -p "$OUT"
-vladata sample calvin "$OUT/calvin_raw"
+vladata sample calvin "$OUT/calvin_raw" $SAMPLE_FLAGS
 vladata convert calvin "$OUT/calvin_raw" "$OUT/calvin.vla" --workers 2
 vladata inspect "$OUT/calvin.vla"
 vladata stats "$OUT/calvin.vla" --quantiles "[0.01,0.05,0.5,0.95,0.99]"
-vlatrain run configs/calvin.yaml data.path="$OUT/calvin.vla" train.steps="$STEPS" out="$OUT/run"
+vlatrain run configs/calvin.yaml data.path="$OUT/calvin.vla" train.steps="$STEPS" out="$OUT/run" \
+  $RUN_FLAGS
 vlatrain eval "$OUT/run/checkpoints/best.pt" --data "$OUT/calvin.vla" | tee "$OUT/eval.txt"
 
 # What the demo showed, and where to go from here.
