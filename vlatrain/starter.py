@@ -29,6 +29,7 @@ from vladata.normalize import Normalization
 from vladata.store.layout import ACTION, IMAGE_PREFIX, STATE
 from vlatrain import preflight
 from vlatrain.config import Config
+from vlatrain.data import held_out
 from vlatrain.errors import StoreMismatchError
 
 PRESETS = ("one-step", "history", "vlm")
@@ -100,14 +101,16 @@ def fitted_config(ds, preset: str = "one-step", out: str | None = None) -> str:
                                                       else "history"}})
     train_eps = None
     if f["val_split"] is None:
-        from vlatrain.data import held_out
         train_eps = held_out(ds, probe.data)[0]
     n_train = preflight.window_count(ds, probe.data, f["train_split"], train_eps)
     data["batch_size"] = max(1, min(cap, 1 << max(0, n_train.bit_length() - 1)))
     text = "\n".join(_header(f, preset, out) + _data_lines(f, data, vlm)
                      + _rest_lines(f, preset, f"runs/{Path(ds.path).stem}")) + "\n"
     cfg = Config.from_dict(yaml.safe_load(text))
-    preflight.check_run([(ds, 1.0)], cfg) if not vlm else _check_data(ds, cfg)
+    if vlm:
+        _check_data(ds, cfg)
+    else:
+        preflight.check_run([(ds, 1.0)], cfg)
     return text
 
 
