@@ -36,8 +36,8 @@ from vlatrain.prefetch import Prefetcher
 from vlatrain.seeding import seed_everything
 
 FROZEN_ON_RESUME = ("model", "data.history", "data.chunk", "data.cameras", "data.batch_size",
-                    "data.train_split", "data.over", "data.balance", "train.seed",
-                    "train.grad_accum")
+                    "data.train_split", "data.val_fraction", "data.over", "data.balance",
+                    "train.seed", "train.grad_accum")
 
 
 def resume_config(run_dir: str | Path, overrides: dict[str, str] | None = None) -> Config:
