@@ -23,6 +23,10 @@ A store is one Zarr v3 group, readable by any Zarr v3 reader (``zarr.open_group(
                                  the episode), instruction, task, embedding (list<float32> or null)
       meta/stats.json            per-feature, per-dimension statistics (schemas/stats.schema.json)
       meta/manifest.json         written LAST: its presence is what makes a store complete
+      .vlakit-conversion         written FIRST, removed after the manifest: marks an unfinished
+                                 conversion as vlakit's (see vladata.store.output)
+      meta/staging/, meta/restats.json   only while statistics are rewritten (see
+                                 vladata.store.finalize); a store with restats.json is not opened
 
 Store attributes (``zarr.json`` -> ``attributes.vlakit``, schemas/store.schema.json):
 ``format_version``, ``source`` (name), ``source_info`` (gripper convention, ...), ``fps``,
@@ -55,6 +59,8 @@ META = "meta"
 DATA = "data"
 MANIFEST = "meta/manifest.json"
 PLAN = "meta/plan.json"
+RESTATS = "meta/restats.json"  # present only while `vladata stats` swaps in new statistics
+STAGING = "meta/staging"       # derived arrays are written here first, then renamed into data/
 
 
 def storage_for(spec: FeatureSpec, image_codec: str) -> dict:
