@@ -198,14 +198,18 @@ def _finish(out: Path, features, merged: dict, mask: np.ndarray, stats_split: st
     attrs["stats_split"] = stats_split
     staged = []
     _clear_staging(out)
-    if "action" in stats and features["action"].kind == "lowdim" and len(features["action"].shape) == 1:
-        stage = zarr.open_group(out / STAGING, mode="w-")
-        norm, tok = write_action_arrays(root[layout.DATA]["action"], stage, features["action"],
-                                        stats["action"], source_info,
-                                        tokenizer or ActionTokenizer())
-        attrs["normalization"], attrs["tokenizer"] = norm.to_dict(), tok.to_dict()
-        attrs["features"] = {**attrs["features"], **_derived_feature_attrs(features["action"])}
-        staged = [NORM_KEY, TOKENS_KEY]
+    try:
+        if "action" in stats and features["action"].kind == "lowdim" and len(features["action"].shape) == 1:
+            stage = zarr.open_group(out / STAGING, mode="w-")
+            norm, tok = write_action_arrays(root[layout.DATA]["action"], stage, features["action"],
+                                            stats["action"], source_info,
+                                            tokenizer or ActionTokenizer())
+            attrs["normalization"], attrs["tokenizer"] = norm.to_dict(), tok.to_dict()
+            attrs["features"] = {**attrs["features"], **_derived_feature_attrs(features["action"])}
+            staged = [NORM_KEY, TOKENS_KEY]
+    except BaseException:  # nothing of the store was changed yet: leave it exactly as it was
+        _clear_staging(out)
+        raise
     _commit(out, staged, attrs, doc)
     return stats
 
