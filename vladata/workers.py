@@ -1,8 +1,8 @@
 """Worker processes that leave Ctrl-C to their parent and die with it.
 
 A terminal's Ctrl-C sends SIGINT to every process of the foreground group: without care each
-worker of a pool prints its own ``KeyboardInterrupt`` traceback. Here workers ignore SIGINT
-(:func:`spawning` makes them start with it ignored, :func:`init_worker` keeps it so), the parent
+worker of a pool prints its own ``KeyboardInterrupt`` traceback. Here workers never act on SIGINT
+(:func:`spawning` makes them start with it blocked, :func:`init_worker` ignores it), the parent
 alone gets the ``KeyboardInterrupt``, stops the workers (:func:`terminate`) and reports once.
 
 A parent killed outright (SIGKILL, OOM killer) runs no cleanup, so each worker watches it: on
@@ -27,21 +27,27 @@ _PR_SET_PDEATHSIG = 1
 
 @contextlib.contextmanager
 def spawning():
-    """Processes started inside this block start with SIGINT ignored (the disposition is
-    inherited across exec, and Python then installs no KeyboardInterrupt handler)."""
-    if threading.current_thread() is not threading.main_thread():
+    """Processes started inside this block (by this thread) start with SIGINT blocked: the
+    signal mask is inherited across fork and exec, so a Ctrl-C while they import cannot raise
+    in them; :func:`init_worker` then ignores it. The parent's own Ctrl-C is not lost: another
+    thread takes it, or it waits until the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from multiprocessing import resource_tracker
+    resource_tracker.ensure_running()  # started later, it would unblock SIGINT here (CPython)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, old)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def init_worker(parent_pid: int) -> None:
     """Call first in a worker: ignore SIGINT, and exit as soon as ``parent_pid`` is gone."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # also drops one that came while it started
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if sys.platform.startswith("linux") and _set_parent_death_signal(signal.SIGKILL):
         if os.getppid() != parent_pid:  # the parent died before the prctl call
             os._exit(1)

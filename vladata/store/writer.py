@@ -262,12 +262,13 @@ def _run_parts(job: _PartJob, parts, todo, *, workers: int, total: int, already:
                 _write_part(job, k, parts[k], report=bar.update)
             return
         ctx = mp.get_context("spawn")
-        with workers_mod.spawning():  # workers leave Ctrl-C to this process
-            q = ctx.Queue()
-            pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
-                                       initializer=_init_worker, initargs=(q, os.getpid()))
-            pending = {pool.submit(_write_part, job, k, parts[k]) for k in todo}
+        pool = None
         try:
+            with workers_mod.spawning():  # workers leave Ctrl-C to this process
+                q = ctx.Queue()
+                pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
+                                           initializer=_init_worker, initargs=(q, os.getpid()))
+                pending = {pool.submit(_write_part, job, k, parts[k]) for k in todo}
             while pending:
                 finished, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
                 _drain(q, bar)
@@ -276,7 +277,8 @@ def _run_parts(job: _PartJob, parts, todo, *, workers: int, total: int, already:
                         raise f.exception()
             _drain(q, bar)
         except BaseException:  # a failed part, or Ctrl-C: stop the others now
-            workers_mod.terminate(pool)
+            if pool is not None:
+                workers_mod.terminate(pool)
             raise
         pool.shutdown()
     finally:
