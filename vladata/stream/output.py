@@ -3,7 +3,8 @@
 A directory (or prefix) is a **vlakit export** when it holds vlakit's ``index.json`` (its
 ``format`` is ``vlakit-wds``: complete) or the ``.vlakit-export`` marker (:data:`MARKER`),
 written before the first shard and removed after ``index.json`` (interrupted). Its own entries
-are those two files (and ``index.json.tmp``) and the shards ``shard-NNNNNN.tar``. The rules (:func:`prepare`):
+are those two files (and ``index.json.tmp``) and the shards ``shard-NNNNNN.tar``. The rules
+(:func:`prepare`):
 
 - a new path or an empty directory is written into;
 - a file, or a non-empty directory that is not a vlakit export, is refused, with or without
@@ -20,7 +21,9 @@ import posixpath
 import re
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
+from vladata import atomic
 from vladata.stream.format import FORMAT, INDEX, StreamFormatError
 
 MARKER = ".vlakit-export"
@@ -86,10 +89,11 @@ def prepare(fs, root: str, *, overwrite: bool = False, shown: str | None = None)
 
 def finish(fs, root: str, index: dict) -> None:
     """Write ``index.json`` (the export is complete), then drop the marker."""
-    tmp = posixpath.join(root, INDEX + ".tmp")
-    with fs.open(tmp, "w") as f:
-        json.dump(index, f)
-    fs.mv(tmp, posixpath.join(root, INDEX))
+    if isinstance(fs, LocalFileSystem):
+        atomic.write_json(posixpath.join(root, INDEX), index, indent=None)
+    else:  # object stores: a PUT is atomic, a rename of a temporary is a copy
+        with fs.open(posixpath.join(root, INDEX), "w") as f:
+            json.dump(index, f)
     fs.rm(posixpath.join(root, MARKER))
 
 
