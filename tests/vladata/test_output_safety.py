@@ -310,3 +310,13 @@ def test_an_interrupted_conversion_is_not_opened(raw, tmp_path):
     _interrupted(raw, out)
     with pytest.raises(IncompleteStoreError, match="--resume"):
         vladata.open(out)
+
+
+def test_a_source_that_fails_to_plan_leaves_no_output(tmp_path):
+    bad = tmp_path / "not-calvin"
+    (bad / "training").mkdir(parents=True)  # no ep_start_end_ids.npy, no frames
+    before = tree_hash(bad)
+    out = tmp_path / "s.vla"
+    r = run("convert", "calvin", bad, out)
+    assert r.exit_code == 1 and str(bad) in r.output
+    assert not out.exists() and tree_hash(bad) == before

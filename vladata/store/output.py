@@ -11,7 +11,8 @@ holds either of vlakit's markers:
 
 It is **complete** when ``meta/manifest.json`` is there too, **interrupted** otherwise. Anything
 else -- a missing path, an empty directory, a non-empty directory without a marker, a file -- is
-not a store. The rules (:func:`prepare`):
+not a store. The rules (:func:`check` decides and writes nothing, so a source that fails to
+plan leaves no output; :func:`begin` then clears or marks the output):
 
 - the output may not be equal to, inside, or contain any input of the source (symlinks
   resolved), with or without ``--overwrite``;
@@ -23,6 +24,9 @@ not a store. The rules (:func:`prepare`):
   refused, naming it;
 - ``--resume`` finishes an interrupted store (deleting the ``*.tmp`` files an interrupted write
   left), and on a complete one does nothing.
+
+The marker is also what a failed conversion leaves: it is never complete-looking, and
+``--resume`` or ``--overwrite`` take it from there.
 """
 
 from __future__ import annotations
@@ -53,13 +57,11 @@ def state(out: Path) -> str:
     return "complete" if (out / layout.MANIFEST).is_file() else "interrupted"
 
 
-def prepare(out: Path, *, inputs=(), resume: bool = False, overwrite: bool = False) -> str:
-    """Check and make ready ``out`` for a conversion: return ``new``, ``resume`` or ``complete``.
-
-    ``new``: ``out`` is an empty directory holding only :data:`MARKER`. ``resume``: an
-    interrupted store with its plan, ready to go on. ``complete`` (only with ``resume``): a
-    complete store, nothing to do. Anything else raises a :class:`StoreError` naming ``out``.
-    """
+def check(out: Path, *, inputs=(), resume: bool = False, overwrite: bool = False) -> str:
+    """Decide, without writing anything, what a conversion to ``out`` does: ``new`` (a new or
+    empty directory), ``replace`` (``overwrite`` a vlakit store), ``resume``, ``restart`` (resume
+    a conversion interrupted before its plan) or ``complete`` (resume a complete store: nothing
+    to do). Anything not allowed raises a :class:`StoreError` naming ``out``."""
     check_apart(out, inputs)
     st = state(out)
     if st == "file":
@@ -71,8 +73,8 @@ def prepare(out: Path, *, inputs=(), resume: bool = False, overwrite: bool = Fal
                          "write into it or delete it, with or without --overwrite: choose a new "
                          "or empty directory")
     if st in ("complete", "interrupted") and overwrite:
-        _clear(out)
-        return "new"
+        _check_own(out)
+        return "replace"
     if st == "complete":
         if resume:
             return "complete"
@@ -82,15 +84,25 @@ def prepare(out: Path, *, inputs=(), resume: bool = False, overwrite: bool = Fal
         if not resume:
             raise IncompleteStoreError(f"{out}: an interrupted conversion is there: use --resume "
                                        "to finish it or --overwrite to start again")
-        if not (out / layout.PLAN).is_file():  # interrupted before its plan: nothing to keep
-            _clear(out)
-            return "new"
+        return "resume" if (out / layout.PLAN).is_file() else "restart"
+    return "new"
+
+
+def begin(out: Path, decision: str) -> str:
+    """Carry out :func:`check`'s ``decision``: return ``new`` (``out`` is an empty directory but
+    for :data:`MARKER`), ``resume`` (an interrupted store, its ``*.tmp`` files deleted) or
+    ``complete``."""
+    if decision in ("replace", "restart"):
+        _clear(out)
+        return "new"
+    if decision == "resume":
         _write_marker(out)
         remove_temporary(out)
         return "resume"
-    out.mkdir(parents=True, exist_ok=True)
-    _write_marker(out)
-    return "new"
+    if decision == "new":
+        out.mkdir(parents=True, exist_ok=True)
+        _write_marker(out)
+    return decision
 
 
 def finish(out: Path) -> None:
@@ -130,12 +142,16 @@ def remove_temporary(out: Path) -> None:
                 p.unlink()
 
 
-def _clear(out: Path) -> None:
-    """Delete a vlakit store's own entries (nothing else is there, or refuse), keep the marker."""
+def _check_own(out: Path) -> None:
     foreign = sorted(p.name for p in out.iterdir() if p.name not in ENTRIES)
     if foreign:
-        raise StoreError(f"{out}: the store also holds entries vlakit did not write ({', '.join(foreign)}); "
-                         "refusing to --overwrite it: move them out first")
+        raise StoreError(f"{out}: the store also holds entries vlakit did not write "
+                         f"({', '.join(foreign)}); refusing to --overwrite it: move them out first")
+
+
+def _clear(out: Path) -> None:
+    """Delete a vlakit store's own entries (nothing else is there, or refuse), keep the marker."""
+    _check_own(out)
     _write_marker(out)  # recognisable as ours even if the deletion below is interrupted
     (out / layout.MANIFEST).unlink(missing_ok=True)  # first: never complete-looking from here
     for name in ENTRIES[1:]:
@@ -160,5 +176,5 @@ def _has_vlakit_attrs(p: Path) -> bool:
         return False
 
 
-__all__ = ["MARKER", "ENTRIES", "state", "prepare", "finish", "check_apart", "source_inputs",
+__all__ = ["MARKER", "ENTRIES", "state", "check", "begin", "finish", "check_apart", "source_inputs",
            "remove_temporary"]

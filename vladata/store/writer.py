@@ -101,13 +101,14 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
     """
     t0 = time.perf_counter()
     out = Path(out)
-    how = output.prepare(out, inputs=output.source_inputs(source) if inputs is None else inputs,
-                         resume=resume, overwrite=overwrite)
+    decision = output.check(out, inputs=output.source_inputs(source) if inputs is None
+                            else inputs, resume=resume, overwrite=overwrite)
     plan = source.plan()
     features = source.features()
     n = sum(ep.length for ep in plan)
     if n == 0:
         raise SourceFormatError(f"{source.name}: the source has no frames to convert")
+    how = output.begin(out, decision)  # the first write, once the source is known to be good
     old = json.loads((out / layout.PLAN).read_text()) if how != "new" else None
     if old is not None and part_frames is None:
         part_frames = old["settings"]["part_frames"]  # the interrupted run's parts, any --workers
