@@ -63,7 +63,8 @@ def fails_cleanly(f):
                 msg = f"interrupted: {out} is incomplete; to finish it, run:\n  {cmd}"
             elif "overwrite" in ctx.params:  # an export: started again
                 cmd = rerun_command(ctx, add="--overwrite")
-                msg = f"interrupted: {ctx.params.get('out')} is incomplete; to redo it, run:\n  {cmd}"
+                out = ctx.params.get("out")
+                msg = f"interrupted: {out} is incomplete; to redo it, run:\n  {cmd}"
             else:
                 msg = f"interrupted; to finish, run again:\n  {rerun_command(ctx)}"
             click.echo(f"\n{msg}", err=True)

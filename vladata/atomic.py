@@ -33,7 +33,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_json(path: str | os.PathLike, obj, *, indent: int | None = 1) -> None:
-    """Replace ``path`` by the JSON of ``obj`` atomically; ``obj`` is serialised before any write."""
+    """Replace ``path`` by the JSON of ``obj`` atomically (serialised before anything is written)."""
     write_bytes(path, json.dumps(obj, indent=indent).encode())
 
 

@@ -78,7 +78,8 @@ def test_a_non_store_directory_is_refused(raw, raw_hash, mydocs, flags):
     r = run("convert", "calvin", raw, mydocs, *flags)
     assert r.exit_code == 1, r.output
     assert str(mydocs) in r.output and "not a vlakit store" in r.output
-    assert tree_hash(mydocs) == before and (mydocs / "thesis.txt").read_text() == "four years of work"
+    assert tree_hash(mydocs) == before
+    assert (mydocs / "thesis.txt").read_text() == "four years of work"
     _no_store(mydocs)
 
 

@@ -198,14 +198,15 @@ def _finish(out: Path, features, merged: dict, mask: np.ndarray, stats_split: st
     attrs["stats_split"] = stats_split
     staged = []
     _clear_staging(out)
+    action = features.get("action")
     try:
-        if "action" in stats and features["action"].kind == "lowdim" and len(features["action"].shape) == 1:
+        if "action" in stats and action.kind == "lowdim" and len(action.shape) == 1:
             stage = zarr.open_group(out / STAGING, mode="w-")
-            norm, tok = write_action_arrays(root[layout.DATA]["action"], stage, features["action"],
+            norm, tok = write_action_arrays(root[layout.DATA]["action"], stage, action,
                                             stats["action"], source_info,
                                             tokenizer or ActionTokenizer())
             attrs["normalization"], attrs["tokenizer"] = norm.to_dict(), tok.to_dict()
-            attrs["features"] = {**attrs["features"], **_derived_feature_attrs(features["action"])}
+            attrs["features"] = {**attrs["features"], **_derived_feature_attrs(action)}
             staged = [NORM_KEY, TOKENS_KEY]
     except BaseException:  # nothing of the store was changed yet: leave it exactly as it was
         _clear_staging(out)

@@ -45,7 +45,8 @@ ENTRIES = (MARKER, "zarr.json", layout.DATA, layout.META, "wds")  # all a store'
 
 
 def state(out: Path) -> str:
-    """``absent``, ``empty``, ``complete``, ``interrupted`` (vlakit stores), ``foreign`` or ``file``."""
+    """One of ``absent``, ``empty``, ``complete`` / ``interrupted`` (a vlakit store), ``foreign``,
+    ``file``."""
     if not out.exists() and not out.is_symlink():
         return "absent"
     if not out.is_dir():

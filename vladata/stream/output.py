@@ -35,7 +35,8 @@ def shard_name(k: int) -> str:
 
 
 def state(fs, root: str) -> str:
-    """``absent``, ``empty``, ``complete``, ``interrupted`` (vlakit exports), ``foreign`` or ``file``."""
+    """One of ``absent``, ``empty``, ``complete`` / ``interrupted`` (a vlakit export), ``foreign``,
+    ``file``."""
     if not fs.exists(root):
         return "absent"
     if not fs.isdir(root):
