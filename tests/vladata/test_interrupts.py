@@ -13,11 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import vladata
+from cli.vladata import main as cli
 from vladata.errors import IncompleteStoreError
+from vladata.sources.calvin import CalvinSource
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(),
+linux_only = pytest.mark.skipif(not Path("/proc/self/stat").exists(),
                                 reason="reads process trees from /proc (Linux)")
 
 ROOT = Path(__file__).parents[2]
@@ -100,6 +103,7 @@ def _workers_running(proc, out: Path, *, writing: bool) -> list[int]:
     return _descendants(proc.pid)
 
 
+@linux_only
 def test_ctrl_c_reports_once_with_the_resume_command(raw, tmp_path):
     out = tmp_path / "s.vla"
     proc = _start(raw, out)
@@ -128,6 +132,7 @@ def test_ctrl_c_reports_once_with_the_resume_command(raw, tmp_path):
         ep["length"] for ep in vladata.open(out).episodes.iter_rows(named=True))
 
 
+@linux_only
 def test_workers_leave_ctrl_c_to_their_parent(raw, tmp_path):
     """SIGINT sent to the workers alone, while they start and while they write, is ignored."""
     out = tmp_path / "s.vla"
@@ -144,6 +149,7 @@ def test_workers_leave_ctrl_c_to_their_parent(raw, tmp_path):
     assert vladata.open(out).num_frames > 0
 
 
+@linux_only
 def test_workers_and_resource_tracker_die_with_a_killed_parent(raw, tmp_path):
     out = tmp_path / "s.vla"
     proc = _start(raw, out)
@@ -157,3 +163,37 @@ def test_workers_and_resource_tracker_die_with_a_killed_parent(raw, tmp_path):
     _wait_until(lambda: not any(_alive(p) for p in kids), None,
                 f"the workers {kids} (resource tracker {tracker}) to exit after their parent")
     assert not (out / "meta/manifest.json").exists()
+
+
+# -- the message, in process ---------------------------------------------------------------------
+
+def test_an_interrupted_single_worker_conversion_names_the_resume_command(raw, tmp_path,
+                                                                          monkeypatch):
+    def interrupted(self, i, lo=0, hi=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(CalvinSource, "read", interrupted)  # Ctrl-C while reading the source
+    out = tmp_path / "s.vla"
+    r = CliRunner().invoke(cli, ["convert", "calvin", str(raw), str(out), "--overwrite",
+                                 "--part-frames", "2048"])
+    assert r.exit_code == 130 and "Traceback" not in r.output
+    hint = r.output.strip().splitlines()
+    assert str(out) in hint[-2] and "incomplete" in hint[-2]
+    assert shlex.split(hint[-1])[1:] == ["convert", "calvin", str(raw), str(out),
+                                         "--part-frames", "2048", "--resume"]
+    assert not (out / "meta/manifest.json").exists()
+
+
+def test_an_interrupted_export_names_the_command_that_redoes_it(tmp_path, monkeypatch):
+    import vladata.stream
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vladata.stream, "export_wds", interrupted)
+    monkeypatch.setattr(vladata, "open", lambda path: None)
+    (tmp_path / "s.vla").mkdir()
+    r = CliRunner().invoke(cli, ["export", str(tmp_path / "s.vla"), str(tmp_path / "wds")])
+    assert r.exit_code == 130
+    assert shlex.split(r.output.strip().splitlines()[-1])[1:] == [
+        "export", str(tmp_path / "s.vla"), str(tmp_path / "wds"), "--overwrite"]
