@@ -225,6 +225,7 @@ def with_required_quantiles(quantiles) -> tuple[float, ...]:
 
 def _commit(out: Path, staged: list[str], attrs: dict, doc: dict) -> None:
     """Swap the staged arrays, attributes and stats.json into the store (see module docstring)."""
+    json.dumps([attrs, doc])  # anything not serialisable fails here, before the store changes
     atomic.write_json(out / COMMIT_MARKER, {"vlakit": "statistics commit in progress"})
     data = out / layout.DATA
     for name in staged:
@@ -232,8 +233,9 @@ def _commit(out: Path, staged: list[str], attrs: dict, doc: dict) -> None:
         if (data / name).exists():
             os.replace(data / name, old)
         os.replace(out / STAGING / name, data / name)
-    root = zarr.open_group(out, mode="r+")
-    root.attrs["vlakit"] = attrs
+    group = json.loads((out / "zarr.json").read_text())  # the root group's metadata (Zarr v3)
+    group.setdefault("attributes", {})["vlakit"] = attrs
+    atomic.write_json(out / "zarr.json", group)  # zarr-python would rewrite it in place
     atomic.write_json(out / "meta" / "stats.json", doc)
     (out / COMMIT_MARKER).unlink()
     _clear_staging(out)
