@@ -130,7 +130,8 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
     else:
         _create_store(out, source, plan, features, storage, starts, n)
         atomic.write_json(out / layout.PLAN, {"fingerprint": fingerprint, "settings": settings,
-                                        "num_frames": n, "parts": parts, "stats_split": stats_split})
+                                              "num_frames": n, "parts": parts,
+                                              "stats_split": stats_split})
 
     done = {k for k in range(len(parts)) if (_marker(out, k)).exists()}
     todo = [k for k in range(len(parts)) if k not in done]
@@ -153,10 +154,10 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
                       splits={s: sum(ep.split == s for ep in plan)
                               for s in dict.fromkeys(ep.split for ep in plan)},
                       skipped=skipped)
-    atomic.write_json(out / layout.MANIFEST, {"format_version": layout.FORMAT_VERSION, "complete": True,
-                                        "parts": len(parts), "num_frames": n,
-                                        "stats_features": sorted(stats),
-                                        "summary": summary.to_dict()})
+    atomic.write_json(out / layout.MANIFEST, {"format_version": layout.FORMAT_VERSION,
+                                              "complete": True, "parts": len(parts),
+                                              "num_frames": n, "stats_features": sorted(stats),
+                                              "summary": summary.to_dict()})
     output.finish(out)
     for p in (out / "meta" / "parts").glob("*.stats.npz"):
         p.unlink()  # merged into meta/stats.json
