@@ -95,7 +95,11 @@ def inspect(path, as_json):
 @tokenizer_flags
 @fails_cleanly
 def stats(path, quantiles, as_json, **tok):
-    """Recompute exact statistics of PATH; rewrite meta/stats.json and the normalised actions."""
+    """Recompute exact statistics of PATH; rewrite meta/stats.json and the normalised actions.
+
+    Everything is computed and written aside first, then swapped in: a failed or interrupted run
+    leaves the store as it was, or (if stopped inside the swap) unopenable until rerun.
+    """
     import vladata
     from vladata.stats import stats_to_json
     from vladata.store.finalize import recompute, with_required_quantiles
