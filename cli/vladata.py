@@ -6,8 +6,8 @@ import json
 
 import click
 
-from cli.common import (convert_options, fails_cleanly, make_tokenizer, parse_quantiles,
-                        run_convert, tokenizer_options)
+from cli.common import (RecordsArgs, convert_options, fails_cleanly, make_tokenizer,
+                        parse_quantiles, run_convert, tokenizer_options)
 
 
 def tokenizer_flags(f):
@@ -16,7 +16,7 @@ def tokenizer_flags(f):
     return f
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=RecordsArgs, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vlakit")
 def main():
     """Convert robot-learning datasets into the vlakit store and inspect them."""
@@ -88,19 +88,23 @@ def inspect(path, as_json):
 
 @main.command()
 @click.argument("path", type=click.Path(exists=True))
-@click.option("--quantiles", default=None, metavar="[Q,...]",
-              help="Quantiles, e.g. [0.01,0.05,0.95,0.99] (default [0.01,0.99]).")
+@click.option("--quantiles", default=None, metavar="'[Q,...]'",
+              help="Quantiles, e.g. '[0.05,0.95]' (quote it: the shell globs [...]); 0.01 and "
+                   "0.99 are always computed too.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @tokenizer_flags
 @fails_cleanly
 def stats(path, quantiles, as_json, **tok):
-    """Recompute exact statistics of PATH; rewrite meta/stats.json and the normalised actions."""
+    """Recompute exact statistics of PATH; rewrite meta/stats.json and the normalised actions.
+
+    Everything is computed and written aside first, then swapped in: a failed or interrupted run
+    leaves the store as it was, or (if stopped inside the swap) unopenable until rerun.
+    """
     import vladata
     from vladata.stats import stats_to_json
-    from vladata.store.finalize import recompute
-    vladata.open(path)  # refuses an incomplete store
-    qs = parse_quantiles(quantiles)
-    result = recompute(path, qs, tokenizer=make_tokenizer(**tok))
+    from vladata.store.finalize import recompute, with_required_quantiles
+    qs = with_required_quantiles(parse_quantiles(quantiles))  # q01/q99 are always kept
+    result = recompute(path, qs, tokenizer=make_tokenizer(**tok))  # refuses an incomplete store
     if as_json:
         click.echo(json.dumps(stats_to_json(result, split=vladata.open(path).info["stats_split"],
                                             quantiles=qs), indent=1))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from vlatrain import checkpoint, data, distributed, losses, preflight, rundir
+from vlatrain import checkpoint, data, distributed, preflight, rundir
 from vlatrain.augment import BatchPreparer
 from vlatrain.config import Config, ConfigError, dump_config, load_config
 from vlatrain.evaluate import evaluate
