@@ -40,16 +40,20 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import h5py
 import numpy as np
 
 from vladata.episode import EpisodeInfo, FeatureSpec, Segment, segments_from_runs
-from vladata.errors import SourceFormatError
+from vladata.errors import SourceFormatError, VladataError
 from vladata.images import decode_image, image_format
-from vladata.sources.hdf5_layouts import aloha_mapping, check_compress_len, robomimic_mapping
+from vladata.sources.boundary import DECODER_ERRORS, raised_in
+from vladata.sources.hdf5_layouts import (aloha_mapping, check_compress_len, robomimic_mapping,
+                                          str_keys)
 from vladata.sources.mapping import EpisodesMap, FeatureMap, Mapping, gripper_facts, load_mapping
 
 LAYOUTS = ("aloha", "robomimic", "mapping")
@@ -59,14 +63,26 @@ def natural_key(s: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
-def _open(path: Path, episode: object = None) -> h5py.File:
+@contextmanager
+def _open(path: Path, episode: object = None) -> Iterator[h5py.File]:
+    """The open file; what h5py raises on damaged bytes while it is used (KeyError,
+    RuntimeError, OSError, ... from the HDF5 library) becomes a SourceFormatError naming it.
+    Errors raised outside h5py's own code (bugs) keep their class and traceback."""
     try:
-        return h5py.File(path, "r")
+        f = h5py.File(path, "r")
     except FileNotFoundError:
         raise SourceFormatError("file not found", file=path, episode=episode) from None
     except OSError as e:
         raise SourceFormatError(f"unreadable HDF5 file, truncated or corrupt ({e})", file=path,
                                 episode=episode) from None
+    try:
+        with f:
+            yield f
+    except DECODER_ERRORS as e:
+        if isinstance(e, VladataError) or not raised_in(e, "h5py"):
+            raise
+        raise SourceFormatError(f"unreadable HDF5 data, truncated or corrupt "
+                                f"({type(e).__name__}: {e})", file=path, episode=episode) from None
 
 
 def _dataset(f: h5py.File, group: str, key: str, file: Path, episode: str) -> h5py.Dataset:
@@ -78,14 +94,14 @@ def _dataset(f: h5py.File, group: str, key: str, file: Path, episode: str) -> h5
     return obj
 
 
-def _groups(f: h5py.File, pattern: str) -> list[str]:
+def _groups(f: h5py.File, pattern: str, file: Path) -> list[str]:
     """Group paths matching a '/'-separated fnmatch pattern, natural order."""
     level = [""]
     for piece in pattern.strip("/").split("/"):
         nxt = []
         for g in level:
             node = f[g] if g else f
-            for k in node.keys():
+            for k in str_keys(node, file):
                 if fnmatch.fnmatchcase(k, piece) and isinstance(node[k], h5py.Group):
                     nxt.append(f"{g}/{k}" if g else k)
         level = nxt
@@ -159,7 +175,7 @@ class Hdf5Source:
                 with _open(root) as f:
                     if not isinstance(f.get("data"), h5py.Group):
                         raise SourceFormatError("group missing", file=root, key="data")
-                    demos = [k for k in f["data"].keys() if re.fullmatch(r"demo_\d+", k)]
+                    demos = [k for k in str_keys(f["data"], root) if re.fullmatch(r"demo_\d+", k)]
                 demos.sort(key=natural_key)
                 self._refs = [EpisodeRef(str(root), f"data/{d}") for d in demos]
             else:
@@ -174,7 +190,7 @@ class Hdf5Source:
                         refs.append(EpisodeRef(str(p), ""))
                     else:
                         with _open(p) as f:
-                            refs += [EpisodeRef(str(p), g) for g in _groups(f, eps.group)]
+                            refs += [EpisodeRef(str(p), g) for g in _groups(f, eps.group, p)]
                 self._refs = refs
         return self._refs
 
@@ -250,7 +266,7 @@ class Hdf5Source:
             if not isinstance(g, h5py.Group):
                 return {}
             return {k: {v.decode() if isinstance(v, bytes) else str(v) for v in g[k][()]}
-                    for k in g.keys() if isinstance(g[k], h5py.Dataset)}
+                    for k in str_keys(g, self.path) if isinstance(g[k], h5py.Dataset)}
 
     def _robomimic_episode(self, f, ref: EpisodeRef, info: EpisodeInfo, masks) -> None:
         demo = ref.group.split("/")[-1]

@@ -49,6 +49,25 @@ ROBOSUITE_GRIPPER = "1/-1"  # <closed>/<open> of the last action dimension (robo
 ROBOSUITE_OSC_NAMES = ("dx", "dy", "dz", "drx", "dry", "drz", "gripper")
 
 
+def str_keys(group: h5py.Group, file: object, episode: object = None) -> list[str]:
+    """The member names of ``group``; a name that is not UTF-8 (h5py gives bytes) is refused."""
+    keys = list(group.keys())
+    bad = [k for k in keys if not isinstance(k, str)]
+    if bad:
+        raise SourceFormatError(f"member name {bad[0]!r} is not UTF-8", file=file,
+                                episode=episode, key=group.name)
+    return keys
+
+
+def dataset_in(group: h5py.Group, key: str, file: object, episode: object = None) -> h5py.Dataset:
+    """``group[key]``, which must be a dataset (not a group, a named datatype, ...)."""
+    obj = group.get(key)
+    if not isinstance(obj, h5py.Dataset):
+        what = "missing" if obj is None else f"a {type(obj).__name__}, not a dataset"
+        raise SourceFormatError(what, file=file, episode=episode, key=f"{group.name}/{key}")
+    return obj
+
+
 def check_compress_len(f: h5py.File, ref: EpisodeRef, n: int, n_cams: int) -> None:
     cl = f.get("compress_len")
     if cl is not None and tuple(cl.shape) != (n_cams, n):
@@ -61,13 +80,13 @@ def aloha_mapping(f: h5py.File, ref: EpisodeRef, facts: dict) -> Mapping:
     """ALOHA_KEYS present in the first episode plus its cameras (raw or JPEG)."""
     where = dict(file=ref.file, episode=ref.id)
     images = f.get(ALOHA_IMAGES)
-    if not isinstance(images, h5py.Group) or not list(images.keys()):
+    if not isinstance(images, h5py.Group) or not str_keys(images, **where):
         raise SourceFormatError("no camera datasets", key=ALOHA_IMAGES, **where)
     compress = bool(f.attrs.get("compress", False))
-    cams = sorted(images.keys())
+    cams = sorted(str_keys(images, **where))
     feats = []
     for cam in cams:
-        ds = images[cam]
+        ds = dataset_in(images, cam, **where)
         if ds.ndim not in (2, 4):
             raise SourceFormatError(f"expected (T, H, W, 3) or (T, padded_len) images, got "
                                     f"{ds.shape}", key=ds.name, **where)
@@ -77,7 +96,7 @@ def aloha_mapping(f: h5py.File, ref: EpisodeRef, facts: dict) -> Mapping:
                                 dtype="uint8", encoding=enc, channel_order=order))
     for key, name, required, names in ALOHA_KEYS:
         if key in f:
-            fits = f[key].shape[1:] == (len(names),)
+            fits = dataset_in(f, key, **where).shape[1:] == (len(names),)
             feats.append(FeatureMap(name, (Part(key=key),), names=names if fits else None))
         elif required:
             raise SourceFormatError("dataset missing", key=key, **where)
@@ -106,7 +125,7 @@ def robomimic_mapping(f: h5py.File, ref: EpisodeRef, facts: dict) -> Mapping:
     if "actions" not in g:
         raise SourceFormatError("dataset missing", key=f"{ref.group}/actions", **where)
     images, other, state = [], [], []
-    for k in sorted(obs.keys()):
+    for k in sorted(str_keys(obs, **where)):
         part = (Part(key=f"obs/{k}"),)
         if k.endswith("_image"):
             images.append(FeatureMap(f"observation.images.{k[:-6]}", part, dtype="uint8"))
@@ -116,7 +135,7 @@ def robomimic_mapping(f: h5py.File, ref: EpisodeRef, facts: dict) -> Mapping:
             other.append(FeatureMap(f"observation.{k}", part))
     for k, names in ROBOMIMIC_STATE.items():
         if k in obs:
-            fits = obs[k].shape[1:] == (len(names),)
+            fits = dataset_in(obs, k, **where).shape[1:] == (len(names),)
             state.append((Part(key=f"obs/{k}"), names if fits else None))
     feats = images
     if state:
@@ -128,7 +147,8 @@ def robomimic_mapping(f: h5py.File, ref: EpisodeRef, facts: dict) -> Mapping:
     controller = cc.get("type", "unknown") if isinstance(cc, dict) else "unknown"
     for key, name in ROBOMIMIC_ACTIONS:
         if key in g:
-            osc = robosuite and controller == "OSC_POSE" and g[key].shape[1:] == (7,)
+            shape = dataset_in(g, key, **where).shape
+            osc = robosuite and controller == "OSC_POSE" and shape[1:] == (7,)
             names = ROBOSUITE_OSC_NAMES if osc and key == "actions" else None
             feats.append(FeatureMap(name, (Part(key=key),), names=names))
     if robosuite:

@@ -344,7 +344,10 @@ def decode_video_frames(path: Path, times: np.ndarray, *, episode: object = None
     out: list[np.ndarray | None] = [None] * n
     j = 0
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), metadata_errors="replace") as container:
+            if not container.streams.video:
+                raise SourceFormatError("no video stream in the file", file=path, episode=episode,
+                                        key=key)
             stream = container.streams.video[0]
             tb = stream.time_base
             container.seek(max(0, int((times[0] - TOLERANCE_S) / tb)), stream=stream, backward=True)

@@ -35,8 +35,9 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from vladata.episode import EpisodeInfo, FeatureSpec, segments_from_runs
-from vladata.errors import SourceFormatError
+from vladata.errors import SourceFormatError, VladataError
 from vladata.images import decode_image, image_format
+from vladata.sources.boundary import DECODER_ERRORS, raised_in
 from vladata.sources.mapping import FeatureMap, Mapping, gripper_facts, load_mapping
 
 RULE = ("nearest earlier message: ticks t_k = t0 + floor(k*1e9/fps) ns while t_k <= t_end; t0 = "
@@ -47,6 +48,7 @@ COLOR_ENCODINGS = {"rgb8": (3, False), "bgr8": (3, True), "rgba8": (4, False), "
                    "mono8": (1, False), "8UC1": (1, False), "8UC3": (3, True)}
 DEPTH_ENCODINGS = {"32FC1": ("f4", 1.0), "16UC1": ("u2", 1e-3), "mono16": ("u2", 1e-3)}
 SKIP_FIELDS = ("header", "layout")
+BAG_PACKAGES = ("rosbags", "apsw", "lz4", "zstandard", "ruamel", "yaml")
 
 
 def natural_key(s: str) -> list:
@@ -75,12 +77,16 @@ def _reader(bag: Path, episode: object = None):
     try:
         r = AnyReader([bag], default_typestore=get_typestore(Stores.ROS2_HUMBLE))
         r.open()
-    except Exception as e:  # rosbags raises its own unrelated error classes per storage
+    except _bag_errors() as e:  # rosbags raises its own unrelated error classes per storage
+        if isinstance(e, VladataError) or not raised_in(e, *BAG_PACKAGES):
+            raise
         raise SourceFormatError(f"unreadable bag, truncated or corrupt ({type(e).__name__}: {e})",
                                 file=bag, episode=episode) from None
     try:
         yield r
     except _bag_errors() as e:  # a bad chunk / record found while iterating
+        if isinstance(e, VladataError) or not raised_in(e, *BAG_PACKAGES):
+            raise
         raise SourceFormatError(f"unreadable bag data ({type(e).__name__}: {e})", file=bag,
                                 episode=episode) from None
     finally:
@@ -89,21 +95,26 @@ def _reader(bag: Path, episode: object = None):
 
 def _bag_errors() -> tuple[type, ...]:
     import sqlite3
-    import struct
 
     from rosbags.highlevel import AnyReaderError
     from rosbags.rosbag1 import ReaderError as Ros1Error
     from rosbags.rosbag2 import ReaderError as Ros2Error
     from rosbags.serde import SerdeError
 
-    return (AnyReaderError, Ros1Error, Ros2Error, SerdeError, sqlite3.DatabaseError, struct.error,
-            OSError, EOFError)
+    extra: tuple[type, ...] = ()
+    try:
+        import apsw  # rosbags' sqlite3 backend, when installed
+        extra = (apsw.Error,)
+    except ImportError:
+        pass
+    return (AnyReaderError, Ros1Error, Ros2Error, SerdeError, sqlite3.DatabaseError, *extra,
+            *DECODER_ERRORS)
 
 
 def _storage(bag: Path) -> str:
     if bag.is_file():
         return "ros1"
-    text = (bag / "metadata.yaml").read_text()
+    text = (bag / "metadata.yaml").read_text(errors="replace")
     m = re.search(r"storage_identifier:\s*(\S+)", text)
     return m.group(1) if m else "unknown"
 
