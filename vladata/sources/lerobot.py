@@ -71,9 +71,15 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def _read_parquet(path: Path, episode: object = None, **kw) -> pa.Table:
     try:
-        return pq.read_table(path, **kw)
+        table = pq.read_table(path, **kw)
+        table.validate(full=True)  # string columns hold valid UTF-8, offsets are in range
+        _ = table.column_names     # so do the column names
+        return table
     except FileNotFoundError:
         raise SourceFormatError("parquet file missing", file=path, episode=episode) from None
+    except UnicodeDecodeError as e:
+        raise SourceFormatError(f"a column name is not UTF-8 ({e})", file=path,
+                                episode=episode) from None
     except (pa.ArrowException, OSError) as e:
         raise SourceFormatError(f"unreadable parquet ({e})", file=path, episode=episode) from None
 
@@ -105,7 +111,12 @@ def _to_numpy(col: pa.ChunkedArray, n: int, width: int, file: Path, episode, key
 def _tasks_v3(path: Path) -> dict[int, str]:
     """meta/tasks.parquet: the task string is pandas' index column (named in its metadata)."""
     t = _read_parquet(path)
-    meta = json.loads((t.schema.metadata or {}).get(b"pandas", b"{}"))
+    try:
+        meta = json.loads((t.schema.metadata or {}).get(b"pandas", b"{}"))
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise SourceFormatError(f"pandas metadata is not JSON ({e})", file=path) from None
+    if not isinstance(meta, dict):
+        raise SourceFormatError("pandas metadata is not a JSON object", file=path)
     idx = [c for c in meta.get("index_columns", []) if isinstance(c, str)]
     text_col = next((c for c in ("task", *idx, "__index_level_0__") if c in t.column_names), None)
     if text_col is None:

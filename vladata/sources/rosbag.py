@@ -380,6 +380,13 @@ def _image(msg: object, fm: FeatureMap, where: dict) -> np.ndarray:
     buf = np.asarray(msg.data, np.uint8)
     if buf.size < h * step:
         raise SourceFormatError(f"image data has {buf.size} bytes, expected {h * step}", **where)
+    if fm.kind == "depth":  # bytes per pixel (0: an encoding refused below)
+        per = np.dtype(DEPTH_ENCODINGS[enc][0]).itemsize if enc in DEPTH_ENCODINGS else 0
+    else:
+        per = COLOR_ENCODINGS[enc][0] if enc in COLOR_ENCODINGS else 0
+    if step < w * per:
+        raise SourceFormatError(f"row step {step} is shorter than width {w} x {per} bytes",
+                                **where)
     rows = buf[:h * step].reshape(h, step)
     if fm.kind == "depth":
         if enc not in DEPTH_ENCODINGS:
