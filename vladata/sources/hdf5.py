@@ -38,7 +38,9 @@ Errors name the file, the episode (file or demo) and the key.
 from __future__ import annotations
 
 import fnmatch
+import glob
 import json
+import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,9 +54,10 @@ from vladata.episode import EpisodeInfo, FeatureSpec, Segment, segments_from_run
 from vladata.errors import SourceFormatError, VladataError
 from vladata.images import decode_image, image_format
 from vladata.sources.boundary import DECODER_ERRORS, raised_in
-from vladata.sources.hdf5_layouts import (aloha_mapping, check_compress_len, robomimic_mapping,
-                                          str_keys)
+from vladata.sources.hdf5_layouts import (aloha_mapping, check_compress_len, outside_references,
+                                          robomimic_mapping, str_keys)
 from vladata.sources.mapping import EpisodesMap, FeatureMap, Mapping, gripper_facts, load_mapping
+from vladata.sources.paths import inside
 
 LAYOUTS = ("aloha", "robomimic", "mapping")
 
@@ -138,6 +141,8 @@ class Hdf5Source:
     _features: dict[str, FeatureSpec] | None = field(default=None, repr=False)
     _facts: dict = field(default_factory=dict, repr=False)  # layout facts for describe()
     _shapes: dict = field(default_factory=dict, repr=False)  # (feature, key) -> frame shape
+    allow_outside: bool = False  # read external links / storage that leave the dataset folder
+    _checked: set = field(default_factory=set, repr=False)  # files whose references were checked
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -155,13 +160,35 @@ class Hdf5Source:
         self.name = self.name or (self.layout if self.layout != "mapping" else mapping.name)
         self.fps = float(self.fps or mapping.fps)
 
+    # -- files ---------------------------------------------------------------------------------
+    def root(self) -> Path:
+        """The dataset: the folder given, or the folder of the one file given."""
+        p = Path(self.path)
+        return p if p.is_dir() else p.parent
+
+    @contextmanager
+    def _open(self, path: str | Path, episode: object = None) -> Iterator[h5py.File]:
+        """:func:`_open`, refusing (once per file) a file whose external links, external
+        storage or virtual sources lie outside the dataset, unless ``allow_outside``."""
+        with _open(Path(path), episode) as f:
+            if not self.allow_outside and str(path) not in self._checked:
+                bad = outside_references(f, self.root())
+                if bad:
+                    name, target = bad[0]
+                    raise SourceFormatError(
+                        f"refers to {target!r}, outside the dataset {str(self.root())!r}; it is "
+                        "not read unless you pass --allow-outside", file=path, episode=episode,
+                        key=name)
+                self._checked.add(str(path))
+            yield f
+
     # -- the mapping and the episodes ---------------------------------------------------------
     def mapping(self) -> Mapping:
         if self._mapping is None:
             refs = self.episode_refs()
             if not refs:
                 raise SourceFormatError(f"no {self.layout} episodes found", file=self.path)
-            with _open(Path(refs[0].file), refs[0].id) as f:
+            with self._open(refs[0].file, refs[0].id) as f:
                 build = aloha_mapping if self.layout == "aloha" else robomimic_mapping
                 self._mapping = build(f, refs[0], self._facts)
         return self._mapping
@@ -172,7 +199,7 @@ class Hdf5Source:
             if self.layout == "robomimic":
                 if not root.is_file():
                     raise SourceFormatError("robomimic datasets are one .hdf5 file", file=root)
-                with _open(root) as f:
+                with self._open(root) as f:
                     if not isinstance(f.get("data"), h5py.Group):
                         raise SourceFormatError("group missing", file=root, key="data")
                     demos = [k for k in str_keys(f["data"], root) if re.fullmatch(r"demo_\d+", k)]
@@ -182,17 +209,30 @@ class Hdf5Source:
                 eps = (EpisodesMap("episode_*.hdf5") if self.layout == "aloha"
                        else self._mapping.episodes)
                 files = [root] if root.is_file() else sorted(
-                    (p for p in root.glob(eps.files) if p.is_file()),
+                    (p for p in self._glob(root, eps.files) if p.is_file()),
                     key=lambda p: natural_key(p.name))
                 refs = []
                 for p in files:
                     if eps.group is None:
                         refs.append(EpisodeRef(str(p), ""))
                     else:
-                        with _open(p) as f:
+                        with self._open(p) as f:
                             refs += [EpisodeRef(str(p), g) for g in _groups(f, eps.group, p)]
                 self._refs = refs
         return self._refs
+
+    def _glob(self, root: Path, pattern: str) -> list[Path]:
+        """Files matching the mapping's ``episodes.files``: inside ``root`` unless allowed."""
+        where = dict(file=self.mapping_file, key="episodes.files")
+        if not self.allow_outside:
+            inside(root, pattern, file=self.mapping_file, key="episodes.files", what="glob")
+            files = list(root.glob(pattern))
+        else:  # any pattern, absolute or with .. (pathlib's glob takes neither)
+            files = [Path(p) for p in glob.glob(os.path.join(root, pattern))]
+        for p in files:
+            if not self.allow_outside:
+                inside(root, p, what="episode file", **where)
+        return files
 
     # -- planning ------------------------------------------------------------------------------
     def plan(self) -> list[EpisodeInfo]:
@@ -201,7 +241,7 @@ class Hdf5Source:
             masks = self._robomimic_masks() if self.layout == "robomimic" else {}
             plan = []
             for ref in self.episode_refs():
-                with _open(Path(ref.file), ref.id) as f:
+                with self._open(ref.file, ref.id) as f:
                     n = self._check_episode(f, ref, feats)
                     info = EpisodeInfo(length=n, source_id=ref.id, split=m.split,
                                        metadata={"file": Path(ref.file).name, "group": ref.group})
@@ -261,7 +301,7 @@ class Hdf5Source:
         return segs
 
     def _robomimic_masks(self) -> dict[str, set[str]]:
-        with _open(Path(self.path)) as f:
+        with self._open(self.path) as f:
             g = f.get("mask")
             if not isinstance(g, h5py.Group):
                 return {}
@@ -294,7 +334,7 @@ class Hdf5Source:
         if self._features is None:
             ref = self.episode_refs()[0]
             feats = {}
-            with _open(Path(ref.file), ref.id) as f:
+            with self._open(ref.file, ref.id) as f:
                 for fm in self.mapping().features:
                     first = self._read_feature(f, ref, fm, 0, 1)
                     dss = [_dataset(f, ref.group, p.key, Path(ref.file), ref.id) for p in fm.parts]
@@ -313,7 +353,7 @@ class Hdf5Source:
     def read(self, i: int, lo: int = 0, hi: int | None = None) -> dict[str, np.ndarray]:
         ref, info = self.episode_refs()[i], self.plan()[i]
         hi = info.length if hi is None else hi
-        with _open(Path(ref.file), ref.id) as f:
+        with self._open(ref.file, ref.id) as f:
             return {fm.name: self._read_feature(f, ref, fm, lo, hi)
                     for fm in self.mapping().features}
 

@@ -9,6 +9,7 @@ formats): the key tables and the functions that turn a layout's first file into 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ import h5py
 
 from vladata.errors import SourceFormatError
 from vladata.sources.mapping import EpisodesMap, FeatureMap, Mapping, Part
+from vladata.sources.paths import is_inside
 
 if TYPE_CHECKING:
     from vladata.sources.hdf5 import EpisodeRef
@@ -57,6 +59,32 @@ def str_keys(group: h5py.Group, file: object, episode: object = None) -> list[st
         raise SourceFormatError(f"member name {bad[0]!r} is not UTF-8", file=file,
                                 episode=episode, key=group.name)
     return keys
+
+
+def outside_references(f: h5py.File, root: str | os.PathLike) -> list[tuple[str, str]]:
+    """``(object, file)`` for every file outside ``root`` that reading ``f`` could open: the
+    targets of external links (resolved from ``f``'s folder), external raw storage files
+    (resolved from the working directory, or ``HDF5_EXTFILE_PREFIX``, as HDF5 does) and the
+    source files of virtual datasets. Links are listed without being followed."""
+    links: list = []
+    f.visititems_links(lambda name, link: links.append((name, link)))
+    here = Path(f.filename).parent
+    ext_base = os.environ.get("HDF5_EXTFILE_PREFIX") or os.getcwd()
+    out = []
+    for name, link in links:
+        if isinstance(link, h5py.ExternalLink):
+            out.append((name, str(here / link.filename)))
+        elif isinstance(link, h5py.HardLink):
+            obj = f.get(name)
+            if not isinstance(obj, h5py.Dataset):
+                continue
+            for ext_file, _, _ in obj.external or ():
+                ext_file = ext_file.decode() if isinstance(ext_file, bytes) else ext_file
+                out.append((name, os.path.join(ext_base, ext_file)))
+            if obj.is_virtual:
+                out += [(name, str(here / vs.file_name)) for vs in obj.virtual_sources()
+                        if vs.file_name != "."]
+    return [(name, target) for name, target in out if not is_inside(root, target)]
 
 
 def dataset_in(group: h5py.Group, key: str, file: object, episode: object = None) -> h5py.Dataset:

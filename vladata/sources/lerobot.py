@@ -41,6 +41,7 @@ from vladata.episode import EpisodeInfo, FeatureSpec, segments_from_runs
 from vladata.errors import SourceFormatError
 from vladata.images import decode_image, image_format
 from vladata.sources.mapping import gripper_facts
+from vladata.sources.paths import inside, safe_format
 
 VERSIONS = ("v3.0", "v2.1", "v2.0")
 BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index")
@@ -136,6 +137,7 @@ class LeRobotSource:
     _episodes: list[dict] | None = field(default=None, repr=False)
     _plan: list[EpisodeInfo] | None = field(default=None, repr=False)
     _map: dict | None = field(default=None, repr=False)  # canonical name -> (lerobot key, kind)
+    allow_outside: bool = False  # follow data_path / video_path templates out of the root
 
     def __post_init__(self):
         info_file = self._path("meta/info.json")
@@ -250,21 +252,26 @@ class LeRobotSource:
         return out
 
     def _file(self, template: str, row: dict, key: str | None = None) -> Path:
-        """A data (key None) or video file of an episode, from info.json's path template."""
+        """A data (key None) or video file of an episode, from info.json's path template
+        (expanded by :func:`safe_format`; refused outside the root unless ``allow_outside``)."""
         ep = int(row["episode_index"])
+        info_file = self._path("meta/info.json")
+        if template not in self._info:
+            raise SourceFormatError("key missing", file=info_file, key=template)
         if self.version != "v3.0":
             chunk = ep // int(self._info.get("chunks_size", 1000))
-            return self._path(self._info[template].format(episode_chunk=chunk, episode_index=ep,
-                                                          video_key=key))
-        col = "data/" if key is None else f"videos/{key}/"
-        try:
-            return self._path(self._info[template].format(
-                chunk_index=int(row[col + "chunk_index"]), file_index=int(row[col + "file_index"]),
-                video_key=key))
-        except KeyError as e:
-            raise SourceFormatError(f"episode row or info.json lacks {e}",
-                                    file=self._path("meta/episodes"), episode=ep,
-                                    key=key or "data") from None
+            values = dict(episode_chunk=chunk, episode_index=ep, video_key=key)
+        else:
+            col = "data/" if key is None else f"videos/{key}/"
+            try:
+                values = dict(chunk_index=int(row[col + "chunk_index"]),
+                              file_index=int(row[col + "file_index"]), video_key=key)
+            except KeyError as e:
+                raise SourceFormatError(f"episode row lacks {e}", file=self._path("meta/episodes"),
+                                        episode=ep, key=key or "data") from None
+        rel = safe_format(self._info[template], values, file=info_file, key=template)
+        return inside(self.root, rel, allow_outside=self.allow_outside, file=info_file,
+                      key=template)
 
     def _frames(self, row: dict, columns: list[str] | None = None) -> tuple[pa.Table, Path]:
         """This episode's rows of its data file, in frame_index order."""

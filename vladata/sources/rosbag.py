@@ -33,12 +33,14 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+import yaml
 
 from vladata.episode import EpisodeInfo, FeatureSpec, segments_from_runs
 from vladata.errors import SourceFormatError, VladataError
 from vladata.images import decode_image, image_format
 from vladata.sources.boundary import DECODER_ERRORS, raised_in
 from vladata.sources.mapping import FeatureMap, Mapping, gripper_facts, load_mapping
+from vladata.sources.paths import inside
 
 RULE = ("nearest earlier message: ticks t_k = t0 + floor(k*1e9/fps) ns while t_k <= t_end; t0 = "
         "latest first-message time over the mapped feature topics, t_end = last message time on "
@@ -111,6 +113,22 @@ def _bag_errors() -> tuple[type, ...]:
             *DECODER_ERRORS)
 
 
+def check_bag_files(bag: Path) -> None:
+    """Refuse a ROS2 bag whose ``metadata.yaml`` lists a storage file outside the bag folder."""
+    if bag.is_file():
+        return
+    meta = bag / "metadata.yaml"
+    try:
+        doc = yaml.safe_load(meta.read_text(errors="replace"))
+        info = doc["rosbag2_bagfile_information"]
+        paths = [*info.get("relative_file_paths", []),
+                 *(f["path"] for f in info.get("files", []) or [])]
+    except (yaml.YAMLError, TypeError, KeyError, AttributeError):
+        return  # not a readable metadata file: the bag reader reports it
+    for p in paths:
+        inside(bag, str(p), file=meta, key="relative_file_paths", what="storage file")
+
+
 def _storage(bag: Path) -> str:
     if bag.is_file():
         return "ros1"
@@ -180,6 +198,7 @@ class RosbagSource:
     _plan: list[EpisodeInfo] | None = field(default=None, repr=False)
     _features: dict[str, FeatureSpec] | None = field(default=None, repr=False)
     _types: dict[str, str] = field(default_factory=dict, repr=False)
+    allow_outside: bool = False  # read storage files a ROS2 metadata.yaml places outside the bag
 
     def __post_init__(self):
         self._mapping = m = load_mapping(self.mapping_file)
@@ -190,6 +209,9 @@ class RosbagSource:
         self.fps = float(self.fps or m.fps)
         if not find_bags(Path(self.path)):
             raise SourceFormatError("no ROS bags found", file=self.path)
+        if not self.allow_outside:
+            for bag in find_bags(Path(self.path)):
+                check_bag_files(bag)
 
     def bags(self) -> list[Path]:
         return find_bags(Path(self.path))

@@ -52,14 +52,14 @@ class OxeSource:
                  splits: list[str] | tuple[str, ...] | None = None, standardize: bool = True,
                  skip_bad_records: bool = False, fps: float | None = None,
                  verify_crc: bool = True, scan_workers: int | None = None,
-                 progress: bool = True):
+                 progress: bool = True, allow_outside: bool = False):
         self.src_dir = str(src_dir)
         src = Path(src_dir)
         if not src.is_dir():
             raise SourceFormatError("not a directory (expected a TFDS dataset version directory "
                                     "with dataset_info.json, features.json and tfrecord shards)",
                                     file=src)
-        self.info: DatasetInfo = parse_dataset_info(src)
+        self.info: DatasetInfo = parse_dataset_info(src, allow_outside=allow_outside)
         self.dataset = dataset or self.info.name
         self.leaves: tuple[Leaf, ...] = tuple(parse_features(src))
         known = [s.name for s in self.info.splits]

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from vladata.errors import SourceFormatError
+from vladata.sources.paths import inside
 
 DEFAULT_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
@@ -109,8 +110,9 @@ def shard_name(template: str, dataset: str, split: str, file_format: str, i: int
     return out
 
 
-def parse_dataset_info(src: Path) -> DatasetInfo:
-    """Read ``src/dataset_info.json``; shard files come from the template and shard lengths."""
+def parse_dataset_info(src: Path, *, allow_outside: bool = False) -> DatasetInfo:
+    """Read ``src/dataset_info.json``; shard files come from the template and shard lengths
+    (a shard file outside ``src`` is refused unless ``allow_outside``)."""
     path = src / "dataset_info.json"
     d = _load_json(path)
     for k in ("name", "splits"):
@@ -138,6 +140,9 @@ def parse_dataset_info(src: Path) -> DatasetInfo:
                               for i in range(len(lengths)))
             except ValueError as e:
                 raise SourceFormatError(f"split {sname!r}: {e}", file=path) from None
+            for f in files:
+                inside(src, f, allow_outside=allow_outside, file=path, what="shard file",
+                       key=f"splits.{sname}.filepathTemplate")
         else:  # old dataset_info.json without shard lengths: list what is there
             pat = re.compile(re.escape(f"{name}-{sname}.{fmt}") + r"(-\d{5}-of-\d{5})?$")
             files = tuple(sorted(p.name for p in src.iterdir() if pat.match(p.name)))
