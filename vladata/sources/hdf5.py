@@ -37,13 +37,12 @@ Errors name the file, the episode (file or demo) and the key.
 
 from __future__ import annotations
 
-import fnmatch
 import glob
 import json
 import os
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -51,65 +50,16 @@ import h5py
 import numpy as np
 
 from vladata.episode import EpisodeInfo, FeatureSpec, Segment, segments_from_runs
-from vladata.errors import SourceFormatError, VladataError
+from vladata.errors import SourceFormatError
 from vladata.images import decode_image, image_format
-from vladata.sources.boundary import DECODER_ERRORS, raised_in
-from vladata.sources.hdf5_layouts import (aloha_mapping, check_compress_len, outside_references,
-                                          robomimic_mapping, str_keys)
+from vladata.sources.hdf5_files import (dataset_at, find_groups, natural_key, open_file,
+                                        outside_references, str_keys)
+from vladata.sources.hdf5_layouts import (ALOHA_DECODE, aloha_camera_encoding, aloha_mapping,
+                                          check_compress_len, robomimic_mapping)
 from vladata.sources.mapping import EpisodesMap, FeatureMap, Mapping, gripper_facts, load_mapping
 from vladata.sources.paths import inside
 
 LAYOUTS = ("aloha", "robomimic", "mapping")
-
-def natural_key(s: str) -> list:
-    """Sort key that orders embedded integers numerically (demo_2 < demo_10)."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
-
-
-@contextmanager
-def _open(path: Path, episode: object = None) -> Iterator[h5py.File]:
-    """The open file; what h5py raises on damaged bytes while it is used (KeyError,
-    RuntimeError, OSError, ... from the HDF5 library) becomes a SourceFormatError naming it.
-    Errors raised outside h5py's own code (bugs) keep their class and traceback."""
-    try:
-        f = h5py.File(path, "r")
-    except FileNotFoundError:
-        raise SourceFormatError("file not found", file=path, episode=episode) from None
-    except OSError as e:
-        raise SourceFormatError(f"unreadable HDF5 file, truncated or corrupt ({e})", file=path,
-                                episode=episode) from None
-    try:
-        with f:
-            yield f
-    except DECODER_ERRORS as e:
-        if isinstance(e, VladataError) or not raised_in(e, "h5py"):
-            raise
-        raise SourceFormatError(f"unreadable HDF5 data, truncated or corrupt "
-                                f"({type(e).__name__}: {e})", file=path, episode=episode) from None
-
-
-def _dataset(f: h5py.File, group: str, key: str, file: Path, episode: str) -> h5py.Dataset:
-    path = f"{group}/{key}" if group else key
-    obj = f.get(path)
-    if not isinstance(obj, h5py.Dataset):
-        what = "missing" if obj is None else "a group, not a dataset"
-        raise SourceFormatError(f"dataset {what}", file=file, episode=episode, key=path)
-    return obj
-
-
-def _groups(f: h5py.File, pattern: str, file: Path) -> list[str]:
-    """Group paths matching a '/'-separated fnmatch pattern, natural order."""
-    level = [""]
-    for piece in pattern.strip("/").split("/"):
-        nxt = []
-        for g in level:
-            node = f[g] if g else f
-            for k in str_keys(node, file):
-                if fnmatch.fnmatchcase(k, piece) and isinstance(node[k], h5py.Group):
-                    nxt.append(f"{g}/{k}" if g else k)
-        level = nxt
-    return sorted(level, key=natural_key)
-
 
 @dataclass(frozen=True)
 class EpisodeRef:
@@ -168,9 +118,9 @@ class Hdf5Source:
 
     @contextmanager
     def _open(self, path: str | Path, episode: object = None) -> Iterator[h5py.File]:
-        """:func:`_open`, refusing (once per file) a file whose external links, external
+        """:func:`open_file`, refusing (once per file) a file whose external links, external
         storage or virtual sources lie outside the dataset, unless ``allow_outside``."""
-        with _open(Path(path), episode) as f:
+        with open_file(Path(path), episode) as f:
             if not self.allow_outside and str(path) not in self._checked:
                 bad = outside_references(f, self.root())
                 if bad:
@@ -217,7 +167,7 @@ class Hdf5Source:
                         refs.append(EpisodeRef(str(p), ""))
                     else:
                         with self._open(p) as f:
-                            refs += [EpisodeRef(str(p), g) for g in _groups(f, eps.group, p)]
+                            refs += [EpisodeRef(str(p), g) for g in find_groups(f, eps.group, p)]
                 self._refs = refs
         return self._refs
 
@@ -248,7 +198,16 @@ class Hdf5Source:
                     info.segments = self._language(f, ref, n)
                     if self.layout == "robomimic":
                         self._robomimic_episode(f, ref, info, masks)
+                    if self.layout == "aloha":
+                        info.metadata["compress"] = self._compressed(f, ref)
                 plan.append(info)
+            if self.layout == "aloha":
+                kinds = {info.metadata["compress"] for info in plan}
+                self._facts["compress"] = kinds.pop() if len(kinds) == 1 else "per file"
+                if self._facts["compress"] == "per file":
+                    self._facts["image_decode"] = (
+                        f"per file (episode metadata 'compress'): {ALOHA_DECODE[True]}; or "
+                        f"{ALOHA_DECODE[False]}")
             self._plan = plan
         return self._plan
 
@@ -257,7 +216,7 @@ class Hdf5Source:
         n = None
         for fm in self.mapping().features:
             for part in fm.parts:
-                ds = _dataset(f, ref.group, part.key, Path(ref.file), ref.id)
+                ds = dataset_at(f, ref.group, part.key, Path(ref.file), ref.id)
                 where = dict(file=ref.file, episode=ref.id, key=ds.name.lstrip("/"))
                 if ds.ndim == 0:
                     raise SourceFormatError("expected a per-frame dataset (T, ...), got a scalar",
@@ -267,14 +226,34 @@ class Hdf5Source:
                 elif ds.shape[0] != n:
                     raise SourceFormatError(f"has {ds.shape[0]} frames, other keys have {n}",
                                             **where)
-                want = self._shapes.setdefault((fm.name, part.key), ds.shape[1:])
-                encoded = fm.kind == "image" and fm.encoding != "raw"
-                if (ds.ndim != 1 + len(want)) if encoded else (ds.shape[1:] != want):
+                if fm.kind == "image" and self._file_map(f, ref, fm).encoding != "raw":
+                    want = self._shapes.setdefault((fm.name, part.key, "encoded"), ds.shape[1:])
+                    ok = ds.ndim == 1 + len(want)  # buffers: (T,) vlen or (T, padded_len)
+                elif fm.kind == "image":
+                    want = feats[fm.name].shape
+                    ok = ds.shape[1:] == want
+                else:
+                    want = self._shapes.setdefault((fm.name, part.key), ds.shape[1:])
+                    ok = ds.shape[1:] == want
+                if not ok:
                     raise SourceFormatError(f"frame shape {ds.shape[1:]}, expected {want} as in "
                                             "the first episode", **where)
-        if self.layout == "aloha" and self._facts.get("compress"):
+        if self.layout == "aloha" and self._compressed(f, ref):
             check_compress_len(f, ref, n, len(self._facts["cameras"]))
         return int(n or 0)
+
+    def _file_map(self, f: h5py.File, ref: EpisodeRef, fm: FeatureMap) -> FeatureMap:
+        """``fm`` as this file stores it: an ALOHA camera's encoding is the file's own."""
+        if self.layout != "aloha" or fm.kind != "image":
+            return fm
+        enc, order = aloha_camera_encoding(dataset_at(f, ref.group, fm.parts[0].key,
+                                                    Path(ref.file), ref.id))
+        return replace(fm, encoding=enc, channel_order=order)
+
+    def _compressed(self, f: h5py.File, ref: EpisodeRef) -> bool:
+        """Whether this ALOHA file holds JPEG-compressed cameras."""
+        return any(self._file_map(f, ref, fm).encoding != "raw"
+                   for fm in self.mapping().features if fm.kind == "image")
 
     def _language(self, f: h5py.File, ref: EpisodeRef, n: int) -> list[Segment]:
         lang = self.mapping().language
@@ -288,7 +267,7 @@ class Hdf5Source:
             v = v.decode() if isinstance(v, bytes) else str(v)
             segs = [Segment(0, n - 1, v, lang.task or v)] if v and n else []
         elif lang is not None and lang.key is not None:
-            ds = _dataset(f, ref.group, lang.key, Path(ref.file), ref.id)
+            ds = dataset_at(f, ref.group, lang.key, Path(ref.file), ref.id)
             vals = [v.decode() if isinstance(v, bytes) else str(v) for v in ds[()]]
             if len(vals) != n:
                 raise SourceFormatError(f"{len(vals)} language entries for {n} frames",
@@ -337,7 +316,8 @@ class Hdf5Source:
             with self._open(ref.file, ref.id) as f:
                 for fm in self.mapping().features:
                     first = self._read_feature(f, ref, fm, 0, 1)
-                    dss = [_dataset(f, ref.group, p.key, Path(ref.file), ref.id) for p in fm.parts]
+                    dss = [dataset_at(f, ref.group, p.key, Path(ref.file), ref.id)
+                           for p in fm.parts]
                     src = str(dss[0].dtype) if fm.kind != "image" else "uint8"
                     names = fm.names
                     if names is not None and fm.kind == "lowdim" and len(names) != first.shape[1]:
@@ -358,9 +338,10 @@ class Hdf5Source:
                     for fm in self.mapping().features}
 
     def _read_feature(self, f, ref: EpisodeRef, fm: FeatureMap, lo: int, hi: int) -> np.ndarray:
+        fm = self._file_map(f, ref, fm)
         arrays = []
         for part in fm.parts:
-            ds = _dataset(f, ref.group, part.key, Path(ref.file), ref.id)
+            ds = dataset_at(f, ref.group, part.key, Path(ref.file), ref.id)
             where = dict(file=ref.file, episode=ref.id, key=ds.name.lstrip("/"))
             try:
                 a = ds[lo:hi]

@@ -9,15 +9,14 @@ formats): the key tables and the functions that turn a layout's first file into 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import h5py
 
 from vladata.errors import SourceFormatError
+from vladata.sources.hdf5_files import dataset_in, str_keys
 from vladata.sources.mapping import EpisodesMap, FeatureMap, Mapping, Part
-from vladata.sources.paths import is_inside
 
 if TYPE_CHECKING:
     from vladata.sources.hdf5 import EpisodeRef
@@ -35,6 +34,9 @@ ALOHA_KEYS = (  # (hdf5 key, feature, required, names)
     ("base_action", "action.base", False, ("linear_vel", "angular_vel")),
 )
 ALOHA_IMAGES = "observations/images"
+ALOHA_DECODE = {True: "JPEG (cv2.imencode of RGB arrays) decoded with channel order bgr, "
+                      "returning the recorded RGB array",
+                False: "raw uint8 arrays as recorded (RGB)"}
 ALOHA_GRIPPER = ("entries 6 (left) and 13 (right) of state and action: 0 = closed, 1 = open "
                  "(ACT's (x - close) / (open - close) normalisation)")
 
@@ -51,57 +53,19 @@ ROBOSUITE_GRIPPER = "1/-1"  # <closed>/<open> of the last action dimension (robo
 ROBOSUITE_OSC_NAMES = ("dx", "dy", "dz", "drx", "dry", "drz", "gripper")
 
 
-def str_keys(group: h5py.Group, file: object, episode: object = None) -> list[str]:
-    """The member names of ``group``; a name that is not UTF-8 (h5py gives bytes) is refused."""
-    keys = list(group.keys())
-    bad = [k for k in keys if not isinstance(k, str)]
-    if bad:
-        raise SourceFormatError(f"member name {bad[0]!r} is not UTF-8", file=file,
-                                episode=episode, key=group.name)
-    return keys
-
-
-def outside_references(f: h5py.File, root: str | os.PathLike) -> list[tuple[str, str]]:
-    """``(object, file)`` for every file outside ``root`` that reading ``f`` could open: the
-    targets of external links (resolved from ``f``'s folder), external raw storage files
-    (resolved from the working directory, or ``HDF5_EXTFILE_PREFIX``, as HDF5 does) and the
-    source files of virtual datasets. Links are listed without being followed."""
-    links: list = []
-    f.visititems_links(lambda name, link: links.append((name, link)))
-    here = Path(f.filename).parent
-    ext_base = os.environ.get("HDF5_EXTFILE_PREFIX") or os.getcwd()
-    out = []
-    for name, link in links:
-        if isinstance(link, h5py.ExternalLink):
-            out.append((name, str(here / link.filename)))
-        elif isinstance(link, h5py.HardLink):
-            obj = f.get(name)
-            if not isinstance(obj, h5py.Dataset):
-                continue
-            for ext_file, _, _ in obj.external or ():
-                ext_file = ext_file.decode() if isinstance(ext_file, bytes) else ext_file
-                out.append((name, os.path.join(ext_base, ext_file)))
-            if obj.is_virtual:
-                out += [(name, str(here / vs.file_name)) for vs in obj.virtual_sources()
-                        if vs.file_name != "."]
-    return [(name, target) for name, target in out if not is_inside(root, target)]
-
-
-def dataset_in(group: h5py.Group, key: str, file: object, episode: object = None) -> h5py.Dataset:
-    """``group[key]``, which must be a dataset (not a group, a named datatype, ...)."""
-    obj = group.get(key)
-    if not isinstance(obj, h5py.Dataset):
-        what = "missing" if obj is None else f"a {type(obj).__name__}, not a dataset"
-        raise SourceFormatError(what, file=file, episode=episode, key=f"{group.name}/{key}")
-    return obj
-
-
 def check_compress_len(f: h5py.File, ref: EpisodeRef, n: int, n_cams: int) -> None:
     cl = f.get("compress_len")
     if cl is not None and tuple(cl.shape) != (n_cams, n):
         raise SourceFormatError(f"expected shape ({n_cams}, {n}) (cameras, frames), got "
                                 f"{tuple(cl.shape)}", file=ref.file, episode=ref.id,
                                 key="compress_len")
+
+
+def aloha_camera_encoding(ds: h5py.Dataset) -> tuple[str, str]:
+    """(encoding, channel order) of one file's camera dataset: (T, padded_len) holds cv2 JPEG
+    buffers (``compress`` may be missing in older files), (T, H, W, 3) raw RGB. Recordings
+    made with and without ``--compress`` can share a folder, so this is asked per file."""
+    return ("jpeg", "bgr") if ds.ndim == 2 else ("raw", "rgb")
 
 
 def aloha_mapping(f: h5py.File, ref: EpisodeRef, facts: dict) -> Mapping:
@@ -118,8 +82,7 @@ def aloha_mapping(f: h5py.File, ref: EpisodeRef, facts: dict) -> Mapping:
         if ds.ndim not in (2, 4):
             raise SourceFormatError(f"expected (T, H, W, 3) or (T, padded_len) images, got "
                                     f"{ds.shape}", key=ds.name, **where)
-        # (T, padded_len): cv2 JPEG buffers (``compress`` may be missing in older files)
-        enc, order = ("jpeg", "bgr") if ds.ndim == 2 else ("raw", "rgb")
+        enc, order = aloha_camera_encoding(ds)  # of this file; each file says its own
         feats.append(FeatureMap(f"observation.images.{cam}", (Part(key=f"{ALOHA_IMAGES}/{cam}"),),
                                 dtype="uint8", encoding=enc, channel_order=order))
     for key, name, required, names in ALOHA_KEYS:
@@ -130,9 +93,7 @@ def aloha_mapping(f: h5py.File, ref: EpisodeRef, facts: dict) -> Mapping:
             raise SourceFormatError("dataset missing", key=key, **where)
     facts.update(gripper_meaning=ALOHA_GRIPPER, compress=compress, cameras=cams,
                  sim=bool(f.attrs.get("sim", False)),
-                 image_decode=("JPEG (cv2.imencode of RGB arrays) decoded with channel order bgr, "
-                               "returning the recorded RGB array" if compress
-                               else "raw uint8 arrays as recorded (RGB)"))
+                 image_decode=ALOHA_DECODE[compress])
     return Mapping(format="hdf5", fps=ALOHA_FPS, features=tuple(feats), name="aloha",
                    robot="aloha", action_space="joint position targets (14)")
 
