@@ -91,20 +91,23 @@ def outside_references(f: h5py.File, root: str | os.PathLike) -> list[tuple[str,
     targets of external links (resolved from ``f``'s folder), external raw storage files
     (resolved from the working directory, or ``HDF5_EXTFILE_PREFIX``, as HDF5 does) and the
     source files of virtual datasets. Links are listed without being followed."""
-    links: list = []
-    f.visititems_links(lambda name, link: links.append((name, link)))
+    names: list[bytes] = []
+    f.id.links.visit(names.append)  # names only: a callback that raises becomes SystemError
+    links = [(name, f.get(name, getlink=True)) for name in names]
     here = Path(f.filename).parent
     ext_base = os.environ.get("HDF5_EXTFILE_PREFIX") or os.getcwd()
     out = []
-    for name, link in links:
+    for raw, link in links:
+        name = raw.decode(errors="replace")
         if isinstance(link, h5py.ExternalLink):
             out.append((name, str(here / link.filename)))
         elif isinstance(link, h5py.HardLink):
-            obj = f.get(name)
+            obj = f.get(raw)
             if not isinstance(obj, h5py.Dataset):
                 continue
             for ext_file, _, _ in obj.external or ():
-                ext_file = ext_file.decode() if isinstance(ext_file, bytes) else ext_file
+                if isinstance(ext_file, bytes):
+                    ext_file = ext_file.decode(errors="replace")
                 out.append((name, os.path.join(ext_base, ext_file)))
             if obj.is_virtual:
                 out += [(name, str(here / vs.file_name)) for vs in obj.virtual_sources()
