@@ -75,6 +75,8 @@ class OxeSource:
         self.scan_workers, self.progress = scan_workers, progress
         self.fps = float(fps if fps is not None else self.config.fps if self.config else 0.0)
         self.message = self._message(standardize)
+        if self.config is not None and self.standardize:
+            self.message = self._drop_optional() or self.message
         if self.message:
             warnings.warn(self.message, stacklevel=2)
         if self.standardize:
@@ -111,6 +113,18 @@ class OxeSource:
                 f"standardize.py: fps, cameras (primary/secondary/wrist from {cams}), state parts "
                 f"(from {obs}), an action transform giving 7-d EEF delta xyz + rpy + gripper "
                 f"(1 = open) from {acts}, and the language key (from {text}).")
+
+    def _drop_optional(self) -> str | None:
+        """Leave out the optional features whose keys the steps lack (taco_play without its
+        depth cameras); say so. Keys the required features need are checked later."""
+        have = {lf.rel for lf in self.leaves if lf.in_steps}
+        missing = {k: f for k, f in self.config.optional_keys().items() if k not in have}
+        if not missing:
+            return None
+        self.config = self.config.without(set(missing))
+        return (f"dataset {self.dataset!r}: the steps lack {sorted(missing)}, which the OXE "
+                f"table uses only for optional features; converted without "
+                f"{', '.join(sorted(set(missing.values())))}")
 
     def _language(self) -> LanguageSpec:
         rels = {lf.rel: lf for lf in self.leaves if lf.in_steps}
