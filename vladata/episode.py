@@ -110,17 +110,17 @@ class Episode:
 
 def cast_exact(arr: np.ndarray, dtype: str | np.dtype, *, file: object = None,
                episode: object = None, key: str | None = None, frame: int | None = None,
-               first: int = 0) -> np.ndarray:
+               first: int | None = None) -> np.ndarray:
     """``arr`` as ``dtype``, refusing every cast that would change a value silently.
 
     Allowed: the same dtype; bool or integers to any dtype that holds every value exactly (an
-    integer type whose range holds them, a float type in which each converts back unchanged);
-    floats to integers or bool only when every value is a whole number in range (a float64
-    image in [0, 1] is refused, not stored as zeros); float to a narrower float (float64 ->
-    float32, the store's documented precision, recorded as ``source_dtype``) unless a finite
-    value overflows. Strings, objects and anything else non-numeric are refused. The error
-    names the file, episode, key and the frame given (else ``first`` + the row of the first bad
-    value: ``arr`` then has a leading time axis).
+    integer type whose range holds them, a float type in which each converts back unchanged,
+    bool for 0/1); float to a narrower float (float64 -> float32, the store's documented
+    precision, recorded as ``source_dtype``) unless a finite value overflows. Refused: floats to
+    integers or bool (a float64 image in [0, 1] would become zeros: its scale is a convention
+    the data does not state), strings, objects, anything else non-numeric. The error
+    names the file, episode, key and the frame given (or, when ``first`` is given, ``first`` +
+    the row of the first bad value: ``arr`` then has a leading time axis).
     """
     dtype = np.dtype(dtype)
     a = np.asarray(arr)
@@ -128,7 +128,10 @@ def cast_exact(arr: np.ndarray, dtype: str | np.dtype, *, file: object = None,
         return a
     where = dict(file=file, episode=episode, key=key, frame=frame)
     if a.dtype.kind not in "biuf" or dtype.kind not in "biuf":
-        raise SourceFormatError(f"expected numbers as {dtype}, got dtype {a.dtype}", **where)
+        raise SourceFormatError(f"source holds {a.dtype}, expected {dtype} (numbers)", **where)
+    if a.dtype.kind == "f" and dtype.kind in "biu":
+        raise SourceFormatError(f"source holds {a.dtype}, expected {dtype}: floats are not cast to "
+                                "integers (a [0, 1] image would become zeros)", **where)
     with np.errstate(all="ignore"):
         out = a.astype(dtype)
         if dtype.kind == "f" and a.dtype.kind == "f":
@@ -140,15 +143,13 @@ def cast_exact(arr: np.ndarray, dtype: str | np.dtype, *, file: object = None,
         elif dtype.kind in "iu":
             info = np.iinfo(dtype)
             bad = (a < info.min) | (a > info.max)
-            if a.dtype.kind == "f":
-                bad |= ~np.isfinite(a) | (a != np.trunc(a))
-            what = "is not exactly representable"
+            what = "is out of range"
         else:  # bool or integers -> a float type
             bad = out.astype(a.dtype) != a
             what = "is not exactly representable"
     if bad.any():
         idx = np.unravel_index(int(np.flatnonzero(bad)[0]), a.shape) if a.ndim else ()
-        if frame is None and idx:
+        if frame is None and first is not None and idx:
             where["frame"] = first + int(idx[0])
         raise SourceFormatError(f"value {a[idx]!r} ({a.dtype}) {what} as {dtype}; values are "
                                 "cast only when exact", **where)

@@ -49,7 +49,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from vladata.episode import EpisodeInfo, FeatureSpec, Segment, segments_from_runs
+from vladata.episode import EpisodeInfo, FeatureSpec, Segment, cast_exact, segments_from_runs
 from vladata.errors import SourceFormatError
 from vladata.images import decode_image, image_format
 from vladata.sources.hdf5_files import (dataset_at, find_groups, natural_key, open_file,
@@ -353,7 +353,7 @@ class Hdf5Source:
                 a = a[..., 0] if a.ndim == 4 and a.shape[-1] == 1 else a
                 if a.ndim != 3:
                     raise SourceFormatError(f"expected depth (T, H, W), got {a.shape}", **where)
-                return a.astype(np.float32)
+                return cast_exact(a, np.float32, first=lo, **where)
             if a.dtype.kind not in "fiub":
                 raise SourceFormatError(f"expected numbers, got dtype {a.dtype}", **where)
             a = a.reshape(len(a), -1)
@@ -362,8 +362,8 @@ class Hdf5Source:
                     raise SourceFormatError(f"index {max(part.index)} out of range for "
                                             f"{a.shape[1]} values", **where)
                 a = a[:, list(part.index)]
-            arrays.append(a)
-        return np.concatenate(arrays, axis=1).astype(fm.dtype)
+            arrays.append(cast_exact(a, fm.dtype, first=lo, **where))
+        return np.concatenate(arrays, axis=1)
 
     def describe(self) -> dict:
         m = self.mapping()

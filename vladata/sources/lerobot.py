@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vladata.episode import EpisodeInfo, FeatureSpec, segments_from_runs
+from vladata.episode import EpisodeInfo, FeatureSpec, cast_exact, segments_from_runs
 from vladata.errors import SourceFormatError
 from vladata.images import decode_image, image_format
 from vladata.sources.mapping import gripper_facts
@@ -92,8 +92,10 @@ def _column(table: pa.Table, name: str, file: Path, episode: object = None) -> p
     return table.column(name)
 
 
-def _to_numpy(col: pa.ChunkedArray, n: int, width: int, file: Path, episode, key) -> np.ndarray:
-    """A list / fixed-size-list / scalar column -> float32 (n, width)."""
+def _to_numpy(col: pa.ChunkedArray, n: int, width: int, file: Path, episode, key,
+              first: int = 0) -> np.ndarray:
+    """A list / fixed-size-list / scalar column -> float32 (n, width), cast only where exact
+    (``first``: the frame number of row 0, for errors)."""
     arr = col.combine_chunks()
     if pa.types.is_list(arr.type) or pa.types.is_fixed_size_list(arr.type) \
             or pa.types.is_large_list(arr.type):
@@ -106,7 +108,8 @@ def _to_numpy(col: pa.ChunkedArray, n: int, width: int, file: Path, episode, key
     if vals.size != n * width:
         raise SourceFormatError(f"expected {width} values per frame, got {vals.size / max(n, 1):g}",
                                 file=file, episode=episode, key=key)
-    return vals.astype(np.float32).reshape(n, width)
+    return cast_exact(vals.reshape(n, width), np.float32, file=file, episode=episode, key=key,
+                      first=first)
 
 
 def _tasks_v3(path: Path) -> dict[int, str]:
@@ -296,7 +299,7 @@ class LeRobotSource:
         for name, (key, kind) in self._mapping().items():
             col = _column(table, "timestamp" if kind == "video" else key, path, ep)
             if kind == "lowdim":
-                out[name] = _to_numpy(col, hi - lo, feats[name].shape[0], path, ep, key)
+                out[name] = _to_numpy(col, hi - lo, feats[name].shape[0], path, ep, key, lo)
                 continue
             if kind == "image":
                 out[name] = self._images(col, path, ep, key, lo)

@@ -35,7 +35,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import yaml
 
-from vladata.episode import EpisodeInfo, FeatureSpec, segments_from_runs
+from vladata.episode import EpisodeInfo, FeatureSpec, cast_exact, segments_from_runs
 from vladata.errors import SourceFormatError, VladataError
 from vladata.images import decode_image, image_format
 from vladata.sources.boundary import DECODER_ERRORS, raised_in
@@ -378,7 +378,7 @@ def _extract(msg: object, fm: FeatureMap, part, bag: Path, episode, frame) -> np
             raise SourceFormatError(f"index {max(part.index)} out of range for {vals.size} "
                                     "values", **where)
         vals = vals[list(part.index)]
-    return vals.astype(fm.dtype)
+    return cast_exact(vals, fm.dtype, **where)
 
 
 def _image(msg: object, fm: FeatureMap, where: dict) -> np.ndarray:
