@@ -126,6 +126,8 @@ def cast_exact(arr: np.ndarray, dtype: str | np.dtype, *, file: object = None,
     a = np.asarray(arr)
     if a.dtype == dtype:
         return a
+    if frame is None and first is not None and a.ndim:
+        frame = first  # a dtype refused: its first frame is already wrong
     where = dict(file=file, episode=episode, key=key, frame=frame)
     if a.dtype.kind not in "biuf" or dtype.kind not in "biuf":
         raise SourceFormatError(f"source holds {a.dtype}, expected {dtype} (numbers)", **where)
@@ -149,7 +151,7 @@ def cast_exact(arr: np.ndarray, dtype: str | np.dtype, *, file: object = None,
             what = "is not exactly representable"
     if bad.any():
         idx = np.unravel_index(int(np.flatnonzero(bad)[0]), a.shape) if a.ndim else ()
-        if frame is None and first is not None and idx:
+        if first is not None and idx:
             where["frame"] = first + int(idx[0])
         raise SourceFormatError(f"value {a[idx]!r} ({a.dtype}) {what} as {dtype}; values are "
                                 "cast only when exact", **where)
