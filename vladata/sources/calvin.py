@@ -248,13 +248,28 @@ class CalvinSource:
         feats = self.features()
         out = {name: np.empty((hi - lo, *spec.shape), spec.dtype) for name, spec in feats.items()}
         expected = {k: feats[KEYS_BY_NPZ[k].feature].shape for k in self.keys}
-        for t in range(lo, hi):
-            path = frame_path(d, first_id + t)
-            frame = _load_frame(path, self.keys, expected, info.source_id)
-            for k in self.keys:
-                name = KEYS_BY_NPZ[k].feature
-                out[name][t - lo] = cast_exact(frame[k], feats[name].dtype, file=path,
-                                               episode=info.source_id, key=k, frame=t)
+        # per key, the dtypes stored as they come: the store's own, and float64 -> float32 (its
+        # only failure, an overflow to inf, is looked for once per call below)
+        direct = {k: {np.dtype(feats[KEYS_BY_NPZ[k].feature].dtype)} for k in self.keys}
+        for k in self.keys:
+            spec = feats[KEYS_BY_NPZ[k].feature]
+            if spec.dtype == "float32" and spec.source_dtype == "float64":
+                direct[k].add(np.dtype("float64"))
+        with np.errstate(over="ignore"):
+            for t in range(lo, hi):
+                path = frame_path(d, first_id + t)
+                frame = _load_frame(path, self.keys, expected, info.source_id)
+                for k in self.keys:
+                    name, v = KEYS_BY_NPZ[k].feature, frame[k]
+                    out[name][t - lo] = v if v.dtype in direct[k] else cast_exact(
+                        v, feats[name].dtype, file=path, episode=info.source_id, key=k, frame=t)
+        for k in self.keys:  # an inf: was it one in the file (kept) or an overflow (refused)?
+            arr = out[KEYS_BY_NPZ[k].feature]
+            if arr.dtype.kind == "f" and len(direct[k]) > 1 and np.isinf(arr).any():
+                for t in np.flatnonzero(np.isinf(arr.reshape(len(arr), -1)).any(axis=1)):
+                    path = frame_path(d, first_id + lo + int(t))
+                    cast_exact(_load_frame(path, [k], None, info.source_id)[k], arr.dtype,
+                               file=path, episode=info.source_id, key=k, frame=lo + int(t))
         return out
 
     def describe(self) -> dict:
