@@ -15,9 +15,15 @@ import struct
 import traceback
 from pathlib import PurePath
 
+from PIL import Image
+
 #: Exception classes decoders raise on damaged input (beside their own error classes).
 DECODER_ERRORS = (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, RuntimeError,
                   AssertionError, OverflowError, struct.error, MemoryError)
+
+#: What decoding a damaged JPEG/PNG raises (simplejpeg: ValueError; Pillow: OSError, its
+#: SyntaxError for broken chunks, DecompressionBombError for absurd sizes in a header).
+IMAGE_ERRORS = (ValueError, OSError, SyntaxError, Image.DecompressionBombError)
 
 _OURS = ("vladata",)
 

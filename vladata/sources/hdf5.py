@@ -52,6 +52,7 @@ import numpy as np
 from vladata.episode import EpisodeInfo, FeatureSpec, Segment, cast_exact, segments_from_runs
 from vladata.errors import SourceFormatError
 from vladata.images import decode_image, image_format
+from vladata.sources.boundary import IMAGE_ERRORS
 from vladata.sources.hdf5_files import (dataset_at, find_groups, natural_key, open_file,
                                         outside_references, str_keys)
 from vladata.sources.hdf5_layouts import (ALOHA_DECODE, aloha_camera_encoding, aloha_mapping,
@@ -395,7 +396,7 @@ def _image_frames(a: np.ndarray, fm: FeatureMap, lo: int, where: dict) -> np.nda
                                     f"{data[:4].hex()})", frame=lo + t, **where)
         try:
             img = decode_image(data, fm.encoding, fm.channel_order)
-        except (ValueError, OSError) as e:
+        except IMAGE_ERRORS as e:
             raise SourceFormatError(f"corrupt {fm.encoding} image ({e})", frame=lo + t,
                                     **where) from None
         if out and img.shape != out[0].shape:

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from vladata.episode import EpisodeInfo, FeatureSpec, cast_exact, segments_from_runs
 from vladata.errors import SourceFormatError
 from vladata.images import decode_image, image_format
+from vladata.sources.boundary import IMAGE_ERRORS
 from vladata.sources.mapping import gripper_facts
 from vladata.sources.paths import inside, safe_format
 
@@ -322,7 +323,15 @@ class LeRobotSource:
             if fmt is None:
                 raise SourceFormatError("image is not embedded PNG or JPEG bytes", file=path,
                                         episode=ep, key=key, frame=lo + t)
-            frames.append(decode_image(data, fmt))
+            try:
+                img = decode_image(data, fmt)
+            except IMAGE_ERRORS as e:
+                raise SourceFormatError(f"corrupt {fmt} image ({type(e).__name__}: {e})",
+                                        file=path, episode=ep, key=key, frame=lo + t) from None
+            if frames and img.shape != frames[0].shape:
+                raise SourceFormatError(f"image shape {img.shape} differs from {frames[0].shape}",
+                                        file=path, episode=ep, key=key, frame=lo + t)
+            frames.append(img)
         return np.stack(frames)
 
     def describe(self) -> dict:
@@ -390,6 +399,11 @@ def decode_video_frames(path: Path, times: np.ndarray, *, episode: object = None
                                 key=key) from None
     if j < n:
         _missing_frame(path, episode, key, lo + j, times[j], None)
+    shapes = [a.shape for a in out]
+    if len(set(shapes)) > 1:
+        t = next(t for t, s in enumerate(shapes) if s != shapes[0])
+        raise SourceFormatError(f"frame size {shapes[t]} differs from {shapes[0]}", file=path,
+                                episode=episode, key=key, frame=lo + t)
     return np.stack(out)
 
 

@@ -38,7 +38,7 @@ import yaml
 from vladata.episode import EpisodeInfo, FeatureSpec, cast_exact, segments_from_runs
 from vladata.errors import SourceFormatError, VladataError
 from vladata.images import decode_image, image_format
-from vladata.sources.boundary import DECODER_ERRORS, raised_in
+from vladata.sources.boundary import DECODER_ERRORS, IMAGE_ERRORS, raised_in
 from vladata.sources.mapping import FeatureMap, Mapping, gripper_facts, load_mapping
 from vladata.sources.paths import inside
 
@@ -394,7 +394,7 @@ def _image(msg: object, fm: FeatureMap, where: dict) -> np.ndarray:
                                     "Image", **where)
         try:
             return decode_image(data, fmt, fm.channel_order)
-        except (ValueError, OSError) as e:
+        except IMAGE_ERRORS as e:
             raise SourceFormatError(f"corrupt {fmt} image ({e})", **where) from None
     if t != "sensor_msgs/msg/Image":
         raise SourceFormatError(f"expected {' or '.join(IMAGE_TYPES)}, got {t}", **where)

@@ -381,3 +381,33 @@ def test_ros2_metadata_storage_file_outside_the_bag(tmp_path):
     meta.write_text(yaml.safe_dump(doc))
     refused(tmp_path, ["rosbag", str(src), "--map", str(src / "mapping.yaml")],
             tmp_path / "o.vla", str(meta), "x.db3", "outside the dataset")
+
+
+def test_lerobot_corrupt_embedded_png(tmp_path):
+    from vladata.samples.lerobot import write_sample
+    d = tmp_path / "ds"
+    write_sample(d, "v3.0", episodes=1, lengths=[3], cameras=(), image_cameras=("wrist",),
+                 size=(8, 8))
+    p = next((d / "data").rglob("*.parquet"))
+    t = pq.read_table(p)
+    key = "observation.images.wrist"
+    rows = t.column(key).to_pylist()
+    rows[1] = {**rows[1], "bytes": rows[1]["bytes"][:40]}  # PNG signature, truncated chunks
+    t = t.set_column(t.column_names.index(key), key, pa.array(rows, t.schema.field(key).type))
+    pq.write_table(t, p)
+    refused(tmp_path, ["lerobot", str(d)], tmp_path / "o.vla", str(p), "episode 0", f"'{key}'",
+            "frame 1", "corrupt png")
+
+
+def test_hdf5_virtual_dataset_outside_the_source(tmp_path):
+    _h5_episode(tmp_path / "outside/src.h5", action=np.full((4, 2), 9, np.float32))
+    ep = tmp_path / "src/ep_0.h5"
+    _h5_episode(ep)
+    layout = h5py.VirtualLayout(shape=(4, 2), dtype=np.float32)
+    layout[:] = h5py.VirtualSource(str(tmp_path / "outside/src.h5"), "action", shape=(4, 2))
+    with h5py.File(ep, "a") as f:
+        del f["action"]
+        f.create_virtual_dataset("action", layout)
+    refused(tmp_path, ["hdf5", str(tmp_path / "src"), "--layout", "mapping", "--map",
+                       str(_mapping(tmp_path))], tmp_path / "o.vla", str(ep), "'action'",
+            "src.h5")

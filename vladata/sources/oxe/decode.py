@@ -204,7 +204,7 @@ def decode_image(buf: bytes, out: np.ndarray) -> None:
                 if mode is not None and im.mode != mode:
                     im = im.convert(mode)
                 arr = np.asarray(im)
-        except (OSError, SyntaxError) as e:
+        except (OSError, SyntaxError, Image.DecompressionBombError) as e:
             raise ValueError(f"undecodable PNG ({e})") from None
         if arr.ndim == 2:
             arr = arr[:, :, None]
