@@ -62,6 +62,15 @@ from vladata.sources.paths import inside
 
 LAYOUTS = ("aloha", "robomimic", "mapping")
 
+def _text(v: object, file: object, episode: object, key: str) -> str:
+    """An HDF5 string value (bytes or str) as str; bytes that are not UTF-8 are refused."""
+    try:
+        return v.decode() if isinstance(v, bytes) else str(v)
+    except UnicodeDecodeError as e:
+        raise SourceFormatError(f"text is not UTF-8 ({e})", file=file, episode=episode,
+                                key=key) from None
+
+
 @dataclass(frozen=True)
 class EpisodeRef:
     file: str
@@ -265,11 +274,11 @@ class Hdf5Source:
             if v is None:
                 raise SourceFormatError("language attribute missing", file=ref.file, episode=ref.id,
                                         key=f"{ref.group}@{lang.attr}")
-            v = v.decode() if isinstance(v, bytes) else str(v)
+            v = _text(v, ref.file, ref.id, f"{ref.group}@{lang.attr}")
             segs = [Segment(0, n - 1, v, lang.task or v)] if v and n else []
         elif lang is not None and lang.key is not None:
             ds = dataset_at(f, ref.group, lang.key, Path(ref.file), ref.id)
-            vals = [v.decode() if isinstance(v, bytes) else str(v) for v in ds[()]]
+            vals = [_text(v, ref.file, ref.id, lang.key) for v in np.atleast_1d(ds[()])]
             if len(vals) != n:
                 raise SourceFormatError(f"{len(vals)} language entries for {n} frames",
                                         file=ref.file, episode=ref.id, key=lang.key)
@@ -285,7 +294,7 @@ class Hdf5Source:
             g = f.get("mask")
             if not isinstance(g, h5py.Group):
                 return {}
-            return {k: {v.decode() if isinstance(v, bytes) else str(v) for v in g[k][()]}
+            return {k: {_text(v, self.path, None, f"mask/{k}") for v in np.atleast_1d(g[k][()])}
                     for k in str_keys(g, self.path) if isinstance(g[k], h5py.Dataset)}
 
     def _robomimic_episode(self, f, ref: EpisodeRef, info: EpisodeInfo, masks) -> None:

@@ -41,6 +41,7 @@ from vladata.episode import EpisodeInfo, FeatureSpec, cast_exact, segments_from_
 from vladata.errors import SourceFormatError
 from vladata.images import decode_image, image_format
 from vladata.sources.boundary import IMAGE_ERRORS
+from vladata.sources.lerobot_video import TOLERANCE_S, decode_video_frames
 from vladata.sources.mapping import gripper_facts
 from vladata.sources.paths import inside, safe_format
 
@@ -49,7 +50,6 @@ BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index
 NUMERIC = ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")
 SPLIT_NAMES = {"train": "train", "val": "validation", "valid": "validation",
                "validation": "validation", "test": "test"}
-TOLERANCE_S = 1e-4
 V2_EPISODES, V2_TASKS = "meta/episodes.jsonl", "meta/tasks.jsonl"
 
 
@@ -111,6 +111,23 @@ def _to_numpy(col: pa.ChunkedArray, n: int, width: int, file: Path, episode, key
                                 file=file, episode=episode, key=key)
     return cast_exact(vals.reshape(n, width), np.float32, file=file, episode=episode, key=key,
                       first=first)
+
+
+def _checked_rows(rows: list, types: dict[str, type], file: Path) -> list[dict]:
+    """Metadata rows as dicts whose ``types`` keys hold values of that type (ints as int)."""
+    out = []
+    for j, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise SourceFormatError(f"row {j} is not an object", file=file)
+        for k, t in types.items():
+            v = r.get(k)
+            ok = isinstance(v, t) and not isinstance(v, bool) or (
+                t is int and isinstance(v, float) and v.is_integer())
+            if not ok:
+                raise SourceFormatError(f"row {j}: expected {t.__name__}, got {v!r}", file=file,
+                                        key=k)
+        out.append({**r, **{k: t(r[k]) for k, t in types.items()}})
+    return out
 
 
 def _tasks_v3(path: Path) -> dict[int, str]:
@@ -210,11 +227,9 @@ class LeRobotSource:
                 rows = [r for p in files for r in _read_parquet(p).to_pylist()]
             else:
                 rows = _read_jsonl(self._path(V2_EPISODES))
-            for r in rows:
-                if "episode_index" not in r or "length" not in r:
-                    raise SourceFormatError("episode row without episode_index/length",
-                                            file=self._path("meta"), key="episode_index")
-            self._episodes = sorted(rows, key=lambda r: int(r["episode_index"]))
+            where = self._path("meta/episodes" if self.version == "v3.0" else V2_EPISODES)
+            rows = _checked_rows(rows, {"episode_index": int, "length": int}, where)
+            self._episodes = sorted(rows, key=lambda r: r["episode_index"])
         return self._episodes
 
     def plan(self) -> list[EpisodeInfo]:
@@ -242,7 +257,9 @@ class LeRobotSource:
     def _tasks(self) -> dict[int, str]:
         if self.version == "v3.0":
             return _tasks_v3(self._path("meta/tasks.parquet"))
-        return {int(r["task_index"]): str(r["task"]) for r in _read_jsonl(self._path(V2_TASKS))}
+        rows = _checked_rows(_read_jsonl(self._path(V2_TASKS)), {"task_index": int, "task": str},
+                             self._path(V2_TASKS))
+        return {r["task_index"]: r["task"] for r in rows}
 
     def _splits(self) -> dict[int, str]:
         out = {}
@@ -358,56 +375,3 @@ def _names(names: object, n: int) -> tuple[str, ...] | None:
     if isinstance(names, list) and len(names) == n and all(isinstance(x, str) for x in names):
         return tuple(names)
     return None
-
-
-def decode_video_frames(path: Path, times: np.ndarray, *, episode: object = None, key: str = "",
-                        lo: int = 0) -> np.ndarray:
-    """Decode the frames presented at ``times`` (seconds, ascending) -> uint8 (n, H, W, 3) RGB."""
-    import av
-
-    n = len(times)
-    if n == 0:
-        return np.zeros((0, 0, 0, 3), np.uint8)
-    if np.any(np.diff(times) <= 0):
-        raise SourceFormatError("frame timestamps are not increasing", file=path,
-                                episode=episode, key=key)
-    out: list[np.ndarray | None] = [None] * n
-    j = 0
-    try:
-        with av.open(str(path), metadata_errors="replace") as container:
-            if not container.streams.video:
-                raise SourceFormatError("no video stream in the file", file=path, episode=episode,
-                                        key=key)
-            stream = container.streams.video[0]
-            tb = stream.time_base
-            container.seek(max(0, int((times[0] - TOLERANCE_S) / tb)), stream=stream, backward=True)
-            for frame in container.decode(stream):
-                if frame.pts is None:
-                    continue
-                t = float(frame.pts * tb)
-                while j < n and times[j] < t - TOLERANCE_S:
-                    _missing_frame(path, episode, key, lo + j, times[j], t)
-                if j < n and abs(t - times[j]) <= TOLERANCE_S:
-                    out[j] = frame.to_ndarray(format="rgb24")
-                    j += 1
-                if j == n:
-                    break
-    except FileNotFoundError:
-        raise SourceFormatError("video file missing", file=path, episode=episode, key=key) from None
-    except av.FFmpegError as e:
-        raise SourceFormatError(f"undecodable video ({e})", file=path, episode=episode,
-                                key=key) from None
-    if j < n:
-        _missing_frame(path, episode, key, lo + j, times[j], None)
-    shapes = [a.shape for a in out]
-    if len(set(shapes)) > 1:
-        t = next(t for t, s in enumerate(shapes) if s != shapes[0])
-        raise SourceFormatError(f"frame size {shapes[t]} differs from {shapes[0]}", file=path,
-                                episode=episode, key=key, frame=lo + t)
-    return np.stack(out)
-
-
-def _missing_frame(path, episode, key, frame, want: float, got: float | None):
-    near = f"; the next frame is at {got:.6f} s" if got is not None else "; the video ends first"
-    raise SourceFormatError(f"no video frame within {TOLERANCE_S} s of {want:.6f} s{near}",
-                            file=path, episode=episode, key=key, frame=frame)
