@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from vladata.episode import EpisodeInfo, FeatureSpec
+from vladata.episode import EpisodeInfo, FeatureSpec, cast_exact
 from vladata.errors import SourceFormatError
 from vladata.sources.oxe.decode import Record
 from vladata.sources.oxe.mapping import Output, build_mapping, check_transform
@@ -287,8 +287,9 @@ class OxeSource:
             elif o.how == "depth":
                 out[name] = raw[o.keys[0]].reshape(T, *spec.shape).astype(np.float32, copy=False)
             elif o.how == "concat":
-                out[name] = np.concatenate([raw[k].reshape(T, -1).astype(np.float32)
-                                            for k in o.keys], axis=1)
+                out[name] = np.concatenate([cast_exact(
+                    raw[k].reshape(T, -1), np.float32, file=f"{rec.file}, record {rec.record}",
+                    key="steps/" + k, first=0) for k in o.keys], axis=1)
             elif o.how == "state":
                 out[name] = state_vector(self.config, raw, T)
             elif o.how == "action":
