@@ -153,8 +153,8 @@ def cast_exact(arr: np.ndarray, dtype: str | np.dtype, *, file: object = None,
         idx = np.unravel_index(int(np.flatnonzero(bad)[0]), a.shape) if a.ndim else ()
         if first is not None and idx:
             where["frame"] = first + int(idx[0])
-        raise SourceFormatError(f"value {a[idx]!r} ({a.dtype}) {what} as {dtype}; values are "
-                                "cast only when exact", **where)
+        raise SourceFormatError(f"value {a[idx].item()!r} ({a.dtype}) {what} as {dtype}; values "
+                                "are cast only when exact", **where)
     return out
 
 

@@ -411,3 +411,21 @@ def test_hdf5_virtual_dataset_outside_the_source(tmp_path):
     refused(tmp_path, ["hdf5", str(tmp_path / "src"), "--layout", "mapping", "--map",
                        str(_mapping(tmp_path))], tmp_path / "o.vla", str(ep), "'action'",
             "src.h5")
+
+
+def test_oxe_integer_outside_its_declared_dtype(tmp_path):
+    import copy
+
+    from vladata.samples import oxe as samples
+    name = "fractal20220817_data"
+    schema = samples.schema_for(name)
+    eps = samples.generate(name, 2, steps=(3, 4), schema=schema)
+    eps[0]["steps"]["action/terminate_episode"][:] = 1
+    eps[1]["steps"]["action/terminate_episode"][:] = 300
+    src = samples.write_dataset(tmp_path / "fractal", name, schema, {"train": eps}, shards=1)
+    declared = copy.deepcopy(schema)  # features.json says int8, the records hold 300
+    leaf = declared["steps"]["action"]["terminate_episode"]
+    declared["steps"]["action"]["terminate_episode"] = (*leaf[:2], "int8", *leaf[3:])
+    (src / "features.json").write_text(json.dumps(samples.features_json(declared)))
+    refused(tmp_path, ["oxe", str(src)], tmp_path / "o.vla", "record 1",
+            "'steps/action/terminate_episode'", "out of range as int8")
