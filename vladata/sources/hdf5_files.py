@@ -96,6 +96,7 @@ def outside_references(f: h5py.File, root: str | os.PathLike) -> list[tuple[str,
     links = [(name, f.get(name, getlink=True)) for name in names]
     here = Path(f.filename).parent
     ext_base = os.environ.get("HDF5_EXTFILE_PREFIX") or os.getcwd()
+    ext_base = ext_base.replace("${ORIGIN}", str(here))  # HDF5's name for the file's folder
     out = []
     for raw, link in links:
         name = raw.decode(errors="replace")
