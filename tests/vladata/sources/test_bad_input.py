@@ -224,6 +224,16 @@ def test_oxe_shard_template_outside_the_dataset(oxe, tmp_path):
             "outside the dataset")
 
 
+def test_oxe_shard_template_fields_are_plain_names(oxe, tmp_path):
+    p = oxe / "dataset_info.json"
+    info = json.loads(p.read_text())
+    info["splits"][0]["filepathTemplate"] = "{DATASET.__class__}-{SPLIT}.{FILEFORMAT}"
+    p.write_text(json.dumps(info))
+    out = refused(tmp_path, ["oxe", str(oxe)], tmp_path / "o.vla", str(p), "filepathTemplate",
+                  "not a plain name")
+    assert "<class" not in out
+
+
 def test_oxe_allow_outside_reads_shards_elsewhere(oxe, tmp_path):
     (tmp_path / "x").mkdir()
     for shard in oxe.glob("*.tfrecord-*"):

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from vladata.errors import SourceFormatError
-from vladata.sources.paths import inside
+from vladata.sources.paths import inside, safe_format
 
 DEFAULT_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
@@ -100,14 +100,12 @@ def _load_json(path: Path) -> dict:
 
 
 def shard_name(template: str, dataset: str, split: str, file_format: str, i: int, n: int) -> str:
-    """A shard's file name from a TFDS ``filepathTemplate``."""
-    out = (template.replace("{DATASET}", dataset).replace("{SPLIT}", split)
-           .replace("{FILEFORMAT}", file_format)
-           .replace("{SHARD_X_OF_Y}", f"{i:05d}-of-{n:05d}")
-           .replace("{SHARD_INDEX}", f"{i:05d}").replace("{NUM_SHARDS}", f"{n:05d}"))
-    if "{" in out:
-        raise ValueError(f"unsupported placeholder in filepathTemplate {template!r}")
-    return out
+    """A shard's file name from a TFDS ``filepathTemplate`` (plain placeholders only: the
+    template comes from the dataset's metadata, see :func:`~vladata.sources.paths.safe_format`)."""
+    return safe_format(template, {"DATASET": dataset, "SPLIT": split, "FILEFORMAT": file_format,
+                                  "SHARD_X_OF_Y": f"{i:05d}-of-{n:05d}",
+                                  "SHARD_INDEX": f"{i:05d}", "NUM_SHARDS": f"{n:05d}"},
+                       key="filepathTemplate")
 
 
 def parse_dataset_info(src: Path, *, allow_outside: bool = False) -> DatasetInfo:
