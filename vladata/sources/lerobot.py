@@ -130,6 +130,32 @@ def _checked_rows(rows: list, types: dict[str, type], file: Path) -> list[dict]:
     return out
 
 
+def _check_info(info: dict, file: Path) -> None:
+    """The info.json fields this reader uses have the types LeRobot writes."""
+    def bad(key: str, want: str, got: object) -> SourceFormatError:
+        return SourceFormatError(f"expected {want}, got {got!r}", file=file, key=key)
+
+    fps, chunks = info["fps"], info.get("chunks_size", 1000)
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
+        raise bad("fps", "a positive number", fps)
+    if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+        raise bad("chunks_size", "a positive integer", chunks)
+    for k in ("data_path", "video_path"):
+        if not isinstance(info.get(k, ""), (str, type(None))):
+            raise bad(k, "a path template string", info[k])
+    if not isinstance(info["features"], dict):
+        raise bad("features", "an object of feature name -> {dtype, shape}", info["features"])
+    for name, ft in info["features"].items():
+        shape = ft.get("shape") if isinstance(ft, dict) else None
+        ok = (isinstance(ft, dict) and isinstance(ft.get("dtype"), str)
+              and isinstance(shape, list)
+              and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+              and (ft["dtype"] not in ("video", "image") or len(shape) == 3))
+        if not ok:
+            raise bad(f"features.{name}", "{dtype: str, shape: [non-negative ints] (3 for "
+                      "images)}", ft)
+
+
 def _tasks_v3(path: Path) -> dict[int, str]:
     """meta/tasks.parquet: the task string is pandas' index column (named in its metadata)."""
     t = _read_parquet(path)
@@ -163,6 +189,8 @@ class LeRobotSource:
     def __post_init__(self):
         info_file = self._path("meta/info.json")
         self._info = info = _read_json(info_file)
+        if not isinstance(info, dict):
+            raise SourceFormatError("expected a JSON object", file=info_file)
         version = info.get("codebase_version")
         if version not in VERSIONS:
             raise SourceFormatError(f"codebase_version {version!r} is not one of {VERSIONS}",
@@ -170,6 +198,7 @@ class LeRobotSource:
         for k in ("fps", "features", "data_path"):
             if k not in info:
                 raise SourceFormatError("key missing", file=info_file, key=k)
+        _check_info(info, info_file)
         self.fps = float(info["fps"])
 
     @property

@@ -439,3 +439,12 @@ def test_oxe_integer_outside_its_declared_dtype(tmp_path):
     (src / "features.json").write_text(json.dumps(samples.features_json(declared)))
     refused(tmp_path, ["oxe", str(src)], tmp_path / "o.vla", "record 1",
             "'steps/action/terminate_episode'", "out of range as int8")
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"fps": "ten"}, "fps"), ({"chunks_size": 0}, "chunks_size"),
+    ({"features": {"action": {"dtype": "float32", "shape": "7"}}}, "features.action"),
+    ({"data_path": 3}, "data_path")])
+def test_lerobot_info_json_field_types(lerobot, tmp_path, change, key):
+    info = _set_info(lerobot, **change)
+    refused(tmp_path, ["lerobot", str(lerobot)], tmp_path / "o.vla", str(info), f"'{key}'")
