@@ -133,7 +133,8 @@ def cast_exact(arr: np.ndarray, dtype: str | np.dtype, *, file: object = None,
         raise SourceFormatError(f"source holds {a.dtype}, expected {dtype} (numbers)", **where)
     if a.dtype.kind == "f" and dtype.kind in "biu":
         raise SourceFormatError(f"source holds {a.dtype}, expected {dtype}: floats are not cast to "
-                                "integers (a [0, 1] image would become zeros)", **where)
+                                "integers (rounding changes values; a [0, 1] image would become "
+                                "zeros)", **where)
     with np.errstate(all="ignore"):
         out = a.astype(dtype)
         if dtype.kind == "f" and a.dtype.kind == "f":

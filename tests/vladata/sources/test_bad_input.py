@@ -448,3 +448,27 @@ def test_oxe_integer_outside_its_declared_dtype(tmp_path):
 def test_lerobot_info_json_field_types(lerobot, tmp_path, change, key):
     info = _set_info(lerobot, **change)
     refused(tmp_path, ["lerobot", str(lerobot)], tmp_path / "o.vla", str(info), f"'{key}'")
+
+
+@pytest.fixture()
+def bags(tmp_path):
+    from vladata.samples.rosbag import write_sample
+    src = tmp_path / "bags"
+    write_sample(src, "ros1", episodes=2, duration_s=0.3, size=(4, 6))
+    return src
+
+
+def test_rosbag_float_field_mapped_to_an_integer_dtype(bags, tmp_path):
+    m = bags / "mapping.yaml"
+    doc = yaml.safe_load(m.read_text())
+    doc["features"]["action"]["dtype"] = "int16"
+    m.write_text(yaml.safe_dump(doc))
+    refused(tmp_path, ["rosbag", str(bags), "--map", str(m)], tmp_path / "o.vla",
+            "episode_0.bag", "'/arm/command'", "floats are not cast")
+
+
+def test_rosbag_truncated_bag(bags, tmp_path):
+    bag = sorted(bags.glob("*.bag"))[1]
+    bag.write_bytes(bag.read_bytes()[:len(bag.read_bytes()) * 2 // 3])
+    refused(tmp_path, ["rosbag", str(bags), "--map", str(bags / "mapping.yaml")],
+            tmp_path / "o.vla", bag.name)
