@@ -132,9 +132,9 @@ def cast_exact(arr: np.ndarray, dtype: str | np.dtype, *, file: object = None,
     if a.dtype.kind not in "biuf" or dtype.kind not in "biuf":
         raise SourceFormatError(f"source holds {a.dtype}, expected {dtype} (numbers)", **where)
     if a.dtype.kind == "f" and dtype.kind in "biu":
-        raise SourceFormatError(f"source holds {a.dtype}, expected {dtype}: floats are not cast to "
-                                "integers (rounding changes values; a [0, 1] image would become "
-                                "zeros)", **where)
+        raise SourceFormatError(f"source holds {a.dtype}, expected {dtype}: floats are not cast "
+                                "to integers (rounding changes values; a [0, 1] image would "
+                                "become zeros)", **where)
     with np.errstate(all="ignore"):
         out = a.astype(dtype)
         if dtype.kind == "f" and a.dtype.kind == "f":
