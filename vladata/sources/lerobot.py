@@ -17,7 +17,8 @@ v2.1/v2.0: ``data/chunk-XXX/episode_XXXXXX.parquet`` and ``videos/chunk-XXX/<key
 Mapping: episodes in ``episode_index`` order; ``observation.*`` and ``action*`` features kept
 (float and int values stored as float32 where exact, the source dtype recorded); an image/video
 feature not named ``observation.images.<cam>`` is renamed to ``observation.images.<last name
-part>``; other features (``next.reward``, strings, ...) are listed in ``describe()["unmapped_features"]``.
+part>``; other features (``next.reward``, strings, ...) are listed in
+``describe()["unmapped_features"]``.
 Splits come from ``info.splits`` (``"a:b"`` episode ranges; ``val``/``valid`` -> validation),
 language from each frame's ``task_index``: one segment per run of the same task.
 
