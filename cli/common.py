@@ -121,6 +121,9 @@ def convert_options(f):
                      help="zarr: the random-access store; wds: also WebDataset shards in OUT/wds "
                           "(256-frame episode pieces; `vladata export` for other choices)."),
         click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
+        click.option("--allow-outside", is_flag=True,
+                     help="Read files the dataset's metadata places outside SRC (path templates, "
+                          "globs, HDF5 external links/storage); refused by default."),
     ]
     for opt in reversed(options):
         f = opt(f)
@@ -130,8 +133,9 @@ def convert_options(f):
 def run_convert(source, out: str, *, workers=1, resume=False, overwrite=False, image_codec="raw",
                 jpeg_quality=90, part_frames=None, quantiles=None, image_stats=False, fmt="zarr",
                 as_json=False, token_layout=None, vocab_size=None, n_special=None,
-                bins=256) -> None:
-    """Convert ``source`` to a store at ``out`` and print the summary (the convert commands' body)."""
+                bins=256, allow_outside=False) -> None:
+    """Convert ``source`` to a store at ``out`` and print the summary (the convert commands' body).
+    ``allow_outside`` is for the source, which the command built with it."""
     from vladata.store.writer import convert
     try:
         summary = convert(source, out, workers=workers, resume=resume, overwrite=overwrite,

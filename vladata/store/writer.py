@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 import vladata.atomic as atomic
 import vladata.workers as workers_mod
-from vladata.episode import EpisodeInfo, FeatureSpec, Source
+from vladata.episode import EpisodeInfo, FeatureSpec, Source, check_frames
 from vladata.errors import NonFiniteError, SourceFormatError, StoreError
 from vladata.jsonable import jsonable
 from vladata.store import finalize, layout, manifest, output
@@ -376,19 +376,8 @@ def _read_rows(job: _PartJob, r: int, r2: int) -> tuple[dict[str, np.ndarray], n
         a = row - int(job.starts[i])
         b = min(int(job.lengths[i]), r2 - int(job.starts[i]))
         if b > a:
-            got = job.source.read(i, a, b)
-            for name, spec in job.features.items():
-                arr = got.get(name)
-                want = (b - a, *spec.shape)
-                if arr is None or (spec.dtype != "object" and tuple(arr.shape) != want):
-                    raise SourceFormatError(
-                        f"source returned {None if arr is None else tuple(arr.shape)}, expected "
-                        f"{want}", episode=i, key=name)
-                if spec.dtype != "object" and arr.dtype != np.dtype(spec.dtype):
-                    if not np.can_cast(arr.dtype, spec.dtype, casting="same_kind"):
-                        raise SourceFormatError(f"source returned {arr.dtype}, expected "
-                                                f"{spec.dtype}", episode=i, key=name)
-                    got[name] = arr.astype(spec.dtype)  # e.g. float64 -> float32, big-endian
+            got = check_frames(job.source.read(i, a, b), job.features, b - a, episode=i,
+                               first=a)
             pieces.append(got)
             mask.append(np.full(b - a, bool(job.in_stats[i])))
             row += b - a
