@@ -69,6 +69,14 @@ class ConfigError(VladataError, ValueError):
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {e}" for e in self.errors))
 
 
+class PolicyServerError(VladataError, RuntimeError):
+    """A policy server refused a request (``code`` says why) or the connection to it failed."""
+
+    def __init__(self, message: str, code: str | None = None):
+        self.code = code
+        super().__init__(message)
+
+
 class EnvError(VladataError, ValueError):
     """An environment (``vlaenv``) was asked for what it cannot do: bad action, unknown camera."""
 
