@@ -33,19 +33,31 @@ from vladata.errors import VladataError
 @click.option("--video", "video_dir", type=click.Path(file_okay=False), default=None,
               help="Write MP4 videos of the first episodes of each task here.")
 @click.option("--videos-per-task", type=click.IntRange(0), default=2, show_default=True)
+@click.option("--execute", type=click.IntRange(1), default=None,
+              help="CHECKPOINT: execute the first K actions of each predicted chunk open loop, "
+                   "then re-plan (default: re-plan at every step, K=1).")
+@click.option("--ensemble", type=click.FloatRange(0), default=None, metavar="M",
+              help="CHECKPOINT: temporal ensembling of overlapping chunks as in ACT, weights "
+                   "exp(-M*i) with i=0 the oldest prediction (instead of --execute).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def command(checkpoint, env_name, tasks, episodes, seed, workers, batch, policy_kind, max_steps,
-            image_size, video_dir, videos_per_task, as_json):
+            image_size, video_dir, videos_per_task, execute, ensemble, as_json):
     """Roll CHECKPOINT (or --policy expert|random) out and print the success rate per task.
 
     \b
     vlatrain rollout --policy expert --tasks mt10 --episodes 20 --workers 2
     vlatrain rollout runs/mt10/checkpoints/best.pt --tasks mt10 --video videos/
+    vlatrain rollout runs/mt10/checkpoints/best.pt --execute 4 --workers 2
     """
     if (checkpoint is None) == (policy_kind is None):
         raise click.UsageError("give either a CHECKPOINT or --policy expert|random")
+    if (execute is not None or ensemble is not None) and not checkpoint:
+        raise click.UsageError("--execute/--ensemble apply to a CHECKPOINT policy")
+    if execute is not None and ensemble is not None:
+        raise click.UsageError("choose one chunk execution rule: --execute K or --ensemble M")
     from vlatrain import rollout
-    spec = (rollout.PolicySpec("checkpoint", checkpoint=checkpoint) if checkpoint
+    spec = (rollout.PolicySpec("checkpoint", checkpoint=checkpoint, execute=execute,
+                               ensemble=ensemble) if checkpoint
             else rollout.PolicySpec(policy_kind, seed=seed))
     try:
         if checkpoint:

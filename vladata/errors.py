@@ -87,3 +87,8 @@ class UnknownTaskError(EnvError):
 
 class PolicyUnavailableError(VladataError, RuntimeError):
     """A policy cannot be built (e.g. a checkpoint while the policy runtime is missing)."""
+
+
+class ObservationError(VladataError, ValueError):
+    """A live observation handed to a policy lacks a key, or has the wrong shape, dtype or values;
+    the message names every offending key with what was expected."""

@@ -133,23 +133,9 @@ class BatchPreparer:
     def __call__(self, batch: dict, *, train: bool, gen: torch.Generator | None = None,
                  ) -> tuple[Observation, Targets]:
         dev, nb = self.device, self.device.type == "cuda"
-        images = {cam: prepare_images(batch[IMAGE_PREFIX + cam].to(dev, non_blocking=nb),
-                                      self.image_specs[cam], self.cfg, train, gen)
-                  for cam in self.spec.cameras}
-        obs_mask = batch["obs_mask"].to(dev, non_blocking=nb)  # (B, h)
-        state = None
-        if self.use_state:
-            state = batch[STATE].to(dev, non_blocking=nb)  # (B, h, D), normalised by the loader
-            if self.state_index is not None:
-                state = state.index_select(-1, self.state_index)
-        lang = batch.get("language.embedding")
-        lmask = batch.get("language_mask")
-        obs = Observation(images=images, mask=obs_mask, state=state,
-                          language=None if lang is None else lang.to(dev, non_blocking=nb),
-                          language_mask=None if lmask is None else lmask.to(dev, non_blocking=nb),
-                          instruction=list(batch.get("instruction") or []))
+        obs = self.observation(batch, train=train, gen=gen)
         action = batch["action"].to(dev, non_blocking=nb).float()  # (B, h, c, A)
-        mask = batch["action_mask"].to(dev, non_blocking=nb) & obs_mask[..., None]  # (B, h, c)
+        mask = batch["action_mask"].to(dev, non_blocking=nb) & obs.mask[..., None]  # (B, h, c)
         if train and self.cfg.action_noise and len(self.spec.arm_dims):
             noise = torch.randn(action[..., self.arm].shape, generator=gen, device=dev)
             action = action.clone()
@@ -161,3 +147,24 @@ class BatchPreparer:
             self.copies.append(torch.cuda.Event())
             self.copies[-1].record()
         return obs, Targets(action=action, mask=mask, bins=bins)
+
+    def observation(self, batch: dict, *, train: bool, gen: torch.Generator | None = None,
+                    ) -> Observation:
+        """The observation part of a batch (images, obs_mask, state, language) on the device:
+        what a policy runtime prepares from its own history windows (``train=False``)."""
+        dev, nb = self.device, self.device.type == "cuda"
+        images = {cam: prepare_images(batch[IMAGE_PREFIX + cam].to(dev, non_blocking=nb),
+                                      self.image_specs[cam], self.cfg, train, gen)
+                  for cam in self.spec.cameras}
+        obs_mask = batch["obs_mask"].to(dev, non_blocking=nb)  # (B, h)
+        state = None
+        if self.use_state:
+            state = batch[STATE].to(dev, non_blocking=nb)  # (B, h, D), normalised by the loader
+            if self.state_index is not None:
+                state = state.index_select(-1, self.state_index)
+        lang = batch.get("language.embedding")
+        lmask = batch.get("language_mask")
+        return Observation(images=images, mask=obs_mask, state=state,
+                           language=None if lang is None else lang.to(dev, non_blocking=nb),
+                           language_mask=None if lmask is None else lmask.to(dev, non_blocking=nb),
+                           instruction=list(batch.get("instruction") or []))

@@ -33,13 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vladata.errors import ConfigError
+from vladata.errors import ConfigError, VladataError
 
 FORMAT_VERSION = 1
 STEP_RE = re.compile(r"^step_(\d+)\.pt$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(VladataError, ValueError):
     """A checkpoint is missing, unreadable or of another format version."""
 
 

@@ -6,7 +6,8 @@ each own their environment and renderer. The policy is anything with ``reset(ins
 ``act(obs) -> (A,)`` (:class:`vlaenv.base.Policy`); workers build it from a picklable
 :class:`PolicySpec`: ``expert`` (Meta-World's scripted expert, which reads the simulator's
 privileged state -- the only policy allowed to), ``random`` (uniform actions) or ``checkpoint``
-(:func:`load_policy`). No torch model is imported here. With ``batch > 1`` each process steps
+(:func:`load_policy`: the policy runtime, ``vlatrain.policy``). No torch model is imported
+here until a checkpoint is loaded. With ``batch > 1`` each process steps
 that many environments in lockstep, and a checkpoint policy acts for all of them at once
 (``reset_batch`` / ``act_batch``, see :class:`vlaenv.base.Policy`).
 
@@ -33,13 +34,13 @@ ENVS = ("metaworld",)
 POLICIES = ("expert", "random", "checkpoint")
 
 
-def load_policy(checkpoint: str, device: str | None = None):
-    """The policy runtime hook: a trained checkpoint as a ``reset``/``act`` policy.
-
-    Replaced by ``vlatrain.policy.Policy.load`` once the runtime exists.
-    """
-    raise PolicyUnavailableError(f"{checkpoint}: the policy runtime (vlatrain.policy) is not "
-                                   "available yet: roll out --policy expert or --policy random")
+def load_policy(checkpoint: str, device: str | None = None, *, execute: int | None = None,
+                ensemble: float | None = None):
+    """A trained checkpoint as a ``reset``/``act`` (and ``reset_batch``/``act_batch``) policy:
+    :meth:`vlatrain.policy.Policy.load`, with its chunk execution rule (``execute=k`` or
+    ``ensemble=m``; neither: re-plan at every step)."""
+    from vlatrain.policy import Policy
+    return Policy.load(checkpoint, device, execute=execute, ensemble=ensemble)
 
 
 def wilson(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -60,6 +61,8 @@ class PolicySpec:
     kind: str
     checkpoint: str | None = None
     seed: int = 0
+    execute: int | None = None      # checkpoint: chunk execution rule (vlatrain.policy.chunking)
+    ensemble: float | None = None
 
     def __post_init__(self):
         if self.kind not in POLICIES:
@@ -75,12 +78,14 @@ class PolicySpec:
             return env.expert()
         if self.kind == "random":  # seeded by the episode: the same actions whatever --workers
             return RandomPolicy(env.spec.action.shape[0], [self.seed, episode_seed])
-        if self.checkpoint not in _LOADED:
-            _LOADED[self.checkpoint] = load_policy(self.checkpoint)
-        return _LOADED[self.checkpoint]
+        key = (self.checkpoint, self.execute, self.ensemble)
+        if key not in _LOADED:
+            _LOADED[key] = load_policy(self.checkpoint, execute=self.execute,
+                                       ensemble=self.ensemble)
+        return _LOADED[key]
 
 
-_LOADED: dict = {}  # checkpoint -> policy, per process
+_LOADED: dict = {}  # (checkpoint, execute, ensemble) -> policy, per process
 
 
 class RandomPolicy:
