@@ -177,7 +177,8 @@ def main() -> None:
                 proc.wait(timeout=30)
     print(f"{policy!r} on {args.device}; observation {size:.0f} KB; {args.requests} requests per "
           f"row; {os.cpu_count()} CPUs shared by clients and server")
-    print(f"{'mode':<28} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'vs in-proc':>10}")
+    print(f"{'mode':<28} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'vs in-proc':>10}")
     for mode, n, rps, p50, p99 in rows:
         print(f"{mode:<28} {n!s:>7} {rps:8.1f} {p50:8.1f} {p99:8.1f} {rps / base:9.2f}x")
     for before, after in memory:

@@ -68,7 +68,11 @@ def command(checkpoint, host, port, device, token_file, max_message_bytes, max_b
     vlatrain serve best.pt --host 0.0.0.0 --port 8000 --token secret.txt
     vlatrain rollout --policy ws://127.0.0.1:8000 --tasks mt10
     """
-    from vlatrain.serving.server import PolicyServer, ServeConfig
+    try:
+        from vlatrain.serving.runtime import PolicyRuntime
+        from vlatrain.serving.server import PolicyServer, ServeConfig
+    except ImportError as e:
+        raise click.ClickException(f'{e}: pip install -e ".[serve]"') from None
     token = read_token(token_file) if token_file else None
     if not _is_loopback(host) and token is None:
         click.echo(f"warning: serving on {host} without --token: anyone who reaches the port can "
@@ -79,7 +83,6 @@ def command(checkpoint, host, port, device, token_file, max_message_bytes, max_b
                          request_timeout_s=request_timeout)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        from vlatrain.serving.runtime import PolicyRuntime
         runtime = PolicyRuntime.load(checkpoint, None if device == "auto" else device,
                                      execute=execute, ensemble=ensemble)
         server = PolicyServer(runtime, config)

@@ -227,7 +227,18 @@ def test_chunk_execution_rule_is_the_servers(ckpt, frames):
         s.stop()
 
 
-def test_rollout_through_the_server_equals_one_in_process(ckpt, server):
+@pytest.fixture
+def fresh_rollout_cache(monkeypatch):
+    """rollout keeps one policy (and server connection) per process: start empty, close after."""
+    from vlatrain import rollout
+    monkeypatch.setattr(rollout, "_LOADED", {})
+    yield
+    for policy in rollout._LOADED.values():
+        if isinstance(policy, RemotePolicy):
+            policy.close()
+
+
+def test_rollout_through_the_server_equals_one_in_process(ckpt, server, fresh_rollout_cache):
     """Meta-World, one task, 2 episodes: the same actions step by step, the same report."""
     from vlaenv.metaworld import MetaWorldEnv, episode_seed
     from vlatrain import rollout
@@ -255,7 +266,7 @@ def test_rollout_through_the_server_equals_one_in_process(ckpt, server):
     assert there.policy == server.url
 
 
-def test_rollout_cli_takes_a_server_url(ckpt, tmp_path):
+def test_rollout_cli_takes_a_server_url(ckpt, tmp_path, fresh_rollout_cache):
     token = tmp_path / "token"
     token.write_text("s3cret-token\n")
     s = serve(ckpt, token="s3cret-token")

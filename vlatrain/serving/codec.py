@@ -78,7 +78,7 @@ def _ext_hook(code: int, data: bytes):
 
 
 def unpack(data: bytes) -> dict:
-    """The message in ``data``: a dict with string keys, arrays decoded; else :class:`CodecError`."""
+    """The message in ``data``: a dict, arrays decoded; else :class:`CodecError`."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise CodecError("messages are binary WebSocket frames holding msgpack, got text")
     try:
