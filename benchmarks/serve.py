@@ -1,7 +1,7 @@
 """Policy server throughput and latency against calling the policy in process.
 
     python benchmarks/serve.py [--checkpoint CKPT] [--requests 240] [--clients 1,4,16]
-        [--device cpu] [--long 3000]
+        [--rounds 3] [--device cpu] [--long 3000]
 
 Without ``--checkpoint`` the embedded model (configs/calvin.yaml: tiny backbone, GPT head,
 64x64 inputs) is trained for one step on a CALVIN sample at the real image sizes (200x200 static,
@@ -14,12 +14,15 @@ In the same run:
 - ``vlatrain serve`` in a subprocess, with micro-batching (``--max-batch 16``) and without
   (``--max-batch 1``), driven by 1, 4 and 16 concurrent clients (threads, one
   ``RemotePolicy`` connection each, each acting in its own session); each configuration serves
-  ``--requests`` requests in all;
-- memory: the server's RSS after warming up and after ``--long`` more requests from clients that
+  ``--requests`` requests in all, every round (rounds interleave the configurations, so that the
+  load of a shared machine spreads over all of them);
+- memory: the server's RSS after the rounds and after ``--long`` more requests from clients that
   reconnect every 50 requests (sessions opened and closed all along).
 
 Prints requests/s, p50/p99 client-side latency (ms) and the ratio of requests/s to the
-in-process baseline. Client threads and the server share this machine's cores.
+in-process baseline. Client threads and the server share this machine's cores. Torch runs one
+intra-op thread in both (``OMP_NUM_THREADS=1`` unless set): on a loaded 2-core machine, two
+threads spinning against each other make a forward pass 10-100x slower and the figures noise.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported; the server inherits it
 
 
 def make_checkpoint(tmp: Path) -> Path:
@@ -65,9 +70,8 @@ def instruction(policy) -> str:
     return policy.spec.instructions[0] if policy.spec.instructions else "open the drawer"
 
 
-def stats(latencies: list[float], seconds: float) -> tuple[float, float, float]:
-    ms = np.asarray(latencies) * 1e3
-    return len(ms) / seconds, float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+def stats(latencies: list[float], seconds: float) -> tuple[float, list[float]]:
+    return len(latencies) / seconds, latencies
 
 
 def in_process(policy, obs, n: int, batch: int = 1):
@@ -147,43 +151,58 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=240, help="per configuration")
     ap.add_argument("--clients", default="1,4,16")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--long", type=int, default=3000, help="requests of the memory run")
     args = ap.parse_args()
     from vlatrain.policy import Policy
+    clients = [int(c) for c in args.clients.split(",")]
+    results: dict[tuple, list] = {}  # (mode, clients) -> [(req/s, latencies)] per round
+
+    def record(key, value):
+        results.setdefault(key, []).append(value)
+
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint or make_checkpoint(Path(tmp))
         policy = Policy.load(ckpt, args.device)
         obs = observation(policy.spec, np.random.default_rng(0))
         text = instruction(policy)
         size = sum(a.nbytes for a in obs.values()) / 1024
-        rows = [("in process, act", 1, *in_process(policy, obs, args.requests))]
-        for b in (4, 16):
-            rows.append((f"in process, act_batch({b})", "-",
-                         *in_process(policy, obs, args.requests, b)))
-        base = rows[0][2]
-        memory = []
-        for max_batch in (16, 1):
-            proc, url = start_server(ckpt, args.device, max_batch)
-            try:
-                for n in (int(c) for c in args.clients.split(",")):
-                    rows.append((f"server, max-batch {max_batch}", n,
-                                 *drive(url, text, obs, n, args.requests)))
-                if max_batch == 16 and args.long:
-                    before = rss_mb(proc.pid)
-                    drive(url, text, obs, 4, args.long, reconnect=50)
-                    memory.append((before, rss_mb(proc.pid)))
-            finally:
+        servers = {b: start_server(ckpt, args.device, b) for b in (16, 1)}
+        try:
+            for _ in tqdm(range(args.rounds), desc="rounds", unit="round"):
+                record(("in process, act", 1), in_process(policy, obs, args.requests))
+                for b in (4, 16):
+                    record((f"in process, act_batch({b})", "-"),
+                           in_process(policy, obs, args.requests, b))
+                for max_batch, (_, url) in servers.items():
+                    for n in clients:
+                        record((f"server, max-batch {max_batch}", n),
+                               drive(url, text, obs, n, args.requests))
+            memory = None
+            if args.long:
+                pid = servers[16][0].pid
+                before = rss_mb(pid)
+                drive(servers[16][1], text, obs, 4, args.long, reconnect=50)
+                memory = (before, rss_mb(pid))
+        finally:
+            for proc, _ in servers.values():
                 proc.terminate()
                 proc.wait(timeout=30)
     print(f"{policy!r} on {args.device}; observation {size:.0f} KB; {args.requests} requests per "
-          f"row; {os.cpu_count()} CPUs shared by clients and server")
+          f"row and round, {args.rounds} rounds (req/s: median of rounds; latency: all rounds); "
+          f"{os.cpu_count()} CPUs shared by clients and server")
     print(f"{'mode':<28} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'vs in-proc':>10}")
-    for mode, n, rps, p50, p99 in rows:
-        print(f"{mode:<28} {n!s:>7} {rps:8.1f} {p50:8.1f} {p99:8.1f} {rps / base:9.2f}x")
-    for before, after in memory:
-        print(f"server RSS: {before:.0f} MB after warm-up, {after:.0f} MB after {args.long} more "
-              f"requests (4 clients reconnecting every 50): {after - before:+.1f} MB")
+    base = float(np.median([r for r, _ in results[("in process, act", 1)]]))
+    for (mode, n), runs in results.items():
+        rps = float(np.median([r for r, _ in runs]))
+        ms = np.concatenate([lat for _, lat in runs]) * 1e3
+        print(f"{mode:<28} {n!s:>7} {rps:8.1f} {np.percentile(ms, 50):8.1f} "
+              f"{np.percentile(ms, 99):8.1f} {rps / base:9.2f}x")
+    if memory:
+        before, after = memory
+        print(f"server RSS: {before:.0f} MB after the rounds, {after:.0f} MB after {args.long} "
+              f"more requests (4 clients reconnecting every 50): {after - before:+.1f} MB")
 
 
 if __name__ == "__main__":

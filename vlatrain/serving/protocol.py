@@ -4,12 +4,16 @@ After the WebSocket handshake the server sends one ``spec`` message; from then o
 requests and the server answers each with one response carrying the request's ``session`` (and
 ``id``, if the request had one). All messages are msgpack maps (:mod:`vlatrain.serving.codec`).
 
-Server -> client, on connect::
+Server -> client, on connect (``spec`` is ``RuntimeSpec.describe()`` of the served policy plus
+its action width, chunk execution rule and device)::
 
     {"type": "spec", "protocol": 1,
-     "spec": {"observation": {KEY: {"shape": [...], "dtype": "uint8"}, ...},
-              "action": {"dim": A, "names": [...], "units": "..."},
-              "chunk": C, "history": H, "instruction_required": bool, "policy": {...}},
+     "spec": {"observations": {KEY: {"shape": [...], "dtype": "uint8"}, ...},
+              "cameras": [...], "image_shapes": {CAM: [H, W, 3]}, "state_names": [...],
+              "action_dim": A, "action_names": [...], "action_units": "...", "gripper": "...",
+              "history": H, "chunk": C, "execution": "execute=1",
+              "language": "text", "instruction_required": true, "instructions": [...],
+              "checkpoint": "best.pt", "device": "cuda"},
      "limits": {"max_message_bytes": N, "max_sessions_per_connection": N,
                 "request_timeout_s": T}}
 

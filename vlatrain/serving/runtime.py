@@ -12,6 +12,7 @@ action sequence equals what ``reset(instruction)`` + ``act(obs)`` give on a loca
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -40,9 +41,10 @@ class PolicyRuntime:
     def describe(self) -> dict:
         """The spec message's ``spec``: the policy's observation/action contract and rule."""
         p = self.policy
-        return {**p.spec.describe(), "action_dim": p.spec.action_dim,
-                "execution": _rule_name(p),
-                "checkpoint": str(p.source), "device": str(p.device)}
+        return {**p.spec.describe(), "cameras": list(p.spec.cameras),
+                "image_shapes": {c: list(s) for c, s in p.spec.image_shapes.items()},
+                "action_dim": p.spec.action_dim, "execution": _rule_name(p),
+                "checkpoint": Path(p.source).name, "device": str(p.device)}
 
     def new_state(self, instruction: str) -> EpisodeState:
         """A fresh episode following ``instruction`` (the policy's own checks refuse a bad one)."""

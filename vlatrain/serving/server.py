@@ -32,7 +32,7 @@ import itertools
 import json
 import logging
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Callable
 
@@ -254,6 +254,3 @@ class PolicyServer:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(timeout=30)
-
-    def settings(self) -> dict:
-        return {k: v for k, v in asdict(self.config).items() if k != "token"}
