@@ -428,10 +428,13 @@ def test_a_token_protected_server_refuses_clients_without_it(ckpt, frames):
 # -- load --------------------------------------------------------------------------------------
 
 def test_eight_concurrent_clients_are_served_without_errors_or_leaks(ckpt, server, frames):
+    """8 clients at once, batched together, while a ninth sends bad frames into the same
+    batches: each good client gets its own actions, the bad one only its errors."""
     local = Policy.load(ckpt, "cpu")
     local.reset(INSTRUCTION)
     want = [local.act(o) for o in frames[0]]
-    got, errors = {}, []
+    got, errors, refusals = {}, [], []
+    done = threading.Event()
 
     def client(k):
         try:
@@ -441,20 +444,34 @@ def test_eight_concurrent_clients_are_served_without_errors_or_leaks(ckpt, serve
         except Exception as e:  # reported below
             errors.append(e)
 
+    def bad_client():
+        bad = {**frames[0][0], "observation.state": np.zeros(3, np.float32)}
+        with RemotePolicy(server.url) as remote:
+            remote.reset(INSTRUCTION)
+            while not done.is_set() and len(refusals) < 3 * len(frames[0]):
+                with pytest.raises(PolicyServerError) as e:
+                    remote.act(bad)
+                refusals.append(e.value.code)
+
     before = health(server)
     threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
-    for t in threads:
+    spoiler = threading.Thread(target=bad_client)
+    for t in [*threads, spoiler]:
         t.start()
     for t in threads:
         t.join(timeout=300)
+    done.set()
+    spoiler.join(timeout=60)
     assert not errors and len(got) == 8
+    assert refusals and set(refusals) == {"bad_observation"}
     for k in range(8):  # each client gets its own actions: those of a local policy, up to the
         # float rounding of a batched forward pass (--max-batch 1 gives them bit for bit)
         assert all(np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(got[k], want))
     h = settled(server, sessions=0, connections=0)
     assert h["sessions"] == 0 and h["connections"] == 0
-    assert h["errors"] == before["errors"] and h["batched_requests"] - before[
-        "batched_requests"] == 8 * len(frames[0])
+    assert h["errors"] - before["errors"] == len(refusals)
+    assert h["batched_requests"] - before["batched_requests"] == 8 * len(frames[0]) + len(
+        refusals)
 
 
 # -- the CLI -----------------------------------------------------------------------------------
