@@ -52,7 +52,7 @@ def _policy_choice(ctx, param, value):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def command(checkpoint, env_name, tasks, episodes, seed, workers, batch, policy_kind, token_file,
             max_steps, image_size, video_dir, videos_per_task, execute, ensemble, as_json):
-    """Roll CHECKPOINT (or --policy expert|random) out and print the success rate per task.
+    """Roll CHECKPOINT (or --policy expert|random|ws://HOST:PORT) out; print success per task.
 
     \b
     vlatrain rollout --policy expert --tasks mt10 --episodes 20 --workers 2
