@@ -5,7 +5,8 @@ already normalised with each store's statistics (vladata, ``normalize_observatio
 spec's ``observation_norm`` records how); everything else happens here, on
 the training device, in one pass per camera::
 
-    uint8 (B, h, H, W, 3) -> float (B*h, 3, H, W) / 255 -> resize to the backbone's size
+    uint8 (B, h, H, W, 3) -> [the backbone's fixed crop] -> float (B*h, 3, H, W) / 255
+      -> resize to the backbone's size
       -> [train] random shift: replicate-pad by ``shift`` px, crop at one offset per window
       -> [train] colour jitter: brightness, contrast, saturation, one factor each per window
       -> (x - mean) / std  (the backbone's ImageSpec)   -> float (B, h, 3, S, S)
@@ -78,7 +79,11 @@ def prepare_images(frames: Tensor, spec: ImageSpec, cfg: AugmentConfig, train: b
                    gen: torch.Generator | None) -> Tensor:
     """uint8 (B, h, H, W, 3) on the device -> float (B, h, 3, S, S) for the backbone."""
     b, h = frames.shape[:2]
-    x = frames.flatten(0, 1).permute(0, 3, 1, 2).float().div_(255)  # (B*h, 3, H, W)
+    x = frames.flatten(0, 1).permute(0, 3, 1, 2)  # (B*h, 3, H, W) uint8
+    if spec.crop is not None:
+        top, left, ch, cw = spec.crop
+        x = x[..., top:top + ch, left:left + cw]
+    x = x.contiguous().float().div_(255)  # channels-last strides make the convolutions crawl
     if tuple(x.shape[-2:]) != tuple(spec.size):
         down = x.shape[-2] > spec.size[0] or x.shape[-1] > spec.size[1]
         x = F.interpolate(x, size=spec.size, mode="bilinear", align_corners=False, antialias=down)

@@ -109,6 +109,12 @@ class PolicySpec:
 _LOADED: dict = {}  # (checkpoint, execute, ensemble) or (URL, token) -> policy, per process
 
 
+def forget(checkpoint: str) -> None:
+    """Drop this process's cached policies of ``checkpoint`` (a file rewritten or removed)."""
+    for key in [k for k in _LOADED if k[0] == checkpoint]:
+        del _LOADED[key]
+
+
 class RandomPolicy:
     """Uniform actions in [-1, 1]: the floor a trained policy must clear."""
 

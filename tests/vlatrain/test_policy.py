@@ -25,22 +25,6 @@ TINY = ["train.threads=1", "data.num_workers=0", "data.batch_size=4", "model.wid
         "eval.batches=1", "eval.batch_size=8", "train.steps=2", "train.checkpoint_every=2"]
 
 
-@pytest.fixture(scope="module")
-def mw_store(tmp_path_factory):
-    """Three scripted Meta-World `reach` episodes (32x32 cameras), the last one validation."""
-    pytest.importorskip("metaworld")
-    from vladata.sources.metaworld import MetaWorldSource
-    from vladata.store.writer import convert
-    d = tmp_path_factory.mktemp("mw")
-    source = MetaWorldSource(("reach",), episodes_per_task=3, image_size=32, seed=1,
-                             val_fraction=0.34, max_steps=120)
-    try:
-        convert(source, d / "reach.vla", progress=False)
-    finally:
-        source.close()
-    return d / "reach.vla"
-
-
 def train(store, out, *overrides):
     """A checkpoint of a 2-step run (its weights are as good as any for exactness tests)."""
     cfg = load_config(None, [f"data.path={store}", f"out={out}", *TINY, *overrides])
@@ -52,7 +36,9 @@ def train(store, out, *overrides):
 def mw_ckpt(mw_store, tmp_path_factory):
     return train(mw_store, tmp_path_factory.mktemp("run") / "run", "data.history=3",
                  "data.chunk=4", "model.history=history", "model.head=gpt",
-                 "model.language=text", "model.image_size=24", "data.over=episodes")
+                 "model.language=text", "model.image_size=24", "data.over=episodes",
+                 "model.views=[{camera: corner2, crop: [4, 6, 24, 20]}, "
+                 "{camera: gripperPOV, size: 16}]")
 
 
 def ranges(ds, over):
