@@ -46,32 +46,17 @@ INSTRUCTION = "reach the goal position"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """Three scripted Meta-World `reach` episodes (32x32 cameras), the last one validation."""
-    pytest.importorskip("metaworld")
-    from vladata.sources.metaworld import MetaWorldSource
-    from vladata.store.writer import convert
-    d = tmp_path_factory.mktemp("mw")
-    source = MetaWorldSource(("reach",), episodes_per_task=3, image_size=32, seed=1,
-                             val_fraction=0.34, max_steps=120)
-    try:
-        convert(source, d / "reach.vla", progress=False)
-    finally:
-        source.close()
-    return d / "reach.vla"
-
-
-@pytest.fixture(scope="module")
-def ckpt(store, tmp_path_factory):
+def ckpt(mw_store, tmp_path_factory):
+    """A 2-step run on conftest's three Meta-World `reach` episodes (32x32 cameras)."""
     out = tmp_path_factory.mktemp("run") / "run"
-    run(load_config(None, [f"data.path={store}", f"out={out}", *TINY]))
+    run(load_config(None, [f"data.path={mw_store}", f"out={out}", *TINY]))
     return out / "checkpoints" / "step_0000002.pt"
 
 
 @pytest.fixture(scope="module")
-def frames(store, ckpt):
+def frames(mw_store, ckpt):
     """Observation frames of two stored episodes, as an environment would hand them over."""
-    ds = vladata.open(store)
+    ds = vladata.open(mw_store)
     keys = list(Policy.load(ckpt, "cpu").spec.observations)
     eps = [ds.episode(i, keys) for i in (0, 1)]
     return [[{k: ep[k][t] for k in keys} for t in range(12)] for ep in eps]
