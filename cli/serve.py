@@ -54,13 +54,16 @@ def _is_loopback(host: str) -> bool:
 @click.option("--max-connections", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--request-timeout", type=click.FloatRange(0, min_open=True), default=30.0,
               show_default=True, help="Seconds before a request is answered with a timeout error.")
+@click.option("--idle-timeout", type=click.FloatRange(0), default=600.0, show_default=True,
+              help="Close a connection silent for this many seconds (0: never).")
 @click.option("--execute", type=click.IntRange(1), default=None,
               help="Execute the first K actions of each predicted chunk open loop (default: "
                    "re-plan at every step).")
 @click.option("--ensemble", type=click.FloatRange(0), default=None, metavar="M",
               help="Temporal ensembling of overlapping chunks as in ACT (instead of --execute).")
 def command(checkpoint, host, port, device, token_file, max_message_bytes, max_batch,
-            batch_wait_ms, max_sessions, max_connections, request_timeout, execute, ensemble):
+            batch_wait_ms, max_sessions, max_connections, request_timeout, idle_timeout, execute,
+            ensemble):
     """Serve CHECKPOINT over WebSocket (msgpack + numpy) to robots and simulator workers.
 
     \b
@@ -80,7 +83,7 @@ def command(checkpoint, host, port, device, token_file, max_message_bytes, max_b
     config = ServeConfig(host=host, port=port, token=token, max_message_bytes=max_message_bytes,
                          max_batch=max_batch, batch_wait_ms=batch_wait_ms,
                          max_sessions=max_sessions, max_connections=max_connections,
-                         request_timeout_s=request_timeout)
+                         request_timeout_s=request_timeout, idle_timeout_s=idle_timeout or None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         runtime = PolicyRuntime.load(checkpoint, None if device == "auto" else device,

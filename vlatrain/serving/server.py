@@ -8,8 +8,9 @@ What keeps the server serving:
 
 - **size**: a message over ``max_message_bytes`` closes its connection (code 1009, "message too
   big"), before it is buffered whole; at most ``max_connections`` connections, and a bounded
-  number of sessions (per connection and in all), requests in flight per connection and queued
-  requests;
+  number of sessions (per connection and in all), requests in flight per connection (more wait
+  unread: the client's sends block) and queued requests. So at most about ``max_connections x
+  (max_inflight_per_connection + 4)`` messages are held at once;
 - **time**: a request not answered within ``request_timeout_s`` gets a ``timeout`` error; a
   response the client does not read within ``send_timeout_s``, or a connection silent for
   ``idle_timeout_s``, closes the connection; keepalive pings drop dead peers; the handshake has
@@ -59,7 +60,7 @@ class ServeConfig:
     max_connections: int = 64
     max_sessions: int = 256
     max_sessions_per_connection: int = 64
-    max_inflight_per_connection: int = 64
+    max_inflight_per_connection: int = 8
     max_batch: int = 16
     batch_wait_ms: float = 0.0
     max_queue: int = 1024
