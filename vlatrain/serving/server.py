@@ -83,11 +83,14 @@ class PolicyServer:
         self._stop: asyncio.Event | None = None
         self.port: int | None = None
         self.engine: Engine | None = None
+        self._batcher: asyncio.Task | None = None
 
     # -- the HTTP side of the handshake: /healthz, connection limit, token --------------------
     def _process_request(self, connection, request):
         if request.path.split("?")[0] == "/healthz":
-            return self._json(HTTPStatus.OK, self.health())
+            h = self.health()
+            return self._json(HTTPStatus.OK if h["status"] == "ok" else
+                              HTTPStatus.SERVICE_UNAVAILABLE, h)
         if self.counters["connections"] >= self.config.max_connections:
             self.counters["refused"] += 1
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE,
@@ -109,8 +112,9 @@ class PolicyServer:
             [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]), data)
 
     def health(self) -> dict:
-        e = self.engine
-        return {"status": "ok", **self.counters,
+        """Counters, and ``status``: ``ok`` while the batching loop that feeds the policy runs."""
+        e, alive = self.engine, self._batcher is not None and not self._batcher.done()
+        return {"status": "ok" if alive else "stopped", **self.counters,
                 "sessions": len(e.sessions) if e else 0,
                 "queued": e.queue.qsize() if e else 0,
                 "batches": e.batches if e else 0,
@@ -145,9 +149,9 @@ class PolicyServer:
             pass
         finally:
             self.counters["connections"] -= 1
-            self.engine.drop(conn)
-            for t in tasks:
+            for t in tasks:  # a cancelled reset removes the session it was opening
                 t.cancel()
+            self.engine.drop(conn)
 
     async def _serve_one(self, ws, conn: int, data) -> None:
         self.counters["requests"] += 1
@@ -212,7 +216,7 @@ class PolicyServer:
                              max_batch=c.max_batch, batch_wait_ms=c.batch_wait_ms,
                              max_queue=c.max_queue)
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        batcher = asyncio.create_task(self.engine.run_batches())
+        self._batcher = batcher = asyncio.create_task(self.engine.run_batches())
         try:
             async with serve(self._handle, c.host, c.port, process_request=self._process_request,
                              max_size=c.max_message_bytes, open_timeout=c.open_timeout_s,
