@@ -125,7 +125,7 @@ def test_codec_round_trips_arrays_and_refuses_bad_payloads():
     assert got["img"].dtype == np.uint8 and np.array_equal(got["img"], msg["img"])
     assert got["img"].flags.writeable and got["s"] == 1.5 and got["t"] == "text"
     assert got["x"].dtype == np.dtype("<f8") and np.array_equal(got["x"], [1.0, -2.0])
-    with pytest.raises(TypeError, match="cannot send a object array"):
+    with pytest.raises(TypeError, match="cannot send an array of dtype object"):
         pack({"o": np.array([None])})
 
     def ext(*payload):
@@ -249,6 +249,11 @@ def test_rollout_through_the_server_equals_one_in_process(ckpt, server, fresh_ro
                         seed=4, env=cfg, progress=False)
     assert there.tasks == here.tasks and there.steps == here.steps == 50
     assert there.policy == server.url
+    # two environments in lockstep: reset_batch/act_batch through the server (one session each)
+    both = rollout.run(rollout.PolicySpec("remote", url=server.url), "reach", episodes=2, seed=4,
+                       env=cfg, progress=False, batch=2)
+    assert [r["seed"] for r in both.tasks[0].runs] == [r["seed"] for r in here.tasks[0].runs]
+    assert both.steps == 50
 
 
 def test_rollout_cli_takes_a_server_url(ckpt, tmp_path, fresh_rollout_cache):

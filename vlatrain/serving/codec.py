@@ -41,7 +41,7 @@ def _default(obj):
         if a.dtype.str not in DTYPES:
             a = a.astype(a.dtype.newbyteorder("<")) if a.dtype.byteorder == ">" else a
             if a.dtype.str not in DTYPES:
-                raise TypeError(f"cannot send a {obj.dtype} array: supported dtypes are "
+                raise TypeError(f"cannot send an array of dtype {obj.dtype}: supported dtypes are "
                                 f"{', '.join(sorted(DTYPES))}")
         payload = msgpack.packb([a.dtype.str, list(a.shape), a.tobytes()], use_bin_type=True)
         return msgpack.ExtType(NDARRAY_EXT, payload)
