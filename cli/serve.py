@@ -77,6 +77,11 @@ def command(checkpoint, host, port, device, token_file, max_message_bytes, max_b
     except ImportError as e:
         raise click.ClickException(f'{e}: pip install -e ".[serve]"') from None
     token = read_token(token_file) if token_file else None
+    if device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise click.BadParameter("no CUDA device is available here: use --device cpu",
+                                     param_hint="--device")
     if not _is_loopback(host) and token is None:
         click.echo(f"warning: serving on {host} without --token: anyone who reaches the port can "
                    "drive the policy", err=True)

@@ -474,6 +474,11 @@ def test_serve_cli_serves_and_refuses_cleanly(ckpt, tmp_path, frames):
     r = subprocess.run([*cmd, str(ckpt), "--token", str(empty)], env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and "is empty" in r.stderr
+    import torch
+    if not torch.cuda.is_available():
+        r = subprocess.run([*cmd, str(ckpt), "--device", "cuda"], env=env, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 2 and "no CUDA device" in r.stderr
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     r = subprocess.run([*cmd, str(bad), "--port", "0"], env=env, capture_output=True, text=True,
