@@ -39,9 +39,12 @@ from vladata.errors import VladataError
 @click.option("--ensemble", type=click.FloatRange(0), default=None, metavar="M",
               help="CHECKPOINT: temporal ensembling of overlapping chunks as in ACT, weights "
                    "exp(-M*i) with i=0 the oldest prediction (instead of --execute).")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
+              help="CHECKPOINT: torch threads per rollout process (parallelism comes from "
+                   "--workers).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def command(checkpoint, env_name, tasks, episodes, seed, workers, batch, policy_kind, max_steps,
-            image_size, video_dir, videos_per_task, execute, ensemble, as_json):
+            image_size, video_dir, videos_per_task, execute, ensemble, threads, as_json):
     """Roll CHECKPOINT (or --policy expert|random) out and print the success rate per task.
 
     \b
@@ -57,7 +60,7 @@ def command(checkpoint, env_name, tasks, episodes, seed, workers, batch, policy_
         raise click.UsageError("choose one chunk execution rule: --execute K or --ensemble M")
     from vlatrain import rollout
     spec = (rollout.PolicySpec("checkpoint", checkpoint=checkpoint, execute=execute,
-                               ensemble=ensemble) if checkpoint
+                               ensemble=ensemble, threads=threads) if checkpoint
             else rollout.PolicySpec(policy_kind, seed=seed))
     try:
         if checkpoint:
