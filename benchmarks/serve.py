@@ -21,8 +21,9 @@ In the same run:
 
 Prints requests/s, p50/p99 client-side latency (ms) and the ratio of requests/s to the
 in-process baseline. Client threads and the server share this machine's cores. Torch runs one
-intra-op thread in both (``OMP_NUM_THREADS=1`` unless set): on a loaded 2-core machine, two
-threads spinning against each other make a forward pass 10-100x slower and the figures noise.
+intra-op thread in both (``vlatrain serve --threads 1``, its default; ``OMP_NUM_THREADS=1`` here
+unless set): on a loaded 2-core machine, two threads spinning against each other make a forward
+pass 10-100x slower and the figures noise.
 """
 
 from __future__ import annotations

@@ -49,9 +49,12 @@ def _policy_choice(ctx, param, value):
 @click.option("--ensemble", type=click.FloatRange(0), default=None, metavar="M",
               help="CHECKPOINT: temporal ensembling of overlapping chunks as in ACT, weights "
                    "exp(-M*i) with i=0 the oldest prediction (instead of --execute).")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
+              help="CHECKPOINT: torch threads per rollout process (parallelism comes from "
+                   "--workers).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def command(checkpoint, env_name, tasks, episodes, seed, workers, batch, policy_kind, token_file,
-            max_steps, image_size, video_dir, videos_per_task, execute, ensemble, as_json):
+            max_steps, image_size, video_dir, videos_per_task, execute, ensemble, threads, as_json):
     """Roll CHECKPOINT (or --policy expert|random|ws://HOST:PORT) out; print success per task.
 
     \b
@@ -72,7 +75,7 @@ def command(checkpoint, env_name, tasks, episodes, seed, workers, batch, policy_
     from vlatrain import rollout
     if checkpoint:
         spec = rollout.PolicySpec("checkpoint", checkpoint=checkpoint, execute=execute,
-                                  ensemble=ensemble)
+                                  ensemble=ensemble, threads=threads)
     elif remote:
         from cli.serve import read_token
         spec = rollout.PolicySpec("remote", url=policy_kind,

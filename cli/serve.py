@@ -54,6 +54,9 @@ def _is_loopback(host: str) -> bool:
 @click.option("--max-connections", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--request-timeout", type=click.FloatRange(0, min_open=True), default=30.0,
               show_default=True, help="Seconds before a request is answered with a timeout error.")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
+              help="Torch intra-op threads on a CPU (more spin against each other on a busy "
+                   "machine; batching is where a server gains).")
 @click.option("--idle-timeout", type=click.FloatRange(0), default=600.0, show_default=True,
               help="Close a connection silent for this many seconds (0: never).")
 @click.option("--execute", type=click.IntRange(1), default=None,
@@ -62,8 +65,8 @@ def _is_loopback(host: str) -> bool:
 @click.option("--ensemble", type=click.FloatRange(0), default=None, metavar="M",
               help="Temporal ensembling of overlapping chunks as in ACT (instead of --execute).")
 def command(checkpoint, host, port, device, token_file, max_message_bytes, max_batch,
-            batch_wait_ms, max_sessions, max_connections, request_timeout, idle_timeout, execute,
-            ensemble):
+            batch_wait_ms, max_sessions, max_connections, request_timeout, threads, idle_timeout,
+            execute, ensemble):
     """Serve CHECKPOINT over WebSocket (msgpack + numpy) to robots and simulator workers.
 
     \b
@@ -77,8 +80,9 @@ def command(checkpoint, host, port, device, token_file, max_message_bytes, max_b
     except ImportError as e:
         raise click.ClickException(f'{e}: pip install -e ".[serve]"') from None
     token = read_token(token_file) if token_file else None
+    import torch
+    torch.set_num_threads(threads)
     if device == "cuda":
-        import torch
         if not torch.cuda.is_available():
             raise click.BadParameter("no CUDA device is available here: use --device cpu",
                                      param_hint="--device")

@@ -66,6 +66,7 @@ class PolicySpec:
     seed: int = 0
     execute: int | None = None      # checkpoint: chunk execution rule (vlatrain.policy.chunking)
     ensemble: float | None = None
+    threads: int = 1                # checkpoint: torch intra-op threads per rollout process
     url: str | None = None          # remote: ws://HOST:PORT
     token: str | None = field(default=None, repr=False)
 
@@ -264,8 +265,18 @@ def run(policy: PolicySpec, tasks, *, env: EnvConfig | None = None, episodes: in
 def _play(env_cfg: EnvConfig, spec: PolicySpec, task: str, indices: list[int], seed: int,
           video_dir: str | None, videos_per_task: int, batch: int = 1,
           report=None) -> list[dict]:
-    """Episodes ``indices`` of ``task`` in this process, ``batch`` environments at a time."""
+    """Episodes ``indices`` of ``task`` in this process, ``batch`` environments at a time.
+
+    A checkpoint policy runs with ``spec.threads`` torch threads meanwhile (restored after): a
+    one-frame forward gains nothing from more, and on a busy machine their spinning threads cost
+    ~40x (measured: 2.5 vs 99 ms per act on 2 loaded cores; BENCHMARKS.md).
+    """
     envs, out = [], []
+    threads = None
+    if spec.kind == "checkpoint":
+        import torch
+        threads = torch.get_num_threads()
+        torch.set_num_threads(spec.threads)
     try:
         for lo in range(0, len(indices), batch):
             ks = indices[lo:lo + batch]
@@ -278,6 +289,8 @@ def _play(env_cfg: EnvConfig, spec: PolicySpec, task: str, indices: list[int], s
     finally:
         for env in envs:
             env.close()
+        if threads is not None:
+            torch.set_num_threads(threads)
     return out
 
 
