@@ -223,7 +223,6 @@ class PolicyServer:
                              close_timeout=c.close_timeout_s,
                              max_queue=4, compression=None) as server:
                 self.port = server.sockets[0].getsockname()[1]
-                log.info("serving on ws://%s:%d", c.host, self.port)
                 if on_ready is not None:
                     on_ready(self.url)
                 await self._stop.wait()
