@@ -388,6 +388,29 @@ def vanish_and_stall(server, frames):
     assert health(server)["requests"] >= 5 + 4
 
 
+def test_a_client_that_does_not_read_its_answers_is_dropped(ckpt, frames):
+    """Requests sent nonstop, answers never read: once the server cannot hand an answer over
+    within send_timeout_s, it drops that connection; others are served meanwhile."""
+    server = serve(ckpt, send_timeout_s=0.5)
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: fills fast
+        sock.connect(("127.0.0.1", server.port))
+        with connect(server.url, sock=sock, max_queue=1) as ws:
+            request = pack({"type": "dance", "session": "a", "pad": "x" * 200})
+            sent = 0
+            with pytest.raises((ConnectionClosed, OSError)):
+                for sent in range(200_000):  # its errors pile up unread
+                    ws.send(request)
+            assert sent > 100
+            with RemotePolicy(server.url) as remote:
+                remote.reset(INSTRUCTION)
+                assert remote.act(frames[0][0]).shape == (7,)
+        assert settled(server, connections=0)["connections"] == 0
+    finally:
+        server.stop()
+
+
 def test_a_request_past_its_time_limit_gets_a_timeout(ckpt, frames):
     s = serve(ckpt, request_timeout_s=1e-6)
     try:
