@@ -1,10 +1,11 @@
-# Two entry points for a fresh machine: `make demo` (the main job end to end on an embedded
-# sample) and `make test` (the test suite). Both create .venv and install everything first.
+# Entry points for a fresh machine: `make demo` (the main job end to end on an embedded sample),
+# `make sim-demo` (closed loop on Meta-World: collect -> train -> roll out -> success table) and
+# `make test` (the test suite). Each creates .venv and installs everything first.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.vlakit-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo sim-demo test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +19,10 @@ setup: $(STAMP)
 
 demo: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
+
+sim-demo: setup
+	$(PY) -m pip install -q -e ".[sim]"
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/sim_demo.sh
 
 test: setup
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider

@@ -5,7 +5,8 @@ already normalised with each store's statistics (vladata, ``normalize_observatio
 spec's ``observation_norm`` records how); everything else happens here, on
 the training device, in one pass per camera::
 
-    uint8 (B, h, H, W, 3) -> float (B*h, 3, H, W) / 255 -> resize to the backbone's size
+    uint8 (B, h, H, W, 3) -> [the backbone's fixed crop] -> float (B*h, 3, H, W) / 255
+      -> resize to the backbone's size
       -> [train] random shift: replicate-pad by ``shift`` px, crop at one offset per window
       -> [train] colour jitter: brightness, contrast, saturation, one factor each per window
       -> (x - mean) / std  (the backbone's ImageSpec)   -> float (B, h, 3, S, S)
@@ -78,7 +79,11 @@ def prepare_images(frames: Tensor, spec: ImageSpec, cfg: AugmentConfig, train: b
                    gen: torch.Generator | None) -> Tensor:
     """uint8 (B, h, H, W, 3) on the device -> float (B, h, 3, S, S) for the backbone."""
     b, h = frames.shape[:2]
-    x = frames.flatten(0, 1).permute(0, 3, 1, 2).float().div_(255)  # (B*h, 3, H, W)
+    x = frames.flatten(0, 1).permute(0, 3, 1, 2)  # (B*h, 3, H, W) uint8
+    if spec.crop is not None:
+        top, left, ch, cw = spec.crop
+        x = x[..., top:top + ch, left:left + cw]
+    x = x.contiguous().float().div_(255)  # channels-last strides make the convolutions crawl
     if tuple(x.shape[-2:]) != tuple(spec.size):
         down = x.shape[-2] > spec.size[0] or x.shape[-1] > spec.size[1]
         x = F.interpolate(x, size=spec.size, mode="bilinear", align_corners=False, antialias=down)
@@ -133,23 +138,9 @@ class BatchPreparer:
     def __call__(self, batch: dict, *, train: bool, gen: torch.Generator | None = None,
                  ) -> tuple[Observation, Targets]:
         dev, nb = self.device, self.device.type == "cuda"
-        images = {cam: prepare_images(batch[IMAGE_PREFIX + cam].to(dev, non_blocking=nb),
-                                      self.image_specs[cam], self.cfg, train, gen)
-                  for cam in self.spec.cameras}
-        obs_mask = batch["obs_mask"].to(dev, non_blocking=nb)  # (B, h)
-        state = None
-        if self.use_state:
-            state = batch[STATE].to(dev, non_blocking=nb)  # (B, h, D), normalised by the loader
-            if self.state_index is not None:
-                state = state.index_select(-1, self.state_index)
-        lang = batch.get("language.embedding")
-        lmask = batch.get("language_mask")
-        obs = Observation(images=images, mask=obs_mask, state=state,
-                          language=None if lang is None else lang.to(dev, non_blocking=nb),
-                          language_mask=None if lmask is None else lmask.to(dev, non_blocking=nb),
-                          instruction=list(batch.get("instruction") or []))
+        obs = self.observation(batch, train=train, gen=gen)
         action = batch["action"].to(dev, non_blocking=nb).float()  # (B, h, c, A)
-        mask = batch["action_mask"].to(dev, non_blocking=nb) & obs_mask[..., None]  # (B, h, c)
+        mask = batch["action_mask"].to(dev, non_blocking=nb) & obs.mask[..., None]  # (B, h, c)
         if train and self.cfg.action_noise and len(self.spec.arm_dims):
             noise = torch.randn(action[..., self.arm].shape, generator=gen, device=dev)
             action = action.clone()
@@ -161,3 +152,24 @@ class BatchPreparer:
             self.copies.append(torch.cuda.Event())
             self.copies[-1].record()
         return obs, Targets(action=action, mask=mask, bins=bins)
+
+    def observation(self, batch: dict, *, train: bool, gen: torch.Generator | None = None,
+                    ) -> Observation:
+        """The observation part of a batch (images, obs_mask, state, language) on the device:
+        what a policy runtime prepares from its own history windows (``train=False``)."""
+        dev, nb = self.device, self.device.type == "cuda"
+        images = {cam: prepare_images(batch[IMAGE_PREFIX + cam].to(dev, non_blocking=nb),
+                                      self.image_specs[cam], self.cfg, train, gen)
+                  for cam in self.spec.cameras}
+        obs_mask = batch["obs_mask"].to(dev, non_blocking=nb)  # (B, h)
+        state = None
+        if self.use_state:
+            state = batch[STATE].to(dev, non_blocking=nb)  # (B, h, D), normalised by the loader
+            if self.state_index is not None:
+                state = state.index_select(-1, self.state_index)
+        lang = batch.get("language.embedding")
+        lmask = batch.get("language_mask")
+        return Observation(images=images, mask=obs_mask, state=state,
+                           language=None if lang is None else lang.to(dev, non_blocking=nb),
+                           language_mask=None if lmask is None else lmask.to(dev, non_blocking=nb),
+                           instruction=list(batch.get("instruction") or []))

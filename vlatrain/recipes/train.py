@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from vlatrain import checkpoint, data, distributed, preflight, rundir
+from vlatrain import checkpoint, data, distributed, preflight, rundir, sim_eval
 from vlatrain.augment import BatchPreparer
 from vlatrain.config import Config, ConfigError, dump_config, load_config
 from vlatrain.evaluate import evaluate
@@ -138,7 +138,7 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
                               tensorboard=cfg.log.tensorboard, progress=cfg.log.progress)
         ckpts = checkpoint.CheckpointManager(out / "checkpoints", cfg.train.keep_last,
                                              cfg.eval.best_metric, best.get("value"),
-                                             best.get("step"))
+                                             best.get("step"), mode=cfg.eval.mode())
         vals, skipped = data.val_sets(stores, cfg, dev, pin_memory=dev.type == "cuda")
         for text in skipped:
             st.logger.message(text)
@@ -152,6 +152,10 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
                         policy, v.loader, prep, loss_fn, to_units=v.units.to_units,
                         mean_action=v.units.mean, mean_action_norm=v.units.mean_norm,
                         max_batches=cfg.eval.batches, autocast=st.autocast), v.prefix))
+            if cfg.eval.rollout.env is not None and sim_eval.due(cfg, st.step):
+                with preserved_rng(gen):  # closed loop in a simulator (eval.rollout)
+                    metrics.update(sim_eval.rollout_metrics(policy, spec, cfg, st.step, out,
+                                                            st.logger))
             return metrics
 
         st.evaluate = evaluate_fn
