@@ -13,7 +13,10 @@ the training device, in one pass per camera::
 
 One offset/factor per window ("per trajectory") keeps the frames of a history consistent, as
 RoboVLMs' and Octo's trajectory-level augmentation does. Action noise (train only) adds
-N(0, ``action_noise``) to the normalised arm targets, clipped to [-1, 1]. All randomness comes
+N(0, ``action_noise``) to the normalised arm targets, clipped to [-1, 1]. For an autoregressive
+head (``sequence_head``) the target token sequences are built here too (bins of
+``action.tokens`` or FAST ids of ``action.fast``, :meth:`AutoregressiveHead.targets`) and handed
+to the model as ``Observation.action_tokens`` for teacher forcing. All randomness comes
 from the ``generator`` passed in (a ``torch.Generator`` on the device, saved in checkpoints), so
 augmentation never disturbs the global RNG.
 """
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vladata.store.layout import ACTION_TOKENS, IMAGE_PREFIX, STATE
+from vladata.windows import FAST, FAST_MASK
 from vlatrain.config import AugmentConfig
 from vlatrain.model.backbone import ImageSpec, Observation
 from vlatrain.spec import DataSpec
@@ -37,6 +41,8 @@ class Targets:
     action: Tensor                # float (B, h, c, A), normalised (gripper -1/+1)
     mask: Tensor                  # bool (B, h, c): action_mask & obs_mask
     bins: Tensor | None = None    # int64 (B, h, c, A): bin of each token (discrete heads)
+    tokens: Tensor | None = None  # int64 (B, h, T): target sequences (autoregressive heads)
+    token_mask: Tensor | None = None  # bool (B, h, T): the tokens that count in the loss
 
 
 def _uniform(n: int, lo: float, hi: float, gen: torch.Generator, device) -> Tensor:
@@ -100,13 +106,16 @@ class BatchPreparer:
     """Moves a loader batch to the device and turns it into (Observation, Targets)."""
 
     def __init__(self, spec: DataSpec, image_specs: dict[str, ImageSpec], cfg: AugmentConfig,
-                 device: torch.device, *, discrete: bool, use_state: bool = True):
+                 device: torch.device, *, discrete: bool, use_state: bool = True,
+                 sequence_head=None):
         self.spec, self.image_specs, self.cfg, self.device = spec, image_specs, cfg, device
         self.discrete, self.use_state = discrete, use_state and spec.state_dim > 0
         self.arm = torch.tensor(spec.arm_dims, dtype=torch.long, device=device)
         self.state_index = (torch.tensor(spec.state_index, dtype=torch.long, device=device)
                             if spec.state_index else None)
-        if discrete:  # token id -> bin, for any injective layout: sort the ids of the bins
+        self.sequence = sequence_head  # an AutoregressiveHead: builds its target sequences
+        self.sequence_bins = sequence_head is not None and sequence_head.eos is None
+        if discrete or self.sequence_bins:  # token id -> bin, for any injective layout: sort ids
             ids = torch.tensor(spec.token_ids, dtype=torch.long, device=device)
             self.sorted_ids, self.order = torch.sort(ids)
         self.checks_left = 3  # the first batches' tokens are checked against the layout
@@ -146,12 +155,22 @@ class BatchPreparer:
             action = action.clone()
             action[..., self.arm] = (action[..., self.arm] + self.cfg.action_noise * noise).clamp(-1, 1)
         bins = None
-        if self.discrete:
+        if self.discrete or self.sequence_bins:
             bins = self.to_bins(batch[ACTION_TOKENS].to(dev, non_blocking=nb).long(), mask)
+        tokens = token_mask = None
+        if self.sequence is not None:
+            if self.sequence_bins:
+                tokens, token_mask = self.sequence.targets(bins, mask, obs.mask)
+            else:
+                tokens, token_mask = self.sequence.targets(
+                    batch[FAST].to(dev, non_blocking=nb).long(),
+                    batch[FAST_MASK].to(dev, non_blocking=nb), obs.mask)
+            obs.action_tokens = tokens
         if nb:
             self.copies.append(torch.cuda.Event())
             self.copies[-1].record()
-        return obs, Targets(action=action, mask=mask, bins=bins)
+        return obs, Targets(action=action, mask=mask, bins=bins, tokens=tokens,
+                            token_mask=token_mask)
 
     def observation(self, batch: dict, *, train: bool, gen: torch.Generator | None = None,
                     ) -> Observation:

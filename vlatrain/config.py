@@ -91,6 +91,10 @@ class DataConfig:
     val_split: str = "validation"
     batch_size: int = 32           # per process, per micro-step
     num_workers: int = 2
+    # the token sequence of token heads: the stored bins (action.tokens) or FAST tokens of each
+    # chunk (the store's meta/fast_tokenizer.json, `vladata stats --fast`; model.head=autoregressive)
+    action_tokens: str = field(default="bins", metadata=choice("bins", "fast"))
+    language_augmentation: float = 0.0  # train: P(instruction -> another phrasing of its task)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> list[str]:
@@ -115,8 +119,14 @@ class DataConfig:
                 errs += [f"mixture[{i}].{x}" for x in e.validate()]
             if self.mixture and not sum(e.weight for e in self.mixture) > 0:
                 errs.append("mixture: the weights are all 0")
+            if self.action_tokens == "fast":
+                errs.append("action_tokens: FAST tokens are served for one store (data.path), "
+                            "not for a mixture")
         elif self.balance:
             errs.append("balance: only applies to data.mixture")
+        if not 0 <= self.language_augmentation <= 1:
+            errs.append(f"language_augmentation: a probability in [0, 1], got "
+                        f"{self.language_augmentation}")
         return errs + [f"augment.{e}" for e in self.augment.validate()]
 
     def stores(self) -> list[tuple[str, float]]:
@@ -155,7 +165,8 @@ class ModelConfig:
 
     backbone: str = "tiny"         # tiny = the embedded small vision-language encoder
     path: Optional[str] = None     # local weights directory, for backbones that load pretrained weights
-    head: str = field(default="gpt", metadata=choice("fc", "lstm", "gpt", "discrete", "lm"))
+    head: str = field(default="gpt", metadata=choice("fc", "lstm", "gpt", "discrete", "lm",
+                                                     "autoregressive"))
     history: str = field(default="one-step", metadata=choice(*HISTORY_MODES))
     language: str = field(default="embedding", metadata=choice("embedding", "text", "none"))
     use_state: bool = True         # feed observation.state (normalised with the store's stats)
@@ -167,6 +178,8 @@ class ModelConfig:
     heads: int = 4                 # attention heads of the GPT head
     dropout: float = 0.0
     discrete_trunk: str = field(default="fc", metadata=choice("fc", "lstm", "gpt"))
+    # autoregressive head: constrained = only tokens that keep the chunk decodable; greedy = argmax
+    decoding: str = field(default="constrained", metadata=choice("constrained", "greedy"))
     vlm: VLMConfig = field(default_factory=VLMConfig)  # pretrained-VLM options (docs/vlm.md)
 
     def validate(self) -> list[str]:
@@ -188,7 +201,10 @@ class ModelConfig:
             errs.append("history: 'interleaved' needs a VLM backbone (use history)")
         if not 0 <= self.dropout < 1:
             errs.append(f"dropout: must be in [0, 1), got {self.dropout}")
-        if self.head == "gpt" or (self.head == "discrete" and self.discrete_trunk == "gpt"):
+        if self.head == "autoregressive" and self.hidden % self.heads:
+            errs.append(f"hidden: {self.hidden} is not divisible by heads={self.heads} (the "
+                        f"autoregressive decoder)")
+        elif self.head == "gpt" or (self.head == "discrete" and self.discrete_trunk == "gpt"):
             if self.heads >= 1 and self.hidden % self.heads:
                 errs.append(f"hidden: {self.hidden} is not divisible by heads={self.heads}")
         return errs
@@ -382,6 +398,9 @@ class Config:
                 and len(self.train.history_weights) != self.data.history):
             errs.append(f"train.history_weights: expected {self.data.history} weights "
                         f"(one per history step), got {len(self.train.history_weights)}")
+        if self.data.action_tokens == "fast" and self.model.head != "autoregressive":
+            errs.append(f"data.action_tokens: FAST tokens have a variable length; they need "
+                        f"model.head=autoregressive, not {self.model.head!r}")
         if self.train.precision == "fp16" and self.train.device == "cpu":
             errs.append("train.precision: fp16 needs a CUDA device; use bf16 on the CPU")
         r = self.eval.rollout

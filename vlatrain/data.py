@@ -122,7 +122,8 @@ def windows(ds, cfg: DataConfig, split: str, observation_norm=OBSERVATION_MODE):
     """The store's windows as ``cfg`` cuts them, observations normalised by ``observation_norm``
     (a mode: the store's own statistics; or the :class:`ObservationNormalizer` of a checkpoint)."""
     return ds.windows(history=cfg.history, chunk=cfg.chunk, cameras=cfg.cameras, split=split,
-                      over=cfg.over, normalize_observations=observation_norm)
+                      over=cfg.over, normalize_observations=observation_norm,
+                      fast_tokens=cfg.action_tokens == "fast")
 
 
 def spec_from_store(ds, cfg: DataConfig, win=None) -> DataSpec:
@@ -162,8 +163,10 @@ def spec_from_store(ds, cfg: DataConfig, win=None) -> DataSpec:
         token_ids = tuple(int(i) for i in t.id_of_bin(np.arange(t.bins)))
         centres = tuple(float(c) for c in t.centres())
     norm = win.observation_norm
+    fast = getattr(win, "fast", None)
+    tokens = {"action_tokens": cfg.action_tokens, **({"fast": fast.to_json()} if fast else {})}
     extra = {"source": ds.info.get("source"), "tokenizer": tok,
-             "normalization": ds.info["normalization"], **deployment_facts(ds, win)}
+             "normalization": ds.info["normalization"], **deployment_facts(ds, win), **tokens}
     return DataSpec(cameras=cams, image_shapes=shapes, state_dim=state_dim, action_dim=a_dim,
                     action_names=names, gripper_dims=grip,
                     language_dim=int(win.embeddings.shape[1]), history=cfg.history,
@@ -206,6 +209,8 @@ def check_compatible(spec: DataSpec, trained: DataSpec, path: str, what: str = "
              if getattr(spec, k) != getattr(trained, k)]
     if trained.token_ids and spec.token_ids != trained.token_ids:
         diffs.append(f"token layout: the store's tokenizer differs from {what}")
+    if trained.extra.get("fast") and spec.extra.get("fast") != trained.extra["fast"]:
+        diffs.append(f"FAST tokens: the store's FAST tokenizer differs from {what}")
     if diffs:
         raise StoreError(f"{path}: this store does not match {what} data: " + "; ".join(diffs))
 

@@ -54,6 +54,8 @@ class Observation:
     language: Tensor | None = None       # float (B, E): stored instruction embedding
     language_mask: Tensor | None = None  # bool (B,): an embedding exists
     instruction: list[str] | None = None  # (B,)
+    action_tokens: Tensor | None = None  # int64 (B, h, T): teacher-forcing input of an
+    #                                      autoregressive head (training/validation only)
 
 
 @dataclass

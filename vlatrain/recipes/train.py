@@ -124,7 +124,8 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
                                           pin_memory=pin, win=win))
     image_specs = {c: policy.backbone.image_spec(c) for c in spec.cameras}
     prep = BatchPreparer(spec, image_specs, cfg.data.augment, dev, discrete=policy.discrete,
-                         use_state=cfg.model.use_state)
+                         use_state=cfg.model.use_state,
+                         sequence_head=policy.head if policy.autoregressive else None)
     loss_fn = make_loss(cfg, policy, dev)
     st = TrainState(cfg=cfg, model=model, policy=policy, optimizer=optimizer, scaler=scaler,
                     loader=loader, prep=prep, loss_fn=loss_fn, gen=gen, dist=info,
