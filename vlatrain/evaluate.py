@@ -35,6 +35,7 @@ def evaluate(policy, loader, prep: BatchPreparer, loss_fn: Callable, *,
              max_batches: int | None = None, autocast=contextlib.nullcontext) -> dict[str, float]:
     """Metrics over (up to ``max_batches`` batches of) ``loader``; see the module docstring."""
     spec = policy.spec
+    autoregressive = getattr(policy, "autoregressive", False)
     arm, grip = list(spec.arm_dims), list(spec.gripper_dims)
     dev = prep.device
     was_training = policy.training
@@ -55,7 +56,7 @@ def evaluate(policy, loader, prep: BatchPreparer, loss_fn: Callable, *,
             out = policy(obs)
         loss_sum += float(loss_fn(out, tgt)["loss"])
         batches += 1
-        if policy.autoregressive:                      # generated, not teacher forced
+        if autoregressive:                             # generated, not teacher forced
             pred = policy.predict(obs)[:, -1]
             dec_ok = dec_ok + policy.decodable[:, -1].sum()
             dec_n = dec_n + policy.decodable.shape[0]
@@ -96,9 +97,9 @@ def evaluate(policy, loader, prep: BatchPreparer, loss_fn: Callable, *,
     if grip:
         metrics["val/gripper_acc"] = float(grip_ok) / (count * len(grip))
         metrics["val/gripper_acc_baseline"] = float(base_ok) / (count * len(grip))
-    if policy.discrete or policy.autoregressive:
+    if policy.discrete or autoregressive:
         metrics["val/token_acc"] = float(tok_ok) / max(float(tok_n), 1.0)
-    if policy.autoregressive:
+    if autoregressive:
         metrics["val/decodable"] = float(dec_ok) / max(float(dec_n), 1.0)
     return metrics
 

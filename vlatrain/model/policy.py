@@ -91,7 +91,7 @@ class Policy(nn.Module):
         Autoregressive heads: generated ids (B, h, T), or teacher-forced logits (B, h, T, V')
         whose argmax is taken; :attr:`decodable` then holds which chunks decoded (the others
         took the FAST fallback)."""
-        if self.autoregressive:
+        if getattr(self, "autoregressive", False):
             ids = pred if not pred.is_floating_point() else pred.argmax(-1)
             act, self.decodable = self.head.detokenize(ids)
             grip = act
