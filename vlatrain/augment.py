@@ -107,12 +107,13 @@ class BatchPreparer:
 
     def __init__(self, spec: DataSpec, image_specs: dict[str, ImageSpec], cfg: AugmentConfig,
                  device: torch.device, *, discrete: bool, use_state: bool = True,
-                 sequence_head=None):
+                 sequence_head=None, language=None):
         self.spec, self.image_specs, self.cfg, self.device = spec, image_specs, cfg, device
         self.discrete, self.use_state = discrete, use_state and spec.state_dim > 0
         self.arm = torch.tensor(spec.arm_dims, dtype=torch.long, device=device)
         self.state_index = (torch.tensor(spec.state_index, dtype=torch.long, device=device)
                             if spec.state_index else None)
+        self.language = language  # a vlatrain.language.LanguageAugmenter (training only)
         self.sequence = sequence_head  # an AutoregressiveHead: builds its target sequences
         self.sequence_bins = sequence_head is not None and sequence_head.eos is None
         if discrete or self.sequence_bins:  # token id -> bin, for any injective layout: sort ids
@@ -187,8 +188,11 @@ class BatchPreparer:
             if self.state_index is not None:
                 state = state.index_select(-1, self.state_index)
         lang = batch.get("language.embedding")
+        lang = None if lang is None else lang.to(dev, non_blocking=nb)
         lmask = batch.get("language_mask")
-        return Observation(images=images, mask=obs_mask, state=state,
-                           language=None if lang is None else lang.to(dev, non_blocking=nb),
+        instruction = list(batch.get("instruction") or [])
+        if train and self.language is not None:  # another phrasing of the same task
+            instruction, lang = self.language(batch, lang, gen)
+        return Observation(images=images, mask=obs_mask, state=state, language=lang,
                            language_mask=None if lmask is None else lmask.to(dev, non_blocking=nb),
-                           instruction=list(batch.get("instruction") or []))
+                           instruction=instruction)

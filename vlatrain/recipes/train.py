@@ -26,6 +26,7 @@ from vlatrain import checkpoint, data, distributed, preflight, rundir, sim_eval
 from vlatrain.augment import BatchPreparer
 from vlatrain.config import Config, ConfigError, dump_config, load_config
 from vlatrain.evaluate import evaluate
+from vlatrain.language import LanguageAugmenter
 from vlatrain.logging import NullLogger, RunLogger
 from vlatrain.loop import TrainState, train
 from vlatrain.losses import make_loss
@@ -125,7 +126,9 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
     image_specs = {c: policy.backbone.image_spec(c) for c in spec.cameras}
     prep = BatchPreparer(spec, image_specs, cfg.data.augment, dev, discrete=policy.discrete,
                          use_state=cfg.model.use_state,
-                         sequence_head=policy.head if policy.autoregressive else None)
+                         sequence_head=policy.head if policy.autoregressive else None,
+                         language=(LanguageAugmenter.from_stores(stores, cfg.data.language_augmentation)
+                                   if cfg.data.language_augmentation > 0 else None))
     loss_fn = make_loss(cfg, policy, dev)
     st = TrainState(cfg=cfg, model=model, policy=policy, optimizer=optimizer, scaler=scaler,
                     loader=loader, prep=prep, loss_fn=loss_fn, gen=gen, dist=info,
