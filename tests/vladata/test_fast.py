@@ -148,3 +148,13 @@ def test_stale_statistics_are_refused_and_stats_refits(store, tmp_path):
     assert tok.settings.chunk == CHUNK and tok.settings.scale == 10.0
     with pytest.raises((StoreError, StatsError)):
         fit_store(tmp_path / "nowhere.vla")
+
+
+def test_convert_can_fit_fast(calvin_raw, tmp_path):
+    out = tmp_path / "c.vla"
+    r = CliRunner().invoke(cli, ["convert", "calvin", str(calvin_raw), str(out),
+                                 "--fast-chunk", "5"])
+    assert r.exit_code == 0, r.output
+    tok = FastTokenizer.load(vladata.open(out))
+    assert tok.settings.chunk == 5 and tok.settings.scale == 10.0
+    assert manifest.verify(out, progress=False) == []
