@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vladata import atomic
 from vladata.errors import ConfigError, StatsError
 
 FAST_TOKENIZER = "meta/fast_tokenizer.json"   # the BPE, a `tokenizers` JSON
@@ -252,11 +253,12 @@ class FastTokenizer:
         return cls(settings, bpe)
 
     def save(self, store: str | os.PathLike) -> None:
-        """Write ``meta/fast_tokenizer.json`` then ``meta/fast.json`` (each to a temporary name,
-        renamed into place; the settings last: a tokenizer without them is never read)."""
+        """Write ``meta/fast_tokenizer.json`` then ``meta/fast.json`` (:mod:`vladata.atomic`:
+        each to a temporary name, renamed into place; the settings last, and a tokenizer without
+        its settings is never read)."""
         root = Path(store)
-        _atomic_write(root / FAST_TOKENIZER, self.bpe.to_str())
-        _atomic_write(root / FAST_SETTINGS, json.dumps(self.settings.to_dict(), indent=1))
+        atomic.write_bytes(root / FAST_TOKENIZER, self.bpe.to_str().encode())
+        atomic.write_json(root / FAST_SETTINGS, self.settings.to_dict())
 
     @classmethod
     def load(cls, ds) -> "FastTokenizer":
@@ -315,9 +317,14 @@ def fit_store(path: str | os.PathLike, *, chunk: int = 10, scale: float = 10.0,
               vocab_size: int = 1024, max_chunks: int | None = 200_000,
               progress: bool = False) -> FastTokenizer:
     """Fit FAST on the statistics split's normalised chunks of the store at ``path``, save it
-    in the store (:meth:`FastTokenizer.save`) and re-list the store's files."""
+    in the store (:meth:`FastTokenizer.save`) and re-list the store's files.
+
+    Everything is computed first; the store is then changed under the statistics commit marker
+    (``meta/restats.json``, :mod:`vladata.store.finalize`): a run interrupted while writing leaves
+    a store that ``vladata.open`` refuses until ``vladata stats`` is rerun, never a manifest
+    that disagrees with the files."""
     from vladata.dataset import open as open_dataset
-    from vladata.store import manifest
+    from vladata.store import layout, manifest
     ds = open_dataset(path)
     if chunk < 1:
         raise ConfigError([f"fast chunk must be >= 1, got {chunk}"])
@@ -326,11 +333,12 @@ def fit_store(path: str | os.PathLike, *, chunk: int = 10, scale: float = 10.0,
     tok = FastTokenizer.fit(chunks, scale=scale, vocab_size=vocab_size, split=split,
                             normalization=normalization_digest(ds.info, ds.stats.get("action", {})),
                             progress=progress)
-    settings = Path(path) / FAST_SETTINGS
-    if settings.is_file():  # ours: without settings a half-replaced tokenizer is never read
-        settings.unlink()
-    tok.save(path)
-    manifest.refresh(path)
+    root = Path(path)
+    atomic.write_json(root / layout.RESTATS, {"vlakit": "FAST tokenizer commit in progress"})
+    (root / FAST_SETTINGS).unlink(missing_ok=True)  # ours; the tokenizer is never read without it
+    tok.save(root)
+    manifest.refresh(root)
+    (root / layout.RESTATS).unlink()
     return tok
 
 
@@ -349,12 +357,6 @@ def load_settings(path: str | os.PathLike) -> FastSettings | None:
     """The FAST settings recorded in the store at ``path``, or None."""
     p = Path(path) / FAST_SETTINGS
     return FastSettings.from_dict(json.loads(p.read_text()), str(p)) if p.is_file() else None
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 __all__ = ["FastTokenizer", "FastSettings", "store_chunks", "fit_store", "load_settings", "load_for_windows", "FAST_TOKENIZER", "FAST_SETTINGS", "FALLBACKS",

@@ -158,3 +158,22 @@ def test_convert_can_fit_fast(calvin_raw, tmp_path):
     tok = FastTokenizer.load(vladata.open(out))
     assert tok.settings.chunk == 5 and tok.settings.scale == 10.0
     assert manifest.verify(out, progress=False) == []
+
+
+def test_an_interrupted_fit_is_refused_until_stats_reruns(store, tmp_path, monkeypatch):
+    from vladata.errors import IncompleteStoreError
+    path = tmp_path / "s.vla"
+    shutil.copytree(store, path)
+
+    def interrupted(root):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(manifest, "refresh", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit_store(path, chunk=CHUNK, scale=20)
+    monkeypatch.undo()
+    with pytest.raises(IncompleteStoreError, match="vladata stats"):
+        vladata.open(path)                           # files and manifest may disagree
+    r = CliRunner().invoke(cli, ["stats", str(path)])
+    assert r.exit_code == 0, r.output
+    assert FastTokenizer.load(vladata.open(path)).settings.scale == 20.0
+    assert manifest.verify(path, progress=False) == []

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vladata.errors import ConfigError
 from vlatrain.config import ModelConfig
 from vlatrain.model.backbone import BackboneOutput
 from vlatrain.model.heads import TRUNKS
@@ -84,15 +85,15 @@ class AutoregressiveHead(nn.Module):
                  layers: int, heads: int, dropout: float, decoding: str = "constrained"):
         super().__init__()
         if sequence not in SEQUENCES:
-            raise ValueError(f"sequence must be one of {SEQUENCES}, got {sequence!r}")
+            raise ConfigError([f"data.action_tokens: one of {SEQUENCES}, got {sequence!r}"])
         self.trunk, self.sequence, self.decoding = trunk, sequence, decoding
         self.chunk, self.action_dim = spec.chunk, spec.action_dim
         self.coefficients = spec.chunk * spec.action_dim
         self.fast = None
         if sequence == "bins":
             if spec.n_bins < 2:
-                raise ValueError("data.action_tokens=bins needs the store's action tokenizer "
-                                 "(info['tokenizer']); this store records none")
+                raise ConfigError(["data.action_tokens=bins needs the store's action tokenizer "
+                                   "(info['tokenizer']); this store records none"])
             self.vocab, self.length, self.eos = spec.n_bins, self.coefficients, None
             self.register_buffer("centres", torch.tensor(spec.bin_centers, dtype=torch.float32),
                                  persistent=False)
@@ -100,12 +101,14 @@ class AutoregressiveHead(nn.Module):
         else:
             from vladata.fast import FastTokenizer
             if "fast" not in spec.extra:
-                raise ValueError("data.action_tokens=fast needs the store's FAST tokenizer in the "
-                                 "data spec (spec.extra['fast'])")
+                raise ConfigError(["data.action_tokens=fast needs the store's FAST tokenizer in "
+                                   "the data spec (spec.extra['fast']); fit one with "
+                                   "`vladata stats STORE --fast`"])
             self.fast = FastTokenizer.from_json(spec.extra["fast"])
             if self.fast.settings.chunk != spec.chunk:
-                raise ValueError(f"the FAST tokenizer encodes {self.fast.settings.chunk}-step "
-                                 f"chunks; data.chunk is {spec.chunk}")
+                raise ConfigError([f"data.chunk: the FAST tokenizer encodes "
+                                   f"{self.fast.settings.chunk}-step chunks; data.chunk is "
+                                   f"{spec.chunk}"])
             self.vocab, self.length = self.fast.vocab_size, self.coefficients + 1
             self.eos = self.vocab
             lengths = torch.tensor(np.append(self.fast.token_lengths, 0), dtype=torch.long)
