@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vladata import atomic
+import vladata.atomic as atomic
 from vladata.errors import ConfigError, StatsError
 
 FAST_TOKENIZER = "meta/fast_tokenizer.json"   # the BPE, a `tokenizers` JSON

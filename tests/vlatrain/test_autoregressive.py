@@ -141,15 +141,16 @@ def test_config_checks():
         build_policy(TINY, dataclasses.replace(make_spec(), extra={"action_tokens": "fast"}))
 
 
-def test_recipe_trains_and_evaluates_fast_tokens(calvin_store, tmp_path):
-    """The real CLI: `vladata stats --fast`, then training and evaluation with FAST tokens."""
+@pytest.mark.parametrize("tokens", ["bins", "fast"])
+def test_recipe_trains_and_evaluates(calvin_store, tmp_path, tokens):
+    """The real CLI: `vladata stats --fast`, then training and evaluation of the head."""
     from cli.vladata import main as vladata_cli
     store = tmp_path / "calvin.vla"
     shutil.copytree(calvin_store, store)
     r = CliRunner().invoke(vladata_cli, ["stats", str(store), "--fast", "--fast-chunk", "4"])
     assert r.exit_code == 0, r.output
     out = tmp_path / "run"
-    args = [f"data.path={store}", "data.chunk=4", "data.action_tokens=fast",
+    args = [f"data.path={store}", "data.chunk=4", f"data.action_tokens={tokens}",
             "model.head=autoregressive", "train.steps=2", f"out={out}", "train.threads=1",
             "data.num_workers=0", "data.batch_size=8", "model.width=16", "model.hidden=32",
             "model.heads=2", "model.layers=1", "model.image_size=24", "log.progress=false",
