@@ -356,7 +356,13 @@ def load_for_windows(ds, chunk: int, action_key: str) -> FastTokenizer:
 def load_settings(path: str | os.PathLike) -> FastSettings | None:
     """The FAST settings recorded in the store at ``path``, or None."""
     p = Path(path) / FAST_SETTINGS
-    return FastSettings.from_dict(json.loads(p.read_text()), str(p)) if p.is_file() else None
+    if not p.is_file():
+        return None
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise StatsError(f"{p}: cannot read the FAST settings: {e}") from None
+    return FastSettings.from_dict(doc, str(p))
 
 
 __all__ = ["FastTokenizer", "FastSettings", "store_chunks", "fit_store", "load_settings", "load_for_windows", "FAST_TOKENIZER", "FAST_SETTINGS", "FALLBACKS",

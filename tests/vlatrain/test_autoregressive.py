@@ -164,3 +164,13 @@ def test_recipe_trains_and_evaluates(calvin_store, tmp_path, tokens):
     import json
     m = json.loads(r.output)
     assert m["val/decodable"] == 1.0 and 0 <= m["val/token_acc"] <= 1 and m["val/arm_mae"] > 0
+
+
+def test_preflight_names_a_missing_or_mismatched_fast_tokenizer(calvin_store, tmp_path):
+    config = Path(__file__).resolve().parents[2] / "configs" / "calvin.yaml"
+    base = ["run", str(config), f"data.path={calvin_store}", "data.action_tokens=fast",
+            "model.head=autoregressive", f"out={tmp_path / 'run'}", "data.num_workers=0"]
+    r = CliRunner().invoke(main, base)
+    assert r.exit_code != 0 and "has no FAST tokenizer" in r.output
+    assert "--fast-chunk" in r.output and "Traceback" not in r.output
+
