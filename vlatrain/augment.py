@@ -16,7 +16,8 @@ RoboVLMs' and Octo's trajectory-level augmentation does. Action noise (train onl
 N(0, ``action_noise``) to the normalised arm targets, clipped to [-1, 1]. For an autoregressive
 head (``sequence_head``) the target token sequences are built here too (bins of
 ``action.tokens`` or FAST ids of ``action.fast``, :meth:`AutoregressiveHead.targets`) and handed
-to the model as ``Observation.action_tokens`` for teacher forcing. All randomness comes
+to the model as ``Observation.action_tokens`` for teacher forcing (``teacher_bins``: the bins
+(B, h, c*A), for the autoregressive VLM LM head). All randomness comes
 from the ``generator`` passed in (a ``torch.Generator`` on the device, saved in checkpoints), so
 augmentation never disturbs the global RNG.
 """
@@ -107,12 +108,13 @@ class BatchPreparer:
 
     def __init__(self, spec: DataSpec, image_specs: dict[str, ImageSpec], cfg: AugmentConfig,
                  device: torch.device, *, discrete: bool, use_state: bool = True,
-                 sequence_head=None, language=None):
+                 sequence_head=None, language=None, teacher_bins: bool = False):
         self.spec, self.image_specs, self.cfg, self.device = spec, image_specs, cfg, device
         self.discrete, self.use_state = discrete, use_state and spec.state_dim > 0
         self.arm = torch.tensor(spec.arm_dims, dtype=torch.long, device=device)
         self.state_index = (torch.tensor(spec.state_index, dtype=torch.long, device=device)
                             if spec.state_index else None)
+        self.teacher_bins = teacher_bins  # the bins as Observation.action_tokens (VLM LM head)
         self.language = language  # a vlatrain.language.LanguageAugmenter (training only)
         self.sequence = sequence_head  # an AutoregressiveHead: builds its target sequences
         self.sequence_bins = sequence_head is not None and sequence_head.eos is None
@@ -159,6 +161,8 @@ class BatchPreparer:
         if self.discrete or self.sequence_bins:
             bins = self.to_bins(batch[ACTION_TOKENS].to(dev, non_blocking=nb).long(), mask)
         tokens = token_mask = None
+        if self.teacher_bins:  # (B, h, c*A): teacher forcing of an autoregressive VLM LM head
+            obs.action_tokens = bins.flatten(2)
         if self.sequence is not None:
             if self.sequence_bins:
                 tokens, token_mask = self.sequence.targets(bins, mask, obs.mask)

@@ -197,6 +197,12 @@ class ModelConfig:
         if self.backbone == "tiny" and self.head == "lm":
             errs.append("head: 'lm' reads a VLM's own logits; the tiny backbone has none "
                         "(use discrete)")
+        if self.vlm.autoregressive and self.head != "lm":
+            errs.append("vlm.autoregressive: decodes the LM head's action tokens; it needs "
+                        f"model.head=lm, not {self.head!r}")
+        if self.vlm.autoregressive and self.history == "interleaved":
+            errs.append("vlm.autoregressive: not with history=interleaved (a later step would "
+                        "read the earlier steps' target tokens); use one-step or history")
         if self.backbone == "tiny" and self.history == "interleaved":
             errs.append("history: 'interleaved' needs a VLM backbone (use history)")
         if not 0 <= self.dropout < 1:

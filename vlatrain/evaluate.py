@@ -13,7 +13,8 @@ units and compared with the target over the valid chunk steps:
 - ``val/token_acc``: bin accuracy over all dimensions, for discrete heads; for autoregressive
   heads the teacher-forced accuracy of the valid tokens, while the actions (``val/mae``...) are
   *generated* (:meth:`Policy.predict`) and ``val/decodable`` is the share of generated chunks
-  that decoded without the FAST fallback;
+  that decoded without the FAST fallback; the autoregressive VLM LM head likewise generates its
+  actions while ``val/token_acc`` is teacher forced;
 - ``val/loss``: the training loss over every valid step of the window.
 """
 
@@ -56,15 +57,16 @@ def evaluate(policy, loader, prep: BatchPreparer, loss_fn: Callable, *,
             out = policy(obs)
         loss_sum += float(loss_fn(out, tgt)["loss"])
         batches += 1
-        if autoregressive:                             # generated, not teacher forced
-            pred = policy.predict(obs)[:, -1]
+        if obs.action_tokens is not None:              # teacher forced: generate the actions
+            pred = policy.predict(obs)[:, -1]          # (B, c, A) normalised
+        else:
+            pred = policy.decode(out)[:, -1]
+        if autoregressive:
             dec_ok = dec_ok + policy.decodable[:, -1].sum()
             dec_n = dec_n + policy.decodable.shape[0]
             hit = (out.argmax(-1) == tgt.tokens)[:, -1].to(torch.float64)  # (B, T)
             tok_ok = tok_ok + (hit * tgt.token_mask[:, -1]).sum()
             tok_n = tok_n + tgt.token_mask[:, -1].sum()
-        else:
-            pred = policy.decode(out)[:, -1]           # (B, c, A) normalised
         target, m = tgt.action[:, -1], tgt.mask[:, -1]  # (B, c, A), (B, c)
         mf = m.to(torch.float64)[..., None]
         pu, tu = to_units(pred).double(), to_units(target).double()

@@ -78,11 +78,9 @@ class Policy(nn.Module):
 
     @torch.no_grad()
     def predict(self, obs: Observation) -> Tensor:
-        """Normalised actions (B, h, c, A) for ``obs``: ``decode(forward(obs))``, generating the
-        tokens of an autoregressive head (never teacher forced)."""
-        if self.autoregressive:
-            return self.decode(self.generate(dataclasses.replace(obs, action_tokens=None)))
-        return self.decode(self(obs))
+        """Normalised actions (B, h, c, A) for ``obs``: ``decode(forward(obs))`` without its
+        target tokens, so autoregressive heads and LM heads generate (never teacher forced)."""
+        return self.decode(self(dataclasses.replace(obs, action_tokens=None)))
 
     @torch.no_grad()
     def decode(self, pred: Tensor) -> Tensor:

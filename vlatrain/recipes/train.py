@@ -127,6 +127,7 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
     prep = BatchPreparer(spec, image_specs, cfg.data.augment, dev, discrete=policy.discrete,
                          use_state=cfg.model.use_state,
                          sequence_head=policy.head if policy.autoregressive else None,
+                         teacher_bins=getattr(policy.backbone, "autoregressive", False),
                          language=(LanguageAugmenter.from_stores(stores, cfg.data.language_augmentation)
                                    if cfg.data.language_augmentation > 0 else None))
     loss_fn = make_loss(cfg, policy, dev)
