@@ -164,6 +164,18 @@ def test_recipe_trains_and_evaluates(calvin_store, tmp_path, tokens):
     import json
     m = json.loads(r.output)
     assert m["val/decodable"] == 1.0 and 0 <= m["val/token_acc"] <= 1 and m["val/arm_mae"] > 0
+    # the policy runtime acts through the generated tokens with no special case
+    import vladata
+    from vlatrain.policy import Policy as Runtime
+    runtime = Runtime.load(out / "checkpoints" / "step_0000002.pt", "cpu")
+    ds = vladata.open(store)
+    seg = ds.segments.row(0, named=True)
+    runtime.reset(seg["instruction"])
+    keys = list(runtime.spec.observations)
+    frame = {k: v[0] for k, v in ds.episode(seg["episode_index"], keys).items()}
+    action = runtime.act(frame)
+    assert action.shape == (7,) and np.isfinite(action).all()
+    assert runtime.model.decodable.all()                  # constrained decoding always decodes
 
 
 def test_preflight_names_a_missing_or_mismatched_fast_tokenizer(calvin_store, tmp_path):
