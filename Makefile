@@ -1,13 +1,14 @@
-# Two entry points for a fresh machine: `make demo` (the main job end to end on an embedded
-# sample) and `make test` (the test suite). Both create .venv and install what they need first:
-# the demo the runtime dependencies only, the tests the `test` extras on top (so `make test`
-# after `make demo` adds just those).
+# Entry points for a fresh machine: `make demo` (the main job end to end on an embedded sample),
+# `make sim-demo` (closed loop on Meta-World: collect -> train -> roll out -> success table) and
+# `make test` (the test suite). Each creates .venv and installs what it needs first: the demos
+# the runtime dependencies only (plus the `sim` extra for sim-demo), the tests the `test` extras
+# on top (so `make test` after `make demo` adds just those).
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 RUNTIME := $(VENV)/.vlakit-runtime
 TESTING := $(VENV)/.vlakit-test
 
-.PHONY: setup demo test samples bench clean
+.PHONY: setup demo sim-demo test samples bench clean
 
 $(RUNTIME): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,6 +26,10 @@ setup: $(RUNTIME)
 
 demo: $(RUNTIME)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
+
+sim-demo: $(RUNTIME)
+	$(PY) -m pip install -q -e ".[sim]"
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/sim_demo.sh
 
 test: $(TESTING)
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider

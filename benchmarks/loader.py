@@ -101,7 +101,7 @@ def prepare(work: Path, root: Path, procs: int) -> dict[str, Path]:
                             overwrite=True, progress=False)
     if not (paths["wds"] / "index.json").exists():
         export_wds(vladata.open(paths["lossless"]), str(paths["wds"]), samples=256, context=31,
-                   shard_size=256 << 20)
+                   shard_size=256 << 20, overwrite=True)
     if not (paths["memmap"] / "done").exists():
         paths["memmap"].mkdir(exist_ok=True)
         r = StoreReader(str(paths["lossless"]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import sys
 
 import click
@@ -26,8 +27,28 @@ def parse_quantiles(text: str | None) -> tuple[float, ...]:
     return qs
 
 
+class RecordsArgs(click.Group):
+    """A command group that keeps its command line (``ctx.meta["vlakit.argv"]``) for the
+    rerun hints :func:`fails_cleanly` prints."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        argv = list(args)
+        ctx = super().make_context(info_name, args, parent=parent, **extra)
+        ctx.meta["vlakit.argv"] = argv
+        return ctx
+
+
+def rerun_command(ctx: click.Context, add: str | None = None, drop: tuple[str, ...] = ()) -> str:
+    """The command line that ran ``ctx``, with flag ``add`` and without the flags in ``drop``."""
+    args = [a for a in ctx.meta.get("vlakit.argv", sys.argv[1:]) if a not in drop]
+    if add and add not in args:
+        args.append(add)
+    return f"{ctx.find_root().info_name} {shlex.join(args)}"
+
+
 def fails_cleanly(f):
-    """Turn vladata errors into a one-line message and exit status 1 (no traceback)."""
+    """Turn vladata errors into a one-line message and exit status 1 (no traceback); on Ctrl-C
+    print once what to run to finish the work (exit status 130)."""
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         try:
@@ -35,7 +56,18 @@ def fails_cleanly(f):
         except VladataError as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
-            click.echo("\ninterrupted: the output is incomplete; rerun with --resume", err=True)
+            ctx = click.get_current_context()
+            if "resume" in ctx.params:  # a conversion: its parts so far are kept
+                out = ctx.params.get("out")
+                cmd = rerun_command(ctx, add="--resume", drop=("--overwrite",))
+                msg = f"interrupted: {out} is incomplete; to finish it, run:\n  {cmd}"
+            elif "overwrite" in ctx.params:  # an export: started again
+                cmd = rerun_command(ctx, add="--overwrite")
+                out = ctx.params.get("out")
+                msg = f"interrupted: {out} is incomplete; to redo it, run:\n  {cmd}"
+            else:
+                msg = f"interrupted; to finish, run again:\n  {rerun_command(ctx)}"
+            click.echo(f"\n{msg}", err=True)
             sys.exit(130)
     return wrapper
 
@@ -79,15 +111,22 @@ def convert_options(f):
         click.option("--jpeg-quality", type=click.IntRange(1, 100), default=90, show_default=True),
         click.option("--part-frames", type=int, default=None,
                      help="Frames per part (a multiple of 1024); default from size and workers."),
-        click.option("--quantiles", default=None, metavar="[Q,...]",
-                     help="Quantiles to compute, default [0.01,0.99]."),
+        click.option("--quantiles", default=None, metavar="'[Q,...]'",
+                     help="Quantiles to compute besides 0.01 and 0.99 (always computed), e.g. "
+                          "'[0.05,0.95]' (quote it: the shell globs [...])."),
         click.option("--image-stats", is_flag=True, help="Also per-channel image mean/std."),
         *tokenizer_options(),
+        click.option("--fast-chunk", type=click.IntRange(1), default=None, metavar="N",
+                     help="Also fit FAST action tokens on chunks of N steps (scale 10, "
+                          "vocabulary 1024; `vladata stats --fast` refits with other settings)."),
         click.option("--format", "fmt", type=click.Choice(["zarr", "wds"]), default="zarr",
                      show_default=True,
                      help="zarr: the random-access store; wds: also WebDataset shards in OUT/wds "
                           "(256-frame episode pieces; `vladata export` for other choices)."),
         click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
+        click.option("--allow-outside", is_flag=True,
+                     help="Read files the dataset's metadata places outside SRC (path templates, "
+                          "globs, HDF5 external links/storage); refused by default."),
     ]
     for opt in reversed(options):
         f = opt(f)
@@ -97,8 +136,9 @@ def convert_options(f):
 def run_convert(source, out: str, *, workers=1, resume=False, overwrite=False, image_codec="raw",
                 jpeg_quality=90, part_frames=None, quantiles=None, image_stats=False, fmt="zarr",
                 as_json=False, token_layout=None, vocab_size=None, n_special=None,
-                bins=256) -> None:
-    """Convert ``source`` to a store at ``out`` and print the summary (the convert commands' body)."""
+                bins=256, allow_outside=False, fast_chunk=None) -> None:
+    """Convert ``source`` to a store at ``out`` and print the summary (the convert commands' body).
+    ``allow_outside`` is for the source, which the command built with it."""
     from vladata.store.writer import convert
     try:
         summary = convert(source, out, workers=workers, resume=resume, overwrite=overwrite,
@@ -106,15 +146,17 @@ def run_convert(source, out: str, *, workers=1, resume=False, overwrite=False, i
                           part_frames=part_frames, quantiles=parse_quantiles(quantiles),
                           image_stats=image_stats, progress=not as_json,
                           tokenizer=make_tokenizer(token_layout, vocab_size, n_special, bins))
+        if fast_chunk is not None:
+            from vladata.fast import fit_store
+            fit_store(out, chunk=fast_chunk)
         if fmt == "wds":
             from pathlib import Path
 
             import vladata
-            from vladata.stream import export_wds
-            export_wds(vladata.open(out), str(Path(out) / "wds"), samples=256)
+            from vladata.stream import export_state, export_wds
+            wds = Path(out) / "wds"
+            if not (summary.already_complete and export_state(str(wds)) == "complete"):
+                export_wds(vladata.open(out), str(wds), samples=256, overwrite=True)
     except VladataError as e:
         raise click.ClickException(str(e)) from None
-    except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: {out} is incomplete; rerun with --resume", err=True)
-        sys.exit(130)
     click.echo(json.dumps(summary.to_dict(), indent=1) if as_json else str(summary))

@@ -33,7 +33,8 @@ def command(src, out, dataset, splits, raw, skip_bad_records, fps, **opts):
         warnings.simplefilter("always")
         source = OxeSource(src, dataset=dataset, splits=list(splits) or None,
                            standardize=not raw, skip_bad_records=skip_bad_records, fps=fps,
-                           progress=not opts.get("as_json"))
+                           progress=not opts.get("as_json"),
+                           allow_outside=opts["allow_outside"])
     for w in caught:
         click.echo(f"warning: {w.message}", err=True)
     run_convert(source, out, **opts)

@@ -30,7 +30,7 @@ def hdf5(src, out, layout, mapping_file, instruction, fps, **opts):
         raise click.UsageError("--map FILE goes with --layout mapping, and only with it")
     from vladata.sources.hdf5 import Hdf5Source
     source = Hdf5Source(src, layout=layout, mapping_file=mapping_file, instruction=instruction,
-                        fps=fps)
+                        fps=fps, allow_outside=opts["allow_outside"])
     run_convert(source, out, **opts)
 
 
@@ -42,7 +42,7 @@ def hdf5(src, out, layout, mapping_file, instruction, fps, **opts):
 def lerobot(src, out, **opts):
     """Convert the local LeRobot dataset root SRC (v3.0, v2.1 or v2.0) into the store OUT."""
     from vladata.sources.lerobot import LeRobotSource
-    run_convert(LeRobotSource(src), out, **opts)
+    run_convert(LeRobotSource(src, allow_outside=opts["allow_outside"]), out, **opts)
 
 
 @click.command("rosbag")
@@ -57,7 +57,8 @@ def rosbag(src, out, mapping_file, fps, **opts):
     """Convert ROS bags at SRC (a ROS1 .bag, a ROS2 bag directory, or a folder of them; one
     episode per bag) into the store OUT, resampled to the control rate (nearest earlier message)."""
     from vladata.sources.rosbag import RosbagSource
-    run_convert(RosbagSource(src, mapping_file, fps=fps or 0.0), out, **opts)
+    run_convert(RosbagSource(src, mapping_file, fps=fps or 0.0,
+                             allow_outside=opts["allow_outside"]), out, **opts)
 
 
 commands = [hdf5, lerobot, rosbag]

@@ -34,13 +34,18 @@ def parse_size(text: str) -> int:
               help="Extra frames stored either side of a --chunk piece; windows need "
                    "history-1 and chunk-1 of them.")
 @click.option("--shard-size", default="1GB", show_default=True, help="Target size of a tar shard.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a previous vlakit export at OUT (nothing else is ever replaced).")
 @fails_cleanly
-def command(path, out, fmt, chunk, context, shard_size):
-    """Export the store at PATH as streaming shards at OUT (a directory or an fsspec URL)."""
+def command(path, out, fmt, chunk, context, shard_size, overwrite):
+    """Export the store at PATH as streaming shards at OUT (a directory or an fsspec URL).
+
+    OUT must be new, empty, or (with --overwrite) a previous vlakit export.
+    """
     import vladata
     from vladata.stream import export_wds
     index = export_wds(vladata.open(path), out, samples=chunk or "episode",
-                       shard_size=parse_size(shard_size), context=context)
+                       shard_size=parse_size(shard_size), context=context, overwrite=overwrite)
     samples = sum(s["samples"] for s in index["shards"])
     size = sum(s["bytes"] for s in index["shards"])
     click.echo(f"wrote {len(index['shards'])} shards, {samples} samples, "

@@ -6,8 +6,8 @@ import json
 
 import click
 
-from cli.common import (convert_options, fails_cleanly, make_tokenizer, parse_quantiles,
-                        run_convert, tokenizer_options)
+from cli.common import (RecordsArgs, convert_options, fails_cleanly, make_tokenizer,
+                        parse_quantiles, run_convert, tokenizer_options)
 
 
 def tokenizer_flags(f):
@@ -16,7 +16,7 @@ def tokenizer_flags(f):
     return f
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=RecordsArgs, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vlakit")
 def main():
     """Convert robot-learning datasets into the vlakit store and inspect them."""
@@ -88,19 +88,45 @@ def inspect(path, as_json):
 
 @main.command()
 @click.argument("path", type=click.Path(exists=True))
-@click.option("--quantiles", default=None, metavar="[Q,...]",
-              help="Quantiles, e.g. [0.01,0.05,0.95,0.99] (default [0.01,0.99]).")
+@click.option("--quantiles", default=None, metavar="'[Q,...]'",
+              help="Quantiles, e.g. '[0.05,0.95]' (quote it: the shell globs [...]); 0.01 and "
+                   "0.99 are always computed too.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--fast", is_flag=True,
+              help="Also fit a FAST tokenizer (DCT + BPE) on the train split's normalised "
+                   "chunks: meta/fast_tokenizer.json. A store that has one is refitted with its "
+                   "recorded settings whenever its statistics are recomputed.")
+@click.option("--fast-chunk", type=click.IntRange(1), default=None,
+              help="FAST: steps per chunk (default: the recorded one, else 10).")
+@click.option("--fast-scale", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="FAST: DCT coefficient scale before rounding (default: recorded, else 10).")
+@click.option("--fast-vocab", type=click.IntRange(2), default=None,
+              help="FAST: BPE vocabulary size (default: recorded, else 1024).")
 @tokenizer_flags
 @fails_cleanly
-def stats(path, quantiles, as_json, **tok):
-    """Recompute exact statistics of PATH; rewrite meta/stats.json and the normalised actions."""
+def stats(path, quantiles, as_json, fast, fast_chunk, fast_scale, fast_vocab, **tok):
+    """Recompute exact statistics of PATH; rewrite meta/stats.json and the normalised actions.
+
+    Everything is computed and written aside first, then swapped in: a failed or interrupted run
+    leaves the store as it was, or (if stopped inside the swap) unopenable until rerun.
+    """
     import vladata
+    from vladata.fast import fit_store, load_settings
     from vladata.stats import stats_to_json
-    from vladata.store.finalize import recompute
-    vladata.open(path)  # refuses an incomplete store
-    qs = parse_quantiles(quantiles)
-    result = recompute(path, qs, tokenizer=make_tokenizer(**tok))
+    from vladata.store.finalize import recompute, with_required_quantiles
+    if not fast and (fast_chunk or fast_scale or fast_vocab):
+        raise click.UsageError("--fast-chunk/--fast-scale/--fast-vocab go with --fast")
+    qs = with_required_quantiles(parse_quantiles(quantiles))  # q01/q99 are always kept
+    old = load_settings(path)
+    result = recompute(path, qs, tokenizer=make_tokenizer(**tok))  # refuses an incomplete store
+    if fast or old is not None:  # a recorded FAST tokenizer follows the new statistics
+        ft = fit_store(path, chunk=fast_chunk or (old.chunk if old else 10),
+                       scale=fast_scale or (old.scale if old else 10.0),
+                       vocab_size=fast_vocab or (old.vocab_size if old else 1024))
+        st = ft.settings
+        click.echo(f"FAST: {st.chunks} chunks of {st.chunk}x{st.action_dim} from split "
+                   f"{st.split!r}, scale {st.scale:g}, vocabulary {st.vocab_size}, coefficients "
+                   f"{st.min_token}..{st.max_token} -> {path}/meta/fast_tokenizer.json", err=True)
     if as_json:
         click.echo(json.dumps(stats_to_json(result, split=vladata.open(path).info["stats_split"],
                                             quantiles=qs), indent=1))

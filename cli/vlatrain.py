@@ -132,8 +132,9 @@ def evaluate(checkpoint, data_path, split, batches, batch_size, device, as_json)
 
 
 def _register() -> None:
-    from cli import rollout
+    from cli import rollout, serve
     main.add_command(rollout.command)
+    main.add_command(serve.command)
 
 
 _register()

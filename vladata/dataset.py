@@ -36,6 +36,10 @@ def open(path: str | os.PathLike) -> "Dataset":  # noqa: A001 -- mirrors zarr.op
     if not (p / layout.MANIFEST).exists():
         raise IncompleteStoreError(f"{p}: the store is incomplete (no {layout.MANIFEST}): its "
                                    "conversion was interrupted or failed; rerun it with --resume")
+    if (p / layout.RESTATS).exists():
+        raise IncompleteStoreError(f"{p}: a `vladata stats` run was interrupted while replacing "
+                                   f"the statistics ({layout.RESTATS} is there), so they may not "
+                                   f"match the data: rerun `vladata stats {p}`")
     from vladata.store.manifest import check_open
     check_open(p)
     return Dataset(p)

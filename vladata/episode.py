@@ -102,20 +102,84 @@ class Episode:
         return self.info.length
 
     def validate(self, features: dict[str, FeatureSpec], *, file: object = None) -> None:
-        """Raise :class:`SourceFormatError` if a frame array disagrees with its spec."""
-        for name, spec in features.items():
-            if name not in self.frames:
-                raise SourceFormatError("feature missing from episode", file=file,
-                                        episode=self.info.source_id, key=name)
-            arr = self.frames[name]
-            want = (self.length, *spec.shape)
-            if spec.dtype == "object":  # encoded bytes, one per frame
-                ok = arr.shape[:1] == want[:1]
-            else:
-                ok = tuple(arr.shape) == want
-            if not ok:
-                raise SourceFormatError(f"expected shape {want}, got {tuple(arr.shape)}",
-                                        file=file, episode=self.info.source_id, key=name)
+        """Raise :class:`SourceFormatError` if a frame array disagrees with its spec; cast the
+        ones that hold another dtype where every value is exactly representable."""
+        self.frames = check_frames(self.frames, features, self.length, file=file,
+                                   episode=self.info.source_id)
+
+
+def cast_exact(arr: np.ndarray, dtype: str | np.dtype, *, file: object = None,
+               episode: object = None, key: str | None = None, frame: int | None = None,
+               first: int | None = None) -> np.ndarray:
+    """``arr`` as ``dtype``, refusing every cast that would change a value silently.
+
+    Allowed: the same dtype; bool or integers to any dtype that holds every value exactly (an
+    integer type whose range holds them, a float type in which each converts back unchanged,
+    bool for 0/1); float to a narrower float (float64 -> float32, the store's documented
+    precision, recorded as ``source_dtype``) unless a finite value overflows. Refused: floats to
+    integers or bool (a float64 image in [0, 1] would become zeros: its scale is a convention
+    the data does not state), strings, objects, anything else non-numeric. The error
+    names the file, episode, key and the frame given (or, when ``first`` is given, ``first`` +
+    the row of the first bad value: ``arr`` then has a leading time axis).
+    """
+    dtype = np.dtype(dtype)
+    a = np.asarray(arr)
+    if a.dtype == dtype:
+        return a
+    if frame is None and first is not None and a.ndim:
+        frame = first  # a dtype refused: its first frame is already wrong
+    where = dict(file=file, episode=episode, key=key, frame=frame)
+    if a.dtype.kind not in "biuf" or dtype.kind not in "biuf":
+        raise SourceFormatError(f"source holds {a.dtype}, expected {dtype} (numbers)", **where)
+    if a.dtype.kind == "f" and dtype.kind in "biu":
+        raise SourceFormatError(f"source holds {a.dtype}, expected {dtype}: floats are not cast "
+                                "to integers (rounding changes values; a [0, 1] image would "
+                                "become zeros)", **where)
+    with np.errstate(all="ignore"):
+        out = a.astype(dtype)
+        if dtype.kind == "f" and a.dtype.kind == "f":
+            bad = np.isinf(out) & np.isfinite(a)
+            what = "overflows"
+        elif dtype.kind == "b":
+            bad = (a != 0) & (a != 1)
+            what = "is not 0 or 1"
+        elif dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            bad = (a < info.min) | (a > info.max)
+            what = "is out of range"
+        else:  # bool or integers -> a float type
+            bad = out.astype(a.dtype) != a
+            what = "is not exactly representable"
+    if bad.any():
+        idx = np.unravel_index(int(np.flatnonzero(bad)[0]), a.shape) if a.ndim else ()
+        if first is not None and idx:
+            where["frame"] = first + int(idx[0])
+        raise SourceFormatError(f"value {a[idx].item()!r} ({a.dtype}) {what} as {dtype}; values "
+                                "are cast only when exact", **where)
+    return out
+
+
+def check_frames(frames: dict[str, np.ndarray], features: dict[str, FeatureSpec], n: int, *,
+                 file: object = None, episode: object = None, first: int = 0
+                 ) -> dict[str, np.ndarray]:
+    """The one frame validator (sources and the store writer): every feature present with
+    ``n`` frames of its spec's shape, cast exactly to its dtype (:func:`cast_exact`); the
+    frames returned are what the store gets. ``first`` is the frame number of row 0."""
+    out = dict(frames)
+    for name, spec in features.items():
+        arr = frames.get(name)
+        if arr is None:
+            raise SourceFormatError("feature missing from the frames read", file=file,
+                                    episode=episode, key=name)
+        want = (n, *spec.shape)
+        got = tuple(np.shape(arr))
+        if got[:1] != want[:1] if spec.dtype == "object" else got != want:
+            raise SourceFormatError(f"expected shape {want}, got {got}", file=file,
+                                    episode=episode, key=name)
+        if spec.dtype != "object":
+            out[name] = cast_exact(arr, spec.dtype, file=file, episode=episode, key=name,
+                                   first=first)
+    return out
 
 
 @runtime_checkable

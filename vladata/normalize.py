@@ -242,7 +242,7 @@ def _prepare(x, stats, norm: Normalization):
     if missing:
         raise StatsError(f"statistics lack {missing} needed by {norm.mode!r} normalisation "
                          f"(have: {sorted(stats)}); recompute them, e.g. `vladata stats PATH "
-                         f"--quantiles [...]` with the quantiles this normalisation uses")
+                         f"--quantiles '[...]'` with the quantiles this normalisation uses")
     bounds = []
     for k in names:
         a = np.asarray(stats[k], np.float64)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import pickle
+import struct
+import tokenize
 from pathlib import Path
 
 import numpy as np
@@ -79,13 +81,15 @@ def load_pickled_npy(path: str | Path):
             if not dtype.hasobject:
                 f.seek(0)
                 return np.load(f, allow_pickle=False)
-            obj = RestrictedUnpickler(f, source=path).load()
+            # from memory: a corrupt length field then reads short instead of allocating it
+            obj = RestrictedUnpickler(io.BytesIO(f.read()), source=path).load()
     except UnsafePickleError:
         raise
     except FileNotFoundError:
         raise SourceFormatError("file not found", file=path) from None
     except (ValueError, EOFError, OSError, pickle.UnpicklingError, AttributeError, IndexError,
-            TypeError) as e:
+            TypeError, KeyError, OverflowError, struct.error, SyntaxError,
+            tokenize.TokenError) as e:  # what numpy's header parser and pickle raise on damage
         raise SourceFormatError(f"cannot read pickled .npy ({type(e).__name__}: {e})",
                                 file=path) from None
     if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():

@@ -131,7 +131,8 @@ def windows(ds, cfg: DataConfig, split: str, observation_norm=OBSERVATION_MODE):
         episodes = val if split == cfg.val_split else train
         split = cfg.train_split
     return ds.windows(history=cfg.history, chunk=cfg.chunk, cameras=cfg.cameras, split=split,
-                      over=cfg.over, normalize_observations=observation_norm, episodes=episodes)
+                      over=cfg.over, normalize_observations=observation_norm,
+                      fast_tokens=cfg.action_tokens == "fast", episodes=episodes)
 
 
 def held_out(ds, cfg: DataConfig) -> tuple[list[int], list[int]]:
@@ -189,13 +190,41 @@ def spec_from_store(ds, cfg: DataConfig, win=None) -> DataSpec:
         token_ids = tuple(int(i) for i in t.id_of_bin(np.arange(t.bins)))
         centres = tuple(float(c) for c in t.centres())
     norm = win.observation_norm
+    fast = getattr(win, "fast", None)
+    tokens = {"action_tokens": cfg.action_tokens, **({"fast": fast.to_json()} if fast else {})}
+    extra = {"source": ds.info.get("source"), "tokenizer": tok,
+             "normalization": ds.info["normalization"], **deployment_facts(ds, win), **tokens}
     return DataSpec(cameras=cams, image_shapes=shapes, state_dim=state_dim, action_dim=a_dim,
                     action_names=names, gripper_dims=grip,
                     language_dim=int(win.embeddings.shape[1]), history=cfg.history,
                     chunk=cfg.chunk, token_ids=token_ids, bin_centers=centres, state_index=index,
-                    extra={"source": ds.info.get("source"), "tokenizer": tok,
-                           "normalization": ds.info["normalization"]},
+                    extra=extra,
                     observation_norm={} if norm is None else norm.to_dict())
+
+
+def deployment_facts(ds, win) -> dict:
+    """What a policy runtime needs of the store beyond the spec's shapes (``DataSpec.extra``):
+
+    - ``action_stats``: the action statistics ``action.norm`` was made with (only those the
+      normalisation uses), to put predictions back into the dataset's units;
+    - ``features``: the action and state feature descriptions (names, units);
+    - ``language``: ``{"instructions": [...], "embeddings": [[...]]}``, the stored sentence
+      embedding of every distinct instruction (when the store has embeddings): a model conditioned
+      on ``language.embedding`` looks a live instruction up here.
+    """
+    norm = Normalization.from_dict(ds.info["normalization"])
+    stats = ds.stats.get(ACTION) or {}
+    facts = {"action_stats": {k: np.asarray(stats[k], np.float64).ravel().tolist()
+                              for k in norm.required_stats() if k in stats},
+             "features": {k: ds.info["features"][k] for k in (ACTION, STATE)
+                          if k in ds.info["features"]}}
+    if win.embeddings.shape[1]:
+        table: dict[str, list[float]] = {}
+        for text, row in zip(win.instructions, win.embeddings):
+            if text and text not in table and np.any(row):
+                table[text] = row.astype(np.float32).tolist()
+        facts["language"] = {"instructions": list(table), "embeddings": list(table.values())}
+    return facts
 
 
 def check_compatible(spec: DataSpec, trained: DataSpec, path: str, what: str = "the policy's"
@@ -207,6 +236,8 @@ def check_compatible(spec: DataSpec, trained: DataSpec, path: str, what: str = "
              if getattr(spec, k) != getattr(trained, k)]
     if trained.token_ids and spec.token_ids != trained.token_ids:
         diffs.append(f"token layout: the store's tokenizer differs from {what}")
+    if trained.extra.get("fast") and spec.extra.get("fast") != trained.extra["fast"]:
+        diffs.append(f"FAST tokens: the store's FAST tokenizer differs from {what}")
     if diffs:
         raise StoreError(f"{path}: this store does not match {what} data: " + "; ".join(diffs))
 

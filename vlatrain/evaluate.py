@@ -10,7 +10,11 @@ units and compared with the target over the valid chunk steps:
 - ``val/arm_mae`` / ``val/arm_mae_baseline``: their means over the arm dimensions and
   ``val/arm_mae_ratio`` = model / baseline (below 1: better than the mean action);
 - ``val/gripper_acc`` (open/closed agreement) and ``val/gripper_acc_baseline`` (the mean's side);
-- ``val/token_acc``: bin accuracy over all dimensions, for discrete heads;
+- ``val/token_acc``: bin accuracy over all dimensions, for discrete heads; for autoregressive
+  heads the teacher-forced accuracy of the valid tokens, while the actions (``val/mae``...) are
+  *generated* (:meth:`Policy.predict`) and ``val/decodable`` is the share of generated chunks
+  that decoded without the FAST fallback; the autoregressive VLM LM head likewise generates its
+  actions while ``val/token_acc`` is teacher forced;
 - ``val/loss``: the training loss over every valid step of the window.
 """
 
@@ -32,6 +36,7 @@ def evaluate(policy, loader, prep: BatchPreparer, loss_fn: Callable, *,
              max_batches: int | None = None, autocast=contextlib.nullcontext) -> dict[str, float]:
     """Metrics over (up to ``max_batches`` batches of) ``loader``; see the module docstring."""
     spec = policy.spec
+    autoregressive = getattr(policy, "autoregressive", False)
     arm, grip = list(spec.arm_dims), list(spec.gripper_dims)
     dev = prep.device
     was_training = policy.training
@@ -39,6 +44,7 @@ def evaluate(policy, loader, prep: BatchPreparer, loss_fn: Callable, *,
     abs_err = torch.zeros(spec.action_dim, dtype=torch.float64, device=dev)
     base_err = torch.zeros_like(abs_err)
     grip_ok = base_ok = tok_ok = tok_n = n = torch.zeros((), dtype=torch.float64, device=dev)
+    dec_ok = dec_n = torch.zeros((), dtype=torch.float64, device=dev)
     loss_sum, batches = 0.0, 0
     mean_u = mean_action.to(dev)
     base_open = mean_action_norm.to(dev)[grip] > 0 if grip else None
@@ -51,7 +57,16 @@ def evaluate(policy, loader, prep: BatchPreparer, loss_fn: Callable, *,
             out = policy(obs)
         loss_sum += float(loss_fn(out, tgt)["loss"])
         batches += 1
-        pred = policy.decode(out)[:, -1]               # (B, c, A) normalised
+        if obs.action_tokens is not None:              # teacher forced: generate the actions
+            pred = policy.predict(obs)[:, -1]          # (B, c, A) normalised
+        else:
+            pred = policy.decode(out)[:, -1]
+        if autoregressive:
+            dec_ok = dec_ok + policy.decodable[:, -1].sum()
+            dec_n = dec_n + policy.decodable.shape[0]
+            hit = (out.argmax(-1) == tgt.tokens)[:, -1].to(torch.float64)  # (B, T)
+            tok_ok = tok_ok + (hit * tgt.token_mask[:, -1]).sum()
+            tok_n = tok_n + tgt.token_mask[:, -1].sum()
         target, m = tgt.action[:, -1], tgt.mask[:, -1]  # (B, c, A), (B, c)
         mf = m.to(torch.float64)[..., None]
         pu, tu = to_units(pred).double(), to_units(target).double()
@@ -84,8 +99,10 @@ def evaluate(policy, loader, prep: BatchPreparer, loss_fn: Callable, *,
     if grip:
         metrics["val/gripper_acc"] = float(grip_ok) / (count * len(grip))
         metrics["val/gripper_acc_baseline"] = float(base_ok) / (count * len(grip))
-    if policy.discrete:
-        metrics["val/token_acc"] = float(tok_ok) / float(tok_n)
+    if policy.discrete or autoregressive:
+        metrics["val/token_acc"] = float(tok_ok) / max(float(tok_n), 1.0)
+    if autoregressive:
+        metrics["val/decodable"] = float(dec_ok) / max(float(dec_n), 1.0)
     return metrics
 
 

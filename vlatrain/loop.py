@@ -11,7 +11,6 @@ from typing import Callable
 import torch
 from torch import nn
 
-from vladata.errors import StoreError
 from vlatrain import distributed
 from vlatrain.augment import BatchPreparer
 from vlatrain.config import Config

@@ -139,6 +139,20 @@ def store_errors(ds, cfg, *, splits: dict[str, str], cameras) -> list[str]:
     if cfg.model.head in ("discrete", "lm") and not ds.info.get("tokenizer"):
         errors.append(f"model.head: {cfg.model.head} needs the store's action tokenizer "
                       f"(info['tokenizer']); {path} records none")
+    if (cfg.model.head == "autoregressive" and cfg.data.action_tokens == "bins"
+            and not ds.info.get("tokenizer")):
+        errors.append(f"data.action_tokens: bins need the store's action tokenizer "
+                      f"(info['tokenizer']); {path} records none")
+    if cfg.data.action_tokens == "fast":
+        from vladata.fast import load_settings
+        fast = load_settings(path)
+        if fast is None:
+            errors.append(f"data.action_tokens: {path} has no FAST tokenizer; fit one with "
+                          f"`vladata stats {path} --fast --fast-chunk {cfg.data.chunk}`")
+        elif fast.chunk != cfg.data.chunk:
+            errors.append(f"data.chunk: {cfg.data.chunk}, but the FAST tokenizer of {path} encodes "
+                          f"{fast.chunk}-step chunks (refit with `vladata stats {path} --fast "
+                          f"--fast-chunk {cfg.data.chunk}`)")
     if cfg.model.backbone == "tiny":  # what the embedded backbone needs (vlatrain.model.backbone)
         if cfg.model.language == "embedding" and not _has_embeddings(ds):
             errors.append(f"model.language: 'embedding' but {path} has no language embeddings; "

@@ -20,6 +20,7 @@ Pickles are read with :mod:`vladata.safe_pickle`; nothing in the dataset is exec
 
 from __future__ import annotations
 
+import tokenize
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from vladata.episode import EpisodeInfo, FeatureSpec, Segment
+from vladata.episode import EpisodeInfo, FeatureSpec, Segment, cast_exact
 from vladata.errors import SourceFormatError
 from vladata.safe_pickle import load_pickled_npy
 from vladata.sources.npz import read_npz
@@ -131,11 +132,18 @@ class CalvinSource:
             ranges = _as_ranges(np.load(ids_file, allow_pickle=False), ids_file)
         except FileNotFoundError:
             raise SourceFormatError("missing ep_start_end_ids.npy", file=ids_file) from None
-        except ValueError as e:  # includes SourceFormatError
-            if isinstance(e, SourceFormatError):
+        except (ValueError, EOFError, OSError, SyntaxError, tokenize.TokenError) as e:
+            if isinstance(e, SourceFormatError):  # numpy's header parser raises the others
                 raise
-            raise SourceFormatError(f"unreadable ({e})", file=ids_file) from None
+            raise SourceFormatError(f"unreadable ({type(e).__name__}: {e})",
+                                    file=ids_file) from None
         ranges = ranges[np.argsort(ranges[:, 0], kind="stable")]
+        for s, e in ranges:  # both ends must exist (a damaged id must not plan 10^12 frames)
+            for f in (s, e):
+                if f < 0 or not frame_path(d, int(f)).is_file():
+                    raise SourceFormatError(f"frame file missing for frame {f}, which {ids_file}"
+                                            " lists", file=frame_path(d, int(f)),
+                                            episode=f"{split}/{s}-{e}")
         scenes = self._scene_info(d)
         episodes = [EpisodeInfo(length=int(e - s + 1), source_id=f"{split}/{s}-{e}",
                                 split=SPLITS.get(split, split),
@@ -155,7 +163,10 @@ class CalvinSource:
         info = load_pickled_npy(p)
         if not isinstance(info, dict):
             raise SourceFormatError(f"expected a pickled dict, got {type(info).__name__}", file=p)
-        return {str(k): (int(v[0]), int(v[1])) for k, v in info.items()}
+        try:
+            return {str(k): (int(v[0]), int(v[1])) for k, v in info.items()}
+        except (TypeError, ValueError, IndexError, KeyError):
+            raise SourceFormatError("expected {scene: (first frame, last frame)}", file=p) from None
 
     def _annotations(self, d: Path, ranges: np.ndarray):
         p = d / "lang_annotations" / "auto_lang_ann.npy"
@@ -165,20 +176,27 @@ class CalvinSource:
         ann = load_pickled_npy(p)
         try:
             lang, idx = ann["language"], ann["info"]["indx"]
-            texts, tasks, emb = lang["ann"], lang["task"], np.asarray(lang["emb"], np.float32)
-        except (KeyError, TypeError) as e:
+            texts, tasks = lang["ann"], lang["task"]
+            emb = cast_exact(lang["emb"], np.float32, file=p, key="language.emb")
+            idx = [(int(s), int(e)) for s, e in idx]
+            n = len(idx)
+            if not (len(texts) == len(tasks) == len(emb) == n):
+                raise SourceFormatError(f"annotation lists disagree in length: indx {n}, ann "
+                                        f"{len(texts)}, task {len(tasks)}, emb {len(emb)}", file=p)
+            emb = emb.reshape(n, -1)  # (N, 1, 384) -> (N, 384)
+        except (KeyError, TypeError, ValueError) as e:
+            if isinstance(e, SourceFormatError):
+                raise
             raise SourceFormatError(f"expected {{'language': {{'ann','task','emb'}}, 'info': "
-                                    f"{{'indx'}}}}, missing {e}", file=p) from None
-        n = len(idx)
-        if not (len(texts) == len(tasks) == len(emb) == n):
-            raise SourceFormatError(f"annotation lists disagree in length: indx {n}, ann "
-                                    f"{len(texts)}, task {len(tasks)}, emb {len(emb)}", file=p)
+                                    f"{{'indx': [(start, end), ...]}}}} ({type(e).__name__}: {e})",
+                                    file=p) from None
         if n == 0:
             return
-        emb = emb.reshape(n, -1)  # (N, 1, 384) -> (N, 384)
         starts = ranges[:, 0]
         for j, (s, e) in enumerate(idx):
-            s, e = int(s), int(e)
+            if e < s:
+                raise SourceFormatError(f"annotation {j} ends at frame {e}, before it starts at "
+                                        f"frame {s}", file=p, key="info.indx")
             k = int(np.searchsorted(starts, s, side="right")) - 1
             if k < 0 or s > ranges[k, 1]:
                 self._skipped.append(f"{p}: annotation {j} ({s}-{e}) lies outside every episode")
@@ -231,10 +249,28 @@ class CalvinSource:
         feats = self.features()
         out = {name: np.empty((hi - lo, *spec.shape), spec.dtype) for name, spec in feats.items()}
         expected = {k: feats[KEYS_BY_NPZ[k].feature].shape for k in self.keys}
-        for t in range(lo, hi):
-            frame = _load_frame(frame_path(d, first_id + t), self.keys, expected, info.source_id)
-            for k in self.keys:
-                out[KEYS_BY_NPZ[k].feature][t - lo] = frame[k]
+        # per key, the dtypes stored as they come: the store's own, and float64 -> float32 (its
+        # only failure, an overflow to inf, is looked for once per call below)
+        direct = {k: {np.dtype(feats[KEYS_BY_NPZ[k].feature].dtype)} for k in self.keys}
+        for k in self.keys:
+            spec = feats[KEYS_BY_NPZ[k].feature]
+            if spec.dtype == "float32" and spec.source_dtype == "float64":
+                direct[k].add(np.dtype("float64"))
+        with np.errstate(over="ignore"):
+            for t in range(lo, hi):
+                path = frame_path(d, first_id + t)
+                frame = _load_frame(path, self.keys, expected, info.source_id)
+                for k in self.keys:
+                    name, v = KEYS_BY_NPZ[k].feature, frame[k]
+                    out[name][t - lo] = v if v.dtype in direct[k] else cast_exact(
+                        v, feats[name].dtype, file=path, episode=info.source_id, key=k, frame=t)
+        for k in self.keys:  # an inf: was it one in the file (kept) or an overflow (refused)?
+            arr = out[KEYS_BY_NPZ[k].feature]
+            if arr.dtype.kind == "f" and len(direct[k]) > 1 and np.isinf(arr).any():
+                for t in np.flatnonzero(np.isinf(arr.reshape(len(arr), -1)).any(axis=1)):
+                    path = frame_path(d, first_id + lo + int(t))
+                    cast_exact(_load_frame(path, [k], None, info.source_id)[k], arr.dtype,
+                               file=path, episode=info.source_id, key=k, frame=lo + int(t))
         return out
 
     def describe(self) -> dict:

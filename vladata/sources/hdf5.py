@@ -37,61 +37,39 @@ Errors name the file, the episode (file or demo) and the key.
 
 from __future__ import annotations
 
-import fnmatch
+import glob
 import json
+import os
 import re
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Iterator
 
 import h5py
 import numpy as np
 
-from vladata.episode import EpisodeInfo, FeatureSpec, Segment, segments_from_runs
+from vladata.episode import EpisodeInfo, FeatureSpec, Segment, cast_exact, segments_from_runs
 from vladata.errors import SourceFormatError
 from vladata.images import decode_image, image_format
-from vladata.sources.hdf5_layouts import (EpisodeRef, aloha_mapping, check_compress_len,
-                                          robomimic_mapping)
+from vladata.sources.boundary import IMAGE_ERRORS
+from vladata.sources.hdf5_files import (dataset_at, find_groups, natural_key, open_file,
+                                        outside_references, str_keys)
+from vladata.sources.hdf5_layouts import (ALOHA_DECODE, EpisodeRef, aloha_camera_encoding,
+                                          aloha_mapping, check_compress_len, robomimic_mapping)
 from vladata.sources.mapping import EpisodesMap, FeatureMap, Mapping, gripper_facts, load_mapping
+from vladata.sources.paths import inside
 from vladata.store.layout import STATE
 
 LAYOUTS = ("aloha", "robomimic", "mapping")
 
-def natural_key(s: str) -> list:
-    """Sort key that orders embedded integers numerically (demo_2 < demo_10)."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
-
-
-def _open(path: Path, episode: object = None) -> h5py.File:
+def _text(v: object, file: object, episode: object, key: str) -> str:
+    """An HDF5 string value (bytes or str) as str; bytes that are not UTF-8 are refused."""
     try:
-        return h5py.File(path, "r")
-    except FileNotFoundError:
-        raise SourceFormatError("file not found", file=path, episode=episode) from None
-    except OSError as e:
-        raise SourceFormatError(f"unreadable HDF5 file, truncated or corrupt ({e})", file=path,
-                                episode=episode) from None
-
-
-def _dataset(f: h5py.File, group: str, key: str, file: Path, episode: str) -> h5py.Dataset:
-    path = f"{group}/{key}" if group else key
-    obj = f.get(path)
-    if not isinstance(obj, h5py.Dataset):
-        what = "missing" if obj is None else "a group, not a dataset"
-        raise SourceFormatError(f"dataset {what}", file=file, episode=episode, key=path)
-    return obj
-
-
-def _groups(f: h5py.File, pattern: str) -> list[str]:
-    """Group paths matching a '/'-separated fnmatch pattern, natural order."""
-    level = [""]
-    for piece in pattern.strip("/").split("/"):
-        nxt = []
-        for g in level:
-            node = f[g] if g else f
-            for k in node.keys():
-                if fnmatch.fnmatchcase(k, piece) and isinstance(node[k], h5py.Group):
-                    nxt.append(f"{g}/{k}" if g else k)
-        level = nxt
-    return sorted(level, key=natural_key)
+        return v.decode() if isinstance(v, bytes) else str(v)
+    except UnicodeDecodeError as e:
+        raise SourceFormatError(f"text is not UTF-8 ({e})", file=file, episode=episode,
+                                key=key) from None
 
 
 @dataclass
@@ -114,6 +92,8 @@ class Hdf5Source:
     _features: dict[str, FeatureSpec] | None = field(default=None, repr=False)
     _facts: dict = field(default_factory=dict, repr=False)  # layout facts for describe()
     _shapes: dict = field(default_factory=dict, repr=False)  # (feature, key) -> frame shape
+    allow_outside: bool = False  # read external links / storage that leave the dataset folder
+    _checked: set = field(default_factory=set, repr=False)  # files whose references were checked
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -131,13 +111,35 @@ class Hdf5Source:
         self.name = self.name or (self.layout if self.layout != "mapping" else mapping.name)
         self.fps = float(self.fps or mapping.fps)
 
+    # -- files ---------------------------------------------------------------------------------
+    def root(self) -> Path:
+        """The dataset: the folder given, or the folder of the one file given."""
+        p = Path(self.path)
+        return p if p.is_dir() else p.parent
+
+    @contextmanager
+    def _open(self, path: str | Path, episode: object = None) -> Iterator[h5py.File]:
+        """:func:`open_file`, refusing (once per file) a file whose external links, external
+        storage or virtual sources lie outside the dataset, unless ``allow_outside``."""
+        with open_file(Path(path), episode) as f:
+            if not self.allow_outside and str(path) not in self._checked:
+                bad = outside_references(f, self.root())
+                if bad:
+                    name, target = bad[0]
+                    raise SourceFormatError(
+                        f"refers to {target!r}, outside the dataset {str(self.root())!r}; it is "
+                        "not read unless you pass --allow-outside", file=path, episode=episode,
+                        key=name)
+                self._checked.add(str(path))
+            yield f
+
     # -- the mapping and the episodes ---------------------------------------------------------
     def mapping(self) -> Mapping:
         if self._mapping is None:
             refs = self.episode_refs()
             if not refs:
                 raise SourceFormatError(f"no {self.layout} episodes found", file=self.path)
-            with _open(Path(refs[0].file), refs[0].id) as f:
+            with self._open(refs[0].file, refs[0].id) as f:
                 build = aloha_mapping if self.layout == "aloha" else robomimic_mapping
                 self._mapping = build(f, refs[0], self._facts)
         return self._mapping
@@ -148,27 +150,40 @@ class Hdf5Source:
             if self.layout == "robomimic":
                 if not root.is_file():
                     raise SourceFormatError("robomimic datasets are one .hdf5 file", file=root)
-                with _open(root) as f:
+                with self._open(root) as f:
                     if not isinstance(f.get("data"), h5py.Group):
                         raise SourceFormatError("group missing", file=root, key="data")
-                    demos = [k for k in f["data"].keys() if re.fullmatch(r"demo_\d+", k)]
+                    demos = [k for k in str_keys(f["data"], root) if re.fullmatch(r"demo_\d+", k)]
                 demos.sort(key=natural_key)
                 self._refs = [EpisodeRef(str(root), f"data/{d}") for d in demos]
             else:
                 eps = (EpisodesMap("episode_*.hdf5") if self.layout == "aloha"
                        else self._mapping.episodes)
                 files = [root] if root.is_file() else sorted(
-                    (p for p in root.glob(eps.files) if p.is_file()),
+                    (p for p in self._glob(root, eps.files) if p.is_file()),
                     key=lambda p: natural_key(p.name))
                 refs = []
                 for p in files:
                     if eps.group is None:
                         refs.append(EpisodeRef(str(p), ""))
                     else:
-                        with _open(p) as f:
-                            refs += [EpisodeRef(str(p), g) for g in _groups(f, eps.group)]
+                        with self._open(p) as f:
+                            refs += [EpisodeRef(str(p), g) for g in find_groups(f, eps.group, p)]
                 self._refs = refs
         return self._refs
+
+    def _glob(self, root: Path, pattern: str) -> list[Path]:
+        """Files matching the mapping's ``episodes.files``: inside ``root`` unless allowed."""
+        where = dict(file=self.mapping_file, key="episodes.files")
+        if not self.allow_outside:
+            inside(root, pattern, file=self.mapping_file, key="episodes.files", what="glob")
+            files = list(root.glob(pattern))
+        else:  # any pattern, absolute or with .. (pathlib's glob takes neither)
+            files = [Path(p) for p in glob.glob(os.path.join(root, pattern))]
+        for p in files:
+            if not self.allow_outside:
+                inside(root, p, what="episode file", **where)
+        return files
 
     # -- planning ------------------------------------------------------------------------------
     def plan(self) -> list[EpisodeInfo]:
@@ -177,14 +192,23 @@ class Hdf5Source:
             masks = self._robomimic_masks() if self.layout == "robomimic" else {}
             plan = []
             for ref in self.episode_refs():
-                with _open(Path(ref.file), ref.id) as f:
+                with self._open(ref.file, ref.id) as f:
                     n = self._check_episode(f, ref, feats)
                     info = EpisodeInfo(length=n, source_id=ref.id, split=m.split,
                                        metadata={"file": Path(ref.file).name, "group": ref.group})
                     info.segments = self._language(f, ref, n)
                     if self.layout == "robomimic":
                         self._robomimic_episode(f, ref, info, masks)
+                    if self.layout == "aloha":
+                        info.metadata["compress"] = self._compressed(f, ref)
                 plan.append(info)
+            if self.layout == "aloha":
+                kinds = {info.metadata["compress"] for info in plan}
+                self._facts["compress"] = kinds.pop() if len(kinds) == 1 else "per file"
+                if self._facts["compress"] == "per file":
+                    self._facts["image_decode"] = (
+                        f"per file (episode metadata 'compress'): {ALOHA_DECODE[True]}; or "
+                        f"{ALOHA_DECODE[False]}")
             self._plan = plan
         return self._plan
 
@@ -193,7 +217,7 @@ class Hdf5Source:
         n = None
         for fm in self.mapping().features:
             for part in fm.parts:
-                ds = _dataset(f, ref.group, part.key, Path(ref.file), ref.id)
+                ds = dataset_at(f, ref.group, part.key, Path(ref.file), ref.id)
                 where = dict(file=ref.file, episode=ref.id, key=ds.name.lstrip("/"))
                 if ds.ndim == 0:
                     raise SourceFormatError("expected a per-frame dataset (T, ...), got a scalar",
@@ -203,14 +227,34 @@ class Hdf5Source:
                 elif ds.shape[0] != n:
                     raise SourceFormatError(f"has {ds.shape[0]} frames, other keys have {n}",
                                             **where)
-                want = self._shapes.setdefault((fm.name, part.key), ds.shape[1:])
-                encoded = fm.kind == "image" and fm.encoding != "raw"
-                if (ds.ndim != 1 + len(want)) if encoded else (ds.shape[1:] != want):
+                if fm.kind == "image" and self._file_map(f, ref, fm).encoding != "raw":
+                    want = self._shapes.setdefault((fm.name, part.key, "encoded"), ds.shape[1:])
+                    ok = ds.ndim == 1 + len(want)  # buffers: (T,) vlen or (T, padded_len)
+                elif fm.kind == "image":
+                    want = feats[fm.name].shape
+                    ok = ds.shape[1:] == want
+                else:
+                    want = self._shapes.setdefault((fm.name, part.key), ds.shape[1:])
+                    ok = ds.shape[1:] == want
+                if not ok:
                     raise SourceFormatError(f"frame shape {ds.shape[1:]}, expected {want} as in "
                                             "the first episode", **where)
-        if self.layout == "aloha" and self._facts.get("compress"):
+        if self.layout == "aloha" and self._compressed(f, ref):
             check_compress_len(f, ref, n, len(self._facts["cameras"]))
         return int(n or 0)
+
+    def _file_map(self, f: h5py.File, ref: EpisodeRef, fm: FeatureMap) -> FeatureMap:
+        """``fm`` as this file stores it: an ALOHA camera's encoding is the file's own."""
+        if self.layout != "aloha" or fm.kind != "image":
+            return fm
+        enc, order = aloha_camera_encoding(dataset_at(f, ref.group, fm.parts[0].key,
+                                                    Path(ref.file), ref.id))
+        return replace(fm, encoding=enc, channel_order=order)
+
+    def _compressed(self, f: h5py.File, ref: EpisodeRef) -> bool:
+        """Whether this ALOHA file holds JPEG-compressed cameras."""
+        return any(self._file_map(f, ref, fm).encoding != "raw"
+                   for fm in self.mapping().features if fm.kind == "image")
 
     def _language(self, f: h5py.File, ref: EpisodeRef, n: int) -> list[Segment]:
         lang = self.mapping().language
@@ -221,11 +265,11 @@ class Hdf5Source:
             if v is None:
                 raise SourceFormatError("language attribute missing", file=ref.file, episode=ref.id,
                                         key=f"{ref.group}@{lang.attr}")
-            v = v.decode() if isinstance(v, bytes) else str(v)
+            v = _text(v, ref.file, ref.id, f"{ref.group}@{lang.attr}")
             segs = [Segment(0, n - 1, v, lang.task or v)] if v and n else []
         elif lang is not None and lang.key is not None:
-            ds = _dataset(f, ref.group, lang.key, Path(ref.file), ref.id)
-            vals = [v.decode() if isinstance(v, bytes) else str(v) for v in ds[()]]
+            ds = dataset_at(f, ref.group, lang.key, Path(ref.file), ref.id)
+            vals = [_text(v, ref.file, ref.id, lang.key) for v in np.atleast_1d(ds[()])]
             if len(vals) != n:
                 raise SourceFormatError(f"{len(vals)} language entries for {n} frames",
                                         file=ref.file, episode=ref.id, key=lang.key)
@@ -237,12 +281,12 @@ class Hdf5Source:
         return segs
 
     def _robomimic_masks(self) -> dict[str, set[str]]:
-        with _open(Path(self.path)) as f:
+        with self._open(self.path) as f:
             g = f.get("mask")
             if not isinstance(g, h5py.Group):
                 return {}
-            return {k: {v.decode() if isinstance(v, bytes) else str(v) for v in g[k][()]}
-                    for k in g.keys() if isinstance(g[k], h5py.Dataset)}
+            return {k: {_text(v, self.path, None, f"mask/{k}") for v in np.atleast_1d(g[k][()])}
+                    for k in str_keys(g, self.path) if isinstance(g[k], h5py.Dataset)}
 
     def _robomimic_episode(self, f, ref: EpisodeRef, info: EpisodeInfo, masks) -> None:
         demo = ref.group.split("/")[-1]
@@ -270,10 +314,11 @@ class Hdf5Source:
         if self._features is None:
             ref = self.episode_refs()[0]
             feats = {}
-            with _open(Path(ref.file), ref.id) as f:
+            with self._open(ref.file, ref.id) as f:
                 for fm in self.mapping().features:
                     first = self._read_feature(f, ref, fm, 0, 1)
-                    dss = [_dataset(f, ref.group, p.key, Path(ref.file), ref.id) for p in fm.parts]
+                    dss = [dataset_at(f, ref.group, p.key, Path(ref.file), ref.id)
+                           for p in fm.parts]
                     src = str(dss[0].dtype) if fm.kind != "image" else "uint8"
                     names = fm.names
                     if names is not None and fm.kind == "lowdim" and len(names) != first.shape[1]:
@@ -289,14 +334,15 @@ class Hdf5Source:
     def read(self, i: int, lo: int = 0, hi: int | None = None) -> dict[str, np.ndarray]:
         ref, info = self.episode_refs()[i], self.plan()[i]
         hi = info.length if hi is None else hi
-        with _open(Path(ref.file), ref.id) as f:
+        with self._open(ref.file, ref.id) as f:
             return {fm.name: self._read_feature(f, ref, fm, lo, hi)
                     for fm in self.mapping().features}
 
     def _read_feature(self, f, ref: EpisodeRef, fm: FeatureMap, lo: int, hi: int) -> np.ndarray:
+        fm = self._file_map(f, ref, fm)
         arrays = []
         for part in fm.parts:
-            ds = _dataset(f, ref.group, part.key, Path(ref.file), ref.id)
+            ds = dataset_at(f, ref.group, part.key, Path(ref.file), ref.id)
             where = dict(file=ref.file, episode=ref.id, key=ds.name.lstrip("/"))
             try:
                 a = ds[lo:hi]
@@ -308,7 +354,7 @@ class Hdf5Source:
                 a = a[..., 0] if a.ndim == 4 and a.shape[-1] == 1 else a
                 if a.ndim != 3:
                     raise SourceFormatError(f"expected depth (T, H, W), got {a.shape}", **where)
-                return a.astype(np.float32)
+                return cast_exact(a, np.float32, first=lo, **where)
             if a.dtype.kind not in "fiub":
                 raise SourceFormatError(f"expected numbers, got dtype {a.dtype}", **where)
             a = a.reshape(len(a), -1)
@@ -317,8 +363,8 @@ class Hdf5Source:
                     raise SourceFormatError(f"index {max(part.index)} out of range for "
                                             f"{a.shape[1]} values", **where)
                 a = a[:, list(part.index)]
-            arrays.append(a)
-        return np.concatenate(arrays, axis=1).astype(fm.dtype)
+            arrays.append(cast_exact(a, fm.dtype, first=lo, **where))
+        return np.concatenate(arrays, axis=1)
 
     def describe(self) -> dict:
         m = self.mapping()
@@ -350,7 +396,7 @@ def _image_frames(a: np.ndarray, fm: FeatureMap, lo: int, where: dict) -> np.nda
                                     f"{data[:4].hex()})", frame=lo + t, **where)
         try:
             img = decode_image(data, fm.encoding, fm.channel_order)
-        except (ValueError, OSError) as e:
+        except IMAGE_ERRORS as e:
             raise SourceFormatError(f"corrupt {fm.encoding} image ({e})", frame=lo + t,
                                     **where) from None
         if out and img.shape != out[0].shape:

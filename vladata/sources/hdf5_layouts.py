@@ -15,6 +15,7 @@ from pathlib import Path
 import h5py
 
 from vladata.errors import SourceFormatError
+from vladata.sources.hdf5_files import dataset_in, str_keys
 from vladata.sources.mapping import EpisodesMap, FeatureMap, Mapping, Part
 from vladata.store.layout import IMAGE_PREFIX, STATE
 
@@ -44,6 +45,9 @@ ALOHA_KEYS = (  # (hdf5 key, feature, required, names)
     ("base_action", "action.base", False, ("linear_vel", "angular_vel")),
 )
 ALOHA_IMAGES = "observations/images"
+ALOHA_DECODE = {True: "JPEG (cv2.imencode of RGB arrays) decoded with channel order bgr, "
+                      "returning the recorded RGB array",
+                False: "raw uint8 arrays as recorded (RGB)"}
 ALOHA_GRIPPER = ("entries 6 (left) and 13 (right) of state and action: 0 = closed, 1 = open "
                  "(ACT's (x - close) / (open - close) normalisation)")
 
@@ -68,35 +72,39 @@ def check_compress_len(f: h5py.File, ref: EpisodeRef, n: int, n_cams: int) -> No
                                 key="compress_len")
 
 
+def aloha_camera_encoding(ds: h5py.Dataset) -> tuple[str, str]:
+    """(encoding, channel order) of one file's camera dataset: (T, padded_len) holds cv2 JPEG
+    buffers (``compress`` may be missing in older files), (T, H, W, 3) raw RGB. Recordings
+    made with and without ``--compress`` can share a folder, so this is asked per file."""
+    return ("jpeg", "bgr") if ds.ndim == 2 else ("raw", "rgb")
+
+
 def aloha_mapping(f: h5py.File, ref: EpisodeRef, facts: dict) -> Mapping:
     """ALOHA_KEYS present in the first episode plus its cameras (raw or JPEG)."""
     where = dict(file=ref.file, episode=ref.id)
     images = f.get(ALOHA_IMAGES)
-    if not isinstance(images, h5py.Group) or not list(images.keys()):
+    if not isinstance(images, h5py.Group) or not str_keys(images, **where):
         raise SourceFormatError("no camera datasets", key=ALOHA_IMAGES, **where)
     compress = bool(f.attrs.get("compress", False))
-    cams = sorted(images.keys())
+    cams = sorted(str_keys(images, **where))
     feats = []
     for cam in cams:
-        ds = images[cam]
+        ds = dataset_in(images, cam, **where)
         if ds.ndim not in (2, 4):
             raise SourceFormatError(f"expected (T, H, W, 3) or (T, padded_len) images, got "
                                     f"{ds.shape}", key=ds.name, **where)
-        # (T, padded_len): cv2 JPEG buffers (``compress`` may be missing in older files)
-        enc, order = ("jpeg", "bgr") if ds.ndim == 2 else ("raw", "rgb")
+        enc, order = aloha_camera_encoding(ds)  # of this file; each file says its own
         feats.append(FeatureMap(IMAGE_PREFIX + cam, (Part(key=f"{ALOHA_IMAGES}/{cam}"),),
                                 dtype="uint8", encoding=enc, channel_order=order))
     for key, name, required, names in ALOHA_KEYS:
         if key in f:
-            fits = f[key].shape[1:] == (len(names),)
+            fits = dataset_in(f, key, **where).shape[1:] == (len(names),)
             feats.append(FeatureMap(name, (Part(key=key),), names=names if fits else None))
         elif required:
             raise SourceFormatError("dataset missing", key=key, **where)
     facts.update(gripper_meaning=ALOHA_GRIPPER, compress=compress, cameras=cams,
                  sim=bool(f.attrs.get("sim", False)),
-                 image_decode=("JPEG (cv2.imencode of RGB arrays) decoded with channel order bgr, "
-                               "returning the recorded RGB array" if compress
-                               else "raw uint8 arrays as recorded (RGB)"))
+                 image_decode=ALOHA_DECODE[compress])
     return Mapping(format="hdf5", fps=ALOHA_FPS, features=tuple(feats), name="aloha",
                    robot="aloha", action_space="joint position targets (14)")
 
@@ -117,7 +125,7 @@ def robomimic_mapping(f: h5py.File, ref: EpisodeRef, facts: dict) -> Mapping:
     if "actions" not in g:
         raise SourceFormatError("dataset missing", key=f"{ref.group}/actions", **where)
     images, other, state = [], [], []
-    for k in sorted(obs.keys()):
+    for k in sorted(str_keys(obs, **where)):
         part = (Part(key=f"obs/{k}"),)
         if k.endswith("_image"):
             images.append(FeatureMap(IMAGE_PREFIX + k[:-6], part, dtype="uint8"))
@@ -127,7 +135,7 @@ def robomimic_mapping(f: h5py.File, ref: EpisodeRef, facts: dict) -> Mapping:
             other.append(FeatureMap(f"observation.{k}", part))
     for k, names in ROBOMIMIC_STATE.items():
         if k in obs:
-            fits = obs[k].shape[1:] == (len(names),)
+            fits = dataset_in(obs, k, **where).shape[1:] == (len(names),)
             state.append((Part(key=f"obs/{k}"), names if fits else None))
     feats = images
     if state:
@@ -139,7 +147,8 @@ def robomimic_mapping(f: h5py.File, ref: EpisodeRef, facts: dict) -> Mapping:
     controller = cc.get("type", "unknown") if isinstance(cc, dict) else "unknown"
     for key, name in ROBOMIMIC_ACTIONS:
         if key in g:
-            osc = robosuite and controller == "OSC_POSE" and g[key].shape[1:] == (7,)
+            shape = dataset_in(g, key, **where).shape
+            osc = robosuite and controller == "OSC_POSE" and shape[1:] == (7,)
             names = ROBOSUITE_OSC_NAMES if osc and key == "actions" else None
             feats.append(FeatureMap(name, (Part(key=key),), names=names))
     if robosuite:

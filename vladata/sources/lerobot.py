@@ -15,9 +15,10 @@ v2.1/v2.0: ``data/chunk-XXX/episode_XXXXXX.parquet`` and ``videos/chunk-XXX/<key
 .mp4`` per episode (the video starts at 0), ``meta/episodes.jsonl`` and ``meta/tasks.jsonl``.
 
 Mapping: episodes in ``episode_index`` order; ``observation.*`` and ``action*`` features kept
-(float and int values stored as float32, the source dtype recorded); an image/video feature not
-named ``observation.images.<cam>`` is renamed to ``observation.images.<last name part>``; other
-features (``next.reward``, strings, ...) are listed in ``describe()["unmapped_features"]``.
+(float and int values stored as float32 where exact, the source dtype recorded); an image/video
+feature not named ``observation.images.<cam>`` is renamed to ``observation.images.<last name
+part>``; other features (``next.reward``, strings, ...) are listed in
+``describe()["unmapped_features"]``.
 Splits come from ``info.splits`` (``"a:b"`` episode ranges; ``val``/``valid`` -> validation),
 language from each frame's ``task_index``: one segment per run of the same task.
 
@@ -37,10 +38,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vladata.episode import EpisodeInfo, FeatureSpec, segments_from_runs
+from vladata.episode import EpisodeInfo, FeatureSpec, cast_exact, segments_from_runs
 from vladata.errors import SourceFormatError
 from vladata.images import decode_image, image_format
+from vladata.sources.boundary import IMAGE_ERRORS
+from vladata.sources.lerobot_video import TOLERANCE_S, decode_video_frames
 from vladata.sources.mapping import gripper_facts
+from vladata.sources.paths import inside, safe_format
 from vladata.store.layout import IMAGE_PREFIX, STATE
 
 VERSIONS = ("v3.0", "v2.1", "v2.0")
@@ -48,7 +52,6 @@ BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index
 NUMERIC = ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")
 SPLIT_NAMES = {"train": "train", "val": "validation", "valid": "validation",
                "validation": "validation", "test": "test"}
-TOLERANCE_S = 1e-4
 V2_EPISODES, V2_TASKS = "meta/episodes.jsonl", "meta/tasks.jsonl"
 
 
@@ -72,9 +75,15 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def _read_parquet(path: Path, episode: object = None, **kw) -> pa.Table:
     try:
-        return pq.read_table(path, **kw)
+        table = pq.read_table(path, **kw)
+        table.validate(full=True)  # string columns hold valid UTF-8, offsets are in range
+        _ = table.column_names     # so do the column names
+        return table
     except FileNotFoundError:
         raise SourceFormatError("parquet file missing", file=path, episode=episode) from None
+    except UnicodeDecodeError as e:
+        raise SourceFormatError(f"a column name is not UTF-8 ({e})", file=path,
+                                episode=episode) from None
     except (pa.ArrowException, OSError) as e:
         raise SourceFormatError(f"unreadable parquet ({e})", file=path, episode=episode) from None
 
@@ -86,8 +95,10 @@ def _column(table: pa.Table, name: str, file: Path, episode: object = None) -> p
     return table.column(name)
 
 
-def _to_numpy(col: pa.ChunkedArray, n: int, width: int, file: Path, episode, key) -> np.ndarray:
-    """A list / fixed-size-list / scalar column -> float32 (n, width)."""
+def _to_numpy(col: pa.ChunkedArray, n: int, width: int, file: Path, episode, key,
+              first: int = 0) -> np.ndarray:
+    """A list / fixed-size-list / scalar column -> float32 (n, width), cast only where exact
+    (``first``: the frame number of row 0, for errors)."""
     arr = col.combine_chunks()
     if pa.types.is_list(arr.type) or pa.types.is_fixed_size_list(arr.type) \
             or pa.types.is_large_list(arr.type):
@@ -100,13 +111,62 @@ def _to_numpy(col: pa.ChunkedArray, n: int, width: int, file: Path, episode, key
     if vals.size != n * width:
         raise SourceFormatError(f"expected {width} values per frame, got {vals.size / max(n, 1):g}",
                                 file=file, episode=episode, key=key)
-    return vals.astype(np.float32).reshape(n, width)
+    return cast_exact(vals.reshape(n, width), np.float32, file=file, episode=episode, key=key,
+                      first=first)
+
+
+def _checked_rows(rows: list, types: dict[str, type], file: Path) -> list[dict]:
+    """Metadata rows as dicts whose ``types`` keys hold values of that type (ints as int)."""
+    out = []
+    for j, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise SourceFormatError(f"row {j} is not an object", file=file)
+        for k, t in types.items():
+            v = r.get(k)
+            ok = isinstance(v, t) and not isinstance(v, bool) or (
+                t is int and isinstance(v, float) and v.is_integer())
+            if not ok:
+                raise SourceFormatError(f"row {j}: expected {t.__name__}, got {v!r}", file=file,
+                                        key=k)
+        out.append({**r, **{k: t(r[k]) for k, t in types.items()}})
+    return out
+
+
+def _check_info(info: dict, file: Path) -> None:
+    """The info.json fields this reader uses have the types LeRobot writes."""
+    def bad(key: str, want: str, got: object) -> SourceFormatError:
+        return SourceFormatError(f"expected {want}, got {got!r}", file=file, key=key)
+
+    fps, chunks = info["fps"], info.get("chunks_size", 1000)
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
+        raise bad("fps", "a positive number", fps)
+    if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+        raise bad("chunks_size", "a positive integer", chunks)
+    for k in ("data_path", "video_path"):
+        if not isinstance(info.get(k, ""), (str, type(None))):
+            raise bad(k, "a path template string", info[k])
+    if not isinstance(info["features"], dict):
+        raise bad("features", "an object of feature name -> {dtype, shape}", info["features"])
+    for name, ft in info["features"].items():
+        shape = ft.get("shape") if isinstance(ft, dict) else None
+        ok = (isinstance(ft, dict) and isinstance(ft.get("dtype"), str)
+              and isinstance(shape, list)
+              and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+              and (ft["dtype"] not in ("video", "image") or len(shape) == 3))
+        if not ok:
+            raise bad(f"features.{name}", "{dtype: str, shape: [non-negative ints] (3 for "
+                      "images)}", ft)
 
 
 def _tasks_v3(path: Path) -> dict[int, str]:
     """meta/tasks.parquet: the task string is pandas' index column (named in its metadata)."""
     t = _read_parquet(path)
-    meta = json.loads((t.schema.metadata or {}).get(b"pandas", b"{}"))
+    try:
+        meta = json.loads((t.schema.metadata or {}).get(b"pandas", b"{}"))
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise SourceFormatError(f"pandas metadata is not JSON ({e})", file=path) from None
+    if not isinstance(meta, dict):
+        raise SourceFormatError("pandas metadata is not a JSON object", file=path)
     idx = [c for c in meta.get("index_columns", []) if isinstance(c, str)]
     text_col = next((c for c in ("task", *idx, "__index_level_0__") if c in t.column_names), None)
     if text_col is None:
@@ -126,10 +186,13 @@ class LeRobotSource:
     _episodes: list[dict] | None = field(default=None, repr=False)
     _plan: list[EpisodeInfo] | None = field(default=None, repr=False)
     _map: dict | None = field(default=None, repr=False)  # canonical name -> (lerobot key, kind)
+    allow_outside: bool = False  # follow data_path / video_path templates out of the root
 
     def __post_init__(self):
         info_file = self._path("meta/info.json")
         self._info = info = _read_json(info_file)
+        if not isinstance(info, dict):
+            raise SourceFormatError("expected a JSON object", file=info_file)
         version = info.get("codebase_version")
         if version not in VERSIONS:
             raise SourceFormatError(f"codebase_version {version!r} is not one of {VERSIONS}",
@@ -137,6 +200,7 @@ class LeRobotSource:
         for k in ("fps", "features", "data_path"):
             if k not in info:
                 raise SourceFormatError("key missing", file=info_file, key=k)
+        _check_info(info, info_file)
         self.fps = float(info["fps"])
 
     @property
@@ -194,11 +258,9 @@ class LeRobotSource:
                 rows = [r for p in files for r in _read_parquet(p).to_pylist()]
             else:
                 rows = _read_jsonl(self._path(V2_EPISODES))
-            for r in rows:
-                if "episode_index" not in r or "length" not in r:
-                    raise SourceFormatError("episode row without episode_index/length",
-                                            file=self._path("meta"), key="episode_index")
-            self._episodes = sorted(rows, key=lambda r: int(r["episode_index"]))
+            where = self._path("meta/episodes" if self.version == "v3.0" else V2_EPISODES)
+            rows = _checked_rows(rows, {"episode_index": int, "length": int}, where)
+            self._episodes = sorted(rows, key=lambda r: r["episode_index"])
         return self._episodes
 
     def plan(self) -> list[EpisodeInfo]:
@@ -226,7 +288,9 @@ class LeRobotSource:
     def _tasks(self) -> dict[int, str]:
         if self.version == "v3.0":
             return _tasks_v3(self._path("meta/tasks.parquet"))
-        return {int(r["task_index"]): str(r["task"]) for r in _read_jsonl(self._path(V2_TASKS))}
+        rows = _checked_rows(_read_jsonl(self._path(V2_TASKS)), {"task_index": int, "task": str},
+                             self._path(V2_TASKS))
+        return {r["task_index"]: r["task"] for r in rows}
 
     def _splits(self) -> dict[int, str]:
         out = {}
@@ -240,21 +304,26 @@ class LeRobotSource:
         return out
 
     def _file(self, template: str, row: dict, key: str | None = None) -> Path:
-        """A data (key None) or video file of an episode, from info.json's path template."""
+        """A data (key None) or video file of an episode, from info.json's path template
+        (expanded by :func:`safe_format`; refused outside the root unless ``allow_outside``)."""
         ep = int(row["episode_index"])
+        info_file = self._path("meta/info.json")
+        if template not in self._info:
+            raise SourceFormatError("key missing", file=info_file, key=template)
         if self.version != "v3.0":
             chunk = ep // int(self._info.get("chunks_size", 1000))
-            return self._path(self._info[template].format(episode_chunk=chunk, episode_index=ep,
-                                                          video_key=key))
-        col = "data/" if key is None else f"videos/{key}/"
-        try:
-            return self._path(self._info[template].format(
-                chunk_index=int(row[col + "chunk_index"]), file_index=int(row[col + "file_index"]),
-                video_key=key))
-        except KeyError as e:
-            raise SourceFormatError(f"episode row or info.json lacks {e}",
-                                    file=self._path("meta/episodes"), episode=ep,
-                                    key=key or "data") from None
+            values = dict(episode_chunk=chunk, episode_index=ep, video_key=key)
+        else:
+            col = "data/" if key is None else f"videos/{key}/"
+            try:
+                values = dict(chunk_index=int(row[col + "chunk_index"]),
+                              file_index=int(row[col + "file_index"]), video_key=key)
+            except KeyError as e:
+                raise SourceFormatError(f"episode row lacks {e}", file=self._path("meta/episodes"),
+                                        episode=ep, key=key or "data") from None
+        rel = safe_format(self._info[template], values, file=info_file, key=template)
+        return inside(self.root, rel, allow_outside=self.allow_outside, file=info_file,
+                      key=template)
 
     def _frames(self, row: dict, columns: list[str] | None = None) -> tuple[pa.Table, Path]:
         """This episode's rows of its data file, in frame_index order."""
@@ -279,7 +348,7 @@ class LeRobotSource:
         for name, (key, kind) in self._mapping().items():
             col = _column(table, "timestamp" if kind == "video" else key, path, ep)
             if kind == "lowdim":
-                out[name] = _to_numpy(col, hi - lo, feats[name].shape[0], path, ep, key)
+                out[name] = _to_numpy(col, hi - lo, feats[name].shape[0], path, ep, key, lo)
                 continue
             if kind == "image":
                 out[name] = self._images(col, path, ep, key, lo)
@@ -302,7 +371,15 @@ class LeRobotSource:
             if fmt is None:
                 raise SourceFormatError("image is not embedded PNG or JPEG bytes", file=path,
                                         episode=ep, key=key, frame=lo + t)
-            frames.append(decode_image(data, fmt))
+            try:
+                img = decode_image(data, fmt)
+            except IMAGE_ERRORS as e:
+                raise SourceFormatError(f"corrupt {fmt} image ({type(e).__name__}: {e})",
+                                        file=path, episode=ep, key=key, frame=lo + t) from None
+            if frames and img.shape != frames[0].shape:
+                raise SourceFormatError(f"image shape {img.shape} differs from {frames[0].shape}",
+                                        file=path, episode=ep, key=key, frame=lo + t)
+            frames.append(img)
         return np.stack(frames)
 
     def describe(self) -> dict:
@@ -329,48 +406,3 @@ def _names(names: object, n: int) -> tuple[str, ...] | None:
     if isinstance(names, list) and len(names) == n and all(isinstance(x, str) for x in names):
         return tuple(names)
     return None
-
-
-def decode_video_frames(path: Path, times: np.ndarray, *, episode: object = None, key: str = "",
-                        lo: int = 0) -> np.ndarray:
-    """Decode the frames presented at ``times`` (seconds, ascending) -> uint8 (n, H, W, 3) RGB."""
-    import av
-
-    n = len(times)
-    if n == 0:
-        return np.zeros((0, 0, 0, 3), np.uint8)
-    if np.any(np.diff(times) <= 0):
-        raise SourceFormatError("frame timestamps are not increasing", file=path,
-                                episode=episode, key=key)
-    out: list[np.ndarray | None] = [None] * n
-    j = 0
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            tb = stream.time_base
-            container.seek(max(0, int((times[0] - TOLERANCE_S) / tb)), stream=stream, backward=True)
-            for frame in container.decode(stream):
-                if frame.pts is None:
-                    continue
-                t = float(frame.pts * tb)
-                while j < n and times[j] < t - TOLERANCE_S:
-                    _missing_frame(path, episode, key, lo + j, times[j], t)
-                if j < n and abs(t - times[j]) <= TOLERANCE_S:
-                    out[j] = frame.to_ndarray(format="rgb24")
-                    j += 1
-                if j == n:
-                    break
-    except FileNotFoundError:
-        raise SourceFormatError("video file missing", file=path, episode=episode, key=key) from None
-    except av.FFmpegError as e:
-        raise SourceFormatError(f"undecodable video ({e})", file=path, episode=episode,
-                                key=key) from None
-    if j < n:
-        _missing_frame(path, episode, key, lo + j, times[j], None)
-    return np.stack(out)
-
-
-def _missing_frame(path, episode, key, frame, want: float, got: float | None):
-    near = f"; the next frame is at {got:.6f} s" if got is not None else "; the video ends first"
-    raise SourceFormatError(f"no video frame within {TOLERANCE_S} s of {want:.6f} s{near}",
-                            file=path, episode=episode, key=key, frame=frame)

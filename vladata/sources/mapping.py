@@ -200,7 +200,9 @@ def load_mapping(path: str | Path) -> Mapping:
     """Read and validate a YAML mapping file; raises :class:`MappingError` listing every problem."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise MappingError([f"not UTF-8 text ({e})"], file=path) from None
     except OSError as e:
         raise MappingError([f"cannot read the mapping file ({e.strerror or e})"],
                            file=path) from None

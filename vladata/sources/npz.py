@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import io
 import struct
+import tokenize
+import zipfile
 import zlib
 from functools import lru_cache
 
@@ -33,19 +35,26 @@ class CorruptMember(SourceFormatError):
     """A member's data is truncated or fails its CRC (the caller adds the file to the message)."""
 
 
+_CORRUPT = (zipfile.BadZipFile, zlib.error, struct.error, IndexError, NotImplementedError,
+            EOFError, OverflowError, SyntaxError, tokenize.TokenError)
+
+
 def read_npz(path, keys) -> dict[str, np.ndarray]:
     """Arrays ``keys`` of the npz at ``path``. Raises KeyError naming a missing key,
     ValueError (incl. :class:`CorruptMember`) or OSError for unreadable files."""
     with open(path, "rb") as f:
         buf = f.read()
     try:
-        return _parse(buf, set(keys))
-    except _Fallback:
-        with np.load(io.BytesIO(buf), allow_pickle=False) as z:
-            missing = [k for k in keys if k not in z.files]
-            if missing:
-                raise KeyError(missing[0]) from None
-            return {k: z[k] for k in keys}
+        try:
+            return _parse(buf, set(keys))
+        except _Fallback:
+            with np.load(io.BytesIO(buf), allow_pickle=False) as z:
+                missing = [k for k in keys if k not in z.files]
+                if missing:
+                    raise KeyError(missing[0]) from None
+                return {k: z[k] for k in keys}
+    except _CORRUPT as e:  # what zipfile, zlib, struct and numpy raise on damaged bytes
+        raise CorruptMember(f"corrupt zip or .npy data ({type(e).__name__}: {e})") from None
 
 
 def _parse(buf: bytes, wanted: set[str]) -> dict[str, np.ndarray]:

@@ -33,11 +33,14 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+import yaml
 
-from vladata.episode import EpisodeInfo, FeatureSpec, segments_from_runs
-from vladata.errors import SourceFormatError
+from vladata.episode import EpisodeInfo, FeatureSpec, cast_exact, segments_from_runs
+from vladata.errors import SourceFormatError, VladataError
 from vladata.images import decode_image, image_format
+from vladata.sources.boundary import DECODER_ERRORS, IMAGE_ERRORS, raised_in
 from vladata.sources.mapping import FeatureMap, Mapping, gripper_facts, load_mapping
+from vladata.sources.paths import inside
 from vladata.store.layout import STATE
 
 RULE = ("nearest earlier message: ticks t_k = t0 + floor(k*1e9/fps) ns while t_k <= t_end; t0 = "
@@ -48,6 +51,7 @@ COLOR_ENCODINGS = {"rgb8": (3, False), "bgr8": (3, True), "rgba8": (4, False), "
                    "mono8": (1, False), "8UC1": (1, False), "8UC3": (3, True)}
 DEPTH_ENCODINGS = {"32FC1": ("f4", 1.0), "16UC1": ("u2", 1e-3), "mono16": ("u2", 1e-3)}
 SKIP_FIELDS = ("header", "layout")
+BAG_PACKAGES = ("rosbags", "apsw", "lz4", "zstandard", "ruamel", "yaml")
 
 
 def natural_key(s: str) -> list:
@@ -76,12 +80,16 @@ def _reader(bag: Path, episode: object = None):
     try:
         r = AnyReader([bag], default_typestore=get_typestore(Stores.ROS2_HUMBLE))
         r.open()
-    except Exception as e:  # rosbags raises its own unrelated error classes per storage
+    except _bag_errors() as e:  # rosbags raises its own unrelated error classes per storage
+        if isinstance(e, VladataError) or not raised_in(e, *BAG_PACKAGES):
+            raise
         raise SourceFormatError(f"unreadable bag, truncated or corrupt ({type(e).__name__}: {e})",
                                 file=bag, episode=episode) from None
     try:
         yield r
     except _bag_errors() as e:  # a bad chunk / record found while iterating
+        if isinstance(e, VladataError) or not raised_in(e, *BAG_PACKAGES):
+            raise
         raise SourceFormatError(f"unreadable bag data ({type(e).__name__}: {e})", file=bag,
                                 episode=episode) from None
     finally:
@@ -90,21 +98,42 @@ def _reader(bag: Path, episode: object = None):
 
 def _bag_errors() -> tuple[type, ...]:
     import sqlite3
-    import struct
 
     from rosbags.highlevel import AnyReaderError
     from rosbags.rosbag1 import ReaderError as Ros1Error
     from rosbags.rosbag2 import ReaderError as Ros2Error
     from rosbags.serde import SerdeError
 
-    return (AnyReaderError, Ros1Error, Ros2Error, SerdeError, sqlite3.DatabaseError, struct.error,
-            OSError, EOFError)
+    extra: tuple[type, ...] = ()
+    try:
+        import apsw  # rosbags' sqlite3 backend, when installed
+        extra = (apsw.Error,)
+    except ImportError:
+        pass
+    return (AnyReaderError, Ros1Error, Ros2Error, SerdeError, sqlite3.DatabaseError, *extra,
+            *DECODER_ERRORS)
+
+
+def check_bag_files(bag: Path) -> None:
+    """Refuse a ROS2 bag whose ``metadata.yaml`` lists a storage file outside the bag folder."""
+    if bag.is_file():
+        return
+    meta = bag / "metadata.yaml"
+    try:
+        doc = yaml.safe_load(meta.read_text(errors="replace"))
+        info = doc["rosbag2_bagfile_information"]
+        paths = [*info.get("relative_file_paths", []),
+                 *(f["path"] for f in info.get("files", []) or [])]
+    except (yaml.YAMLError, TypeError, KeyError, AttributeError):
+        return  # not a readable metadata file: the bag reader reports it
+    for p in paths:
+        inside(bag, str(p), file=meta, key="relative_file_paths", what="storage file")
 
 
 def _storage(bag: Path) -> str:
     if bag.is_file():
         return "ros1"
-    text = (bag / "metadata.yaml").read_text()
+    text = (bag / "metadata.yaml").read_text(errors="replace")
     m = re.search(r"storage_identifier:\s*(\S+)", text)
     return m.group(1) if m else "unknown"
 
@@ -170,6 +199,7 @@ class RosbagSource:
     _plan: list[EpisodeInfo] | None = field(default=None, repr=False)
     _features: dict[str, FeatureSpec] | None = field(default=None, repr=False)
     _types: dict[str, str] = field(default_factory=dict, repr=False)
+    allow_outside: bool = False  # read storage files a ROS2 metadata.yaml places outside the bag
 
     def __post_init__(self):
         self._mapping = m = load_mapping(self.mapping_file)
@@ -180,6 +210,9 @@ class RosbagSource:
         self.fps = float(self.fps or m.fps)
         if not find_bags(Path(self.path)):
             raise SourceFormatError("no ROS bags found", file=self.path)
+        if not self.allow_outside:
+            for bag in find_bags(Path(self.path)):
+                check_bag_files(bag)
 
     def bags(self) -> list[Path]:
         return find_bags(Path(self.path))
@@ -346,7 +379,7 @@ def _extract(msg: object, fm: FeatureMap, part, bag: Path, episode, frame) -> np
             raise SourceFormatError(f"index {max(part.index)} out of range for {vals.size} "
                                     "values", **where)
         vals = vals[list(part.index)]
-    return vals.astype(fm.dtype)
+    return cast_exact(vals, fm.dtype, **where)
 
 
 def _image(msg: object, fm: FeatureMap, where: dict) -> np.ndarray:
@@ -362,7 +395,7 @@ def _image(msg: object, fm: FeatureMap, where: dict) -> np.ndarray:
                                     "Image", **where)
         try:
             return decode_image(data, fmt, fm.channel_order)
-        except (ValueError, OSError) as e:
+        except IMAGE_ERRORS as e:
             raise SourceFormatError(f"corrupt {fmt} image ({e})", **where) from None
     if t != "sensor_msgs/msg/Image":
         raise SourceFormatError(f"expected {' or '.join(IMAGE_TYPES)}, got {t}", **where)
@@ -370,6 +403,13 @@ def _image(msg: object, fm: FeatureMap, where: dict) -> np.ndarray:
     buf = np.asarray(msg.data, np.uint8)
     if buf.size < h * step:
         raise SourceFormatError(f"image data has {buf.size} bytes, expected {h * step}", **where)
+    if fm.kind == "depth":  # bytes per pixel (0: an encoding refused below)
+        per = np.dtype(DEPTH_ENCODINGS[enc][0]).itemsize if enc in DEPTH_ENCODINGS else 0
+    else:
+        per = COLOR_ENCODINGS[enc][0] if enc in COLOR_ENCODINGS else 0
+    if step < w * per:
+        raise SourceFormatError(f"row step {step} is shorter than width {w} x {per} bytes",
+                                **where)
     rows = buf[:h * step].reshape(h, step)
     if fm.kind == "depth":
         if enc not in DEPTH_ENCODINGS:

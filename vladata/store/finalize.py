@@ -9,28 +9,42 @@ attributes. :func:`recompute` does both passes from a finished store (``vladata 
 
 Statistics cover the rows of the ``stats_split`` episodes (``train``, or ``all`` when the store
 has no train split); NaN/inf anywhere in a low-dim float feature is an error that names the
-feature, episode and frame.
+feature, episode and frame. Whatever quantiles are asked for, q01 and q99
+(:data:`REQUIRED_QUANTILES`) are always computed too: the action normalisation needs them.
+
+Rewriting is transactional: everything is computed and validated in memory, the new derived
+arrays are written aside (``meta/staging/``), and only then is the store changed, in a short
+commit guarded by ``meta/restats.json`` (:data:`COMMIT_MARKER`): arrays renamed into ``data/``,
+attributes, then ``meta/stats.json`` (atomically), then the marker removed. A run that fails or is
+interrupted before the commit leaves the store as it was; one interrupted inside it leaves the
+marker, and ``vladata.open`` refuses the store until ``vladata stats`` is rerun.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import zarr
 
+import vladata.atomic as atomic
 from vladata.episode import FeatureSpec
 from vladata.errors import NonFiniteError, StatsError, StoreError
 from vladata.normalize import GripperConvention, Normalization, normalize
 from vladata.stats import (ImageStatsAccumulator, StatsAccumulator, locate_nonfinite,
                            stats_from_json, stats_to_json)
+from vladata.stats.exact import parse_quantiles
 from vladata.store import layout, manifest
 from vladata.tokenize import ActionTokenizer
 
 NORM_KEY, TOKENS_KEY = layout.ACTION_NORM, layout.ACTION_TOKENS
+REQUIRED_QUANTILES = (0.01, 0.99)  # q01/q99: the quantile normalisation of actions uses them
+STAGING, COMMIT_MARKER = layout.STAGING, layout.RESTATS
 
 
 # -- pass 1, in the workers --------------------------------------------------------------------
@@ -83,9 +97,9 @@ def save_accumulators(path: Path, accs: dict) -> None:
                 arrays[f"{name}/{k}@value"] = flat[nz]
             else:
                 arrays[f"{name}/{k}"] = v
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic.write_bytes(path, buf.getvalue())
 
 
 def load_accumulators(path: Path) -> dict:
@@ -129,12 +143,18 @@ def recompute(path: str | os.PathLike, quantiles=(0.01, 0.99),
     """Recompute a finished store's statistics (both passes) and rewrite the derived arrays.
 
     ``tokenizer`` replaces the recorded token layout; by default the store's own is kept.
+    Refuses a store whose conversion is not complete; repairs one a previous run left
+    half-committed.
     """
     out = Path(path)
+    quantiles = with_required_quantiles(quantiles)
+    if not (out / layout.MANIFEST).is_file():
+        raise StoreError(f"{out}: not a complete store (no {layout.MANIFEST}); finish its "
+                         "conversion first (`vladata convert ... --resume`)")
     problems = manifest.missing_data(out)
     if problems:  # zarr-python would read a missing chunk as zeros
         raise StoreError(f"{problems[0]}; run `vladata verify {out}`")
-    root = zarr.open_group(out, mode="r+")
+    root = zarr.open_group(out, mode="r")
     attrs = dict(root.attrs["vlakit"])
     features = {k: FeatureSpec.from_dict(v) for k, v in attrs["features"].items()}
     eps = pl.read_parquet(out / layout.EPISODES)
@@ -157,14 +177,14 @@ def recompute(path: str | os.PathLike, quantiles=(0.01, 0.99),
         tokenizer = ActionTokenizer.from_dict(attrs["tokenizer"])
     stats = _finish(out, features, merged, mask, stats_split, quantiles,
                     attrs.get("source_info", {}), images=images, tokenizer=tokenizer)
-    manifest.refresh(out)  # stats.json and the derived arrays changed: list them anew
     return stats
 
 
 def _finish(out: Path, features, merged: dict, mask: np.ndarray, stats_split: str, quantiles,
             source_info: dict, images: dict | None = None,
             tokenizer: ActionTokenizer | None = None) -> dict:
-    root = zarr.open_group(out, mode="r+")
+    quantiles = with_required_quantiles(quantiles)
+    root = zarr.open_group(out, mode="r")
     stats: dict[str, dict[str, np.ndarray]] = {}
     image_stats = dict(images or {})
     for name, acc in merged.items():
@@ -177,17 +197,58 @@ def _finish(out: Path, features, merged: dict, mask: np.ndarray, stats_split: st
         stats[name] = ref.result()
     doc = stats_to_json(stats, split=stats_split, quantiles=quantiles,
                         images=image_stats or None)
-    _atomic_json(out / layout.STATS, doc)
     attrs = dict(root.attrs["vlakit"])
     attrs["stats_split"] = stats_split
-    act = layout.ACTION
-    if act in stats and features[act].kind == "lowdim" and len(features[act].shape) == 1:
-        norm, tok = write_action_arrays(root, features[act], stats[act], source_info,
-                                        tokenizer or ActionTokenizer())
-        attrs["normalization"], attrs["tokenizer"] = norm.to_dict(), tok.to_dict()
-        attrs["features"] = {**attrs["features"], **_derived_feature_attrs(features[act])}
-    root.attrs["vlakit"] = attrs
+    staged = []
+    _clear_staging(out)
+    action = features.get(layout.ACTION)
+    try:
+        if layout.ACTION in stats and action.kind == "lowdim" and len(action.shape) == 1:
+            stage = zarr.open_group(out / STAGING, mode="w-")
+            norm, tok = write_action_arrays(root[layout.DATA][layout.ACTION], stage, action,
+                                            stats[layout.ACTION], source_info,
+                                            tokenizer or ActionTokenizer())
+            attrs["normalization"], attrs["tokenizer"] = norm.to_dict(), tok.to_dict()
+            attrs["features"] = {**attrs["features"], **_derived_feature_attrs(action)}
+            staged = [NORM_KEY, TOKENS_KEY]
+    except BaseException:  # nothing of the store was changed yet: leave it exactly as it was
+        _clear_staging(out)
+        raise
+    _commit(out, staged, attrs, doc)
     return stats
+
+
+def with_required_quantiles(quantiles) -> tuple[float, ...]:
+    """``quantiles`` validated, plus :data:`REQUIRED_QUANTILES`, sorted (StatsError if invalid)."""
+    try:
+        return tuple(sorted(set(parse_quantiles(quantiles)) | set(REQUIRED_QUANTILES)))
+    except ValueError as e:
+        raise StatsError(f"quantiles: {e}") from None
+
+
+def _commit(out: Path, staged: list[str], attrs: dict, doc: dict) -> None:
+    """Swap the staged arrays, attributes and stats.json into the store (see module docstring)."""
+    json.dumps([attrs, doc])  # anything not serialisable fails here, before the store changes
+    atomic.write_json(out / COMMIT_MARKER, {"vlakit": "statistics commit in progress"})
+    data = out / layout.DATA
+    for name in staged:
+        old = out / STAGING / f"{name}.old"
+        if (data / name).exists():
+            os.replace(data / name, old)
+        os.replace(out / STAGING / name, data / name)
+    group = json.loads((out / "zarr.json").read_text())  # the root group's metadata (Zarr v3)
+    group.setdefault("attributes", {})["vlakit"] = attrs
+    atomic.write_json(out / "zarr.json", group)  # zarr-python would rewrite it in place
+    atomic.write_json(out / layout.STATS, doc)
+    _clear_staging(out)
+    if (out / layout.MANIFEST).exists():  # `vladata stats` on a complete store: list files anew
+        manifest.refresh(out)
+    (out / COMMIT_MARKER).unlink()
+
+
+def _clear_staging(out: Path) -> None:
+    if (out / STAGING).exists():
+        shutil.rmtree(out / STAGING)
 
 
 def action_normalization(dim: int, source_info: dict) -> Normalization:
@@ -204,18 +265,15 @@ def action_normalization(dim: int, source_info: dict) -> Normalization:
                                                                        target="-1/1", dim=dim - 1))
 
 
-def write_action_arrays(root: zarr.Group, spec: FeatureSpec, stats: dict, source_info: dict,
-                        tok: ActionTokenizer):
+def write_action_arrays(src: zarr.Array, group: zarr.Group, spec: FeatureSpec, stats: dict,
+                        source_info: dict, tok: ActionTokenizer):
+    """Write ``action.norm`` and ``action.tokens`` of the actions ``src`` into ``group``."""
     dim = spec.shape[0]
     norm = action_normalization(dim, source_info)
-    data = root[layout.DATA]
-    src = data[layout.ACTION]
     n = src.shape[0]
     store = {"codec": "raw", "chunk_frames": layout.BLOCK, "shard_frames": None}
-    arr_n = layout.create_array(data, NORM_KEY, FeatureSpec("float32", (dim,)), n, store,
-                                overwrite=True)
-    arr_t = layout.create_array(data, TOKENS_KEY, FeatureSpec("int32", (dim,)), n, store,
-                                overwrite=True)
+    arr_n = layout.create_array(group, NORM_KEY, FeatureSpec("float32", (dim,)), n, store)
+    arr_t = layout.create_array(group, TOKENS_KEY, FeatureSpec("int32", (dim,)), n, store)
     for b, x in _blocks(src):
         xn = normalize(x, stats, norm)
         arr_n[b:b + len(x)] = xn
@@ -256,12 +314,6 @@ def _old_image_stats(out: Path) -> dict:
     if not p.exists():
         return {}
     return stats_from_json(json.loads(p.read_text()))[1].get("images") or {}
-
-
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def load_stats(path: str | os.PathLike) -> tuple[dict, dict]:

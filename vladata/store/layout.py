@@ -22,8 +22,15 @@ A store is one Zarr v3 group, readable by any Zarr v3 reader (``zarr.open_group(
       meta/segments.parquet      segment_index, episode_index, start, end (inclusive, offsets within
                                  the episode), instruction, task, embedding (list<float32> or null)
       meta/stats.json            per-feature, per-dimension statistics (schemas/stats.schema.json)
+      meta/fast.json, meta/fast_tokenizer.json   optional FAST action tokenizer: settings and
+                                 BPE (`vladata stats --fast`; vladata.fast)
+      meta/paraphrases.json      optional, user-written: more phrasings per task (vlatrain.language)
       meta/manifest.json         written LAST: its presence is what makes a store complete; lists
                                  every other file with its size and CRC32C (vladata/store/manifest.py)
+      .vlakit-conversion         written FIRST, removed after the manifest: marks an unfinished
+                                 conversion as vlakit's (see vladata.store.output)
+      meta/staging/, meta/restats.json   only while statistics are rewritten (see
+                                 vladata.store.finalize); a store with restats.json is not opened
 
 Checksums (format version 2): every chunk of every array ends with its CRC32C (Zarr v3's
 ``crc32c`` codec, the last codec of the chunk's chain: inside ``sharding_indexed`` for sharded
@@ -75,6 +82,8 @@ STATE = "observation.state"            # the robot's proprioceptive state (low-d
 ACTION = "action"                      # actions in the dataset's units
 ACTION_NORM = "action.norm"            # normalised actions (written at finalize)
 ACTION_TOKENS = "action.tokens"        # token ids of the normalised actions (written at finalize)
+RESTATS = "meta/restats.json"  # present only while `vladata stats` swaps in new statistics
+STAGING = "meta/staging"       # derived arrays are written here first, then renamed into data/
 
 
 def storage_for(spec: FeatureSpec, image_codec: str) -> dict:

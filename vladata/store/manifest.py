@@ -31,6 +31,7 @@ import google_crc32c
 import numpy as np
 from tqdm.auto import tqdm
 
+import vladata.atomic as atomic
 from vladata.errors import StoreError
 from vladata.store import layout
 
@@ -62,7 +63,8 @@ def _walk(root: Path):
             for name in names:
                 p = Path(dirpath) / name
                 rel = p.relative_to(root).as_posix()
-                if rel == layout.MANIFEST or name.endswith(_SKIP_SUFFIXES):
+                if (rel in (layout.MANIFEST, layout.RESTATS) or name.endswith(_SKIP_SUFFIXES)
+                        or rel.startswith(layout.STAGING + "/")):
                     continue
                 yield rel, p
 
@@ -83,10 +85,7 @@ def write(root: str | os.PathLike, doc: dict) -> None:
     """Write the manifest ``doc`` plus the file table, atomically (temporary name, then rename)."""
     root = Path(root)
     doc = {**doc, "files": file_table(root)}
-    path = root / layout.MANIFEST
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
+    atomic.write_json(root / layout.MANIFEST, doc)
 
 
 def refresh(root: str | os.PathLike) -> None:

@@ -26,6 +26,8 @@ import numpy as np
 import zarr
 from numcodecs import Blosc
 
+from vladata.atomic import TMP_SUFFIX
+
 MISSING = np.uint64(2**64 - 1)
 
 
@@ -88,7 +90,7 @@ class ShardWriter:
         crc = struct.pack("<I", google_crc32c.value(index_bytes))
         path = self.dir.joinpath("c", str(k), *(["0"] * (self.ndim - 1)))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(path.name + TMP_SUFFIX)  # a resumed conversion deletes it
         with open(tmp, "wb") as f:
             for c in chunks:
                 f.write(c)

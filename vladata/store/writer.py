@@ -13,6 +13,14 @@ The store's tree is documented in :mod:`vladata.store.layout`. Conversion runs i
 3. **finalize** -- exact statistics (:mod:`vladata.store.finalize`), normalised and tokenised
    actions, then ``meta/manifest.json``, written last: a store without it is incomplete and
    ``vladata.open`` refuses it.
+
+Before anything else the writer checks the output (:mod:`vladata.store.output`): it writes only
+into a new or empty directory, or into a vlakit store (recognised by its ``.vlakit-conversion``
+marker, put there first and removed with the manifest, or by the vlakit attributes of its
+``zarr.json``); never into or around the source. ``overwrite=True`` deletes only a vlakit
+store's own entries; ``resume=True`` on a complete store does nothing and says so
+(``Summary.already_complete``). Metadata files are written atomically (:mod:`vladata.atomic`);
+a resumed run deletes the ``*.tmp`` files an interrupted one left.
 """
 
 from __future__ import annotations
@@ -22,7 +30,6 @@ import json
 import multiprocessing as mp
 import os
 import queue as queue_mod
-import shutil
 import time
 from concurrent.futures import (FIRST_EXCEPTION, Future, ProcessPoolExecutor, ThreadPoolExecutor,
                                 wait)
@@ -34,10 +41,12 @@ import polars as pl
 import zarr
 from tqdm.auto import tqdm
 
-from vladata.episode import EpisodeInfo, FeatureSpec, Source
-from vladata.errors import IncompleteStoreError, NonFiniteError, SourceFormatError, StoreError
+import vladata.atomic as atomic
+import vladata.workers as workers_mod
+from vladata.episode import EpisodeInfo, FeatureSpec, Source, check_frames
+from vladata.errors import NonFiniteError, SourceFormatError, StoreError
 from vladata.jsonable import jsonable
-from vladata.store import finalize, layout, manifest
+from vladata.store import finalize, layout, manifest, output
 from vladata.store.shards import ShardWriter, can_write
 
 _progress_queue = None  # set in worker processes
@@ -57,13 +66,16 @@ class Summary:
     seconds: float
     splits: dict[str, int] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    already_complete: bool = False  # resume=True found a complete store: nothing was done
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
     def __str__(self) -> str:
         rate = self.frames / self.seconds if self.seconds else 0.0
-        lines = [f"store      {self.path}",
+        lines = [f"{self.path}: the store is already complete; nothing to resume"
+                 ] if self.already_complete else []
+        lines += [f"store      {self.path}",
                  f"episodes   {self.episodes}  ({', '.join(f'{k}: {v}' for k, v in self.splits.items())})",
                  f"frames     {self.frames}  ({rate:,.0f} frames/s over {self.seconds:.1f} s)",
                  f"segments   {self.segments}",
@@ -79,22 +91,26 @@ class Summary:
 def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume: bool = False,
             overwrite: bool = False, image_codec: str = "raw", part_frames: int | None = None,
             quantiles: tuple[float, ...] = (0.01, 0.99), jpeg_quality: int = 90,
-            image_stats: bool = False, tokenizer=None, progress: bool = True) -> Summary:
+            image_stats: bool = False, tokenizer=None, progress: bool = True,
+            inputs=None) -> Summary:
     """Write ``source`` to a store at ``out``; see the module docstring. Returns a summary.
 
     ``tokenizer`` (a :class:`vladata.tokenize.ActionTokenizer`) sets the token-id layout of the
-    stored ``action.tokens``; the default is 256 bins, ids ``bin + 10``.
+    stored ``action.tokens``; the default is 256 bins, ids ``bin + 10``. ``inputs`` are the paths
+    the output must stay apart from (default: the source's ``root``/``path``/``src_dir``/
+    ``mapping_file``).
     """
     t0 = time.perf_counter()
     out = Path(out)
-    _prepare_output(out, resume=resume, overwrite=overwrite)
+    decision = output.check(out, inputs=output.source_inputs(source) if inputs is None
+                            else inputs, resume=resume, overwrite=overwrite)
     plan = source.plan()
     features = source.features()
     n = sum(ep.length for ep in plan)
     if n == 0:
         raise SourceFormatError(f"{source.name}: the source has no frames to convert")
-    old = (json.loads((out / layout.PLAN).read_text())
-           if resume and (out / layout.PLAN).exists() else None)
+    how = output.begin(out, decision)  # the first write, once the source is known to be good
+    old = json.loads((out / layout.PLAN).read_text()) if how != "new" else None
     if old is not None and part_frames is None:
         part_frames = old["settings"]["part_frames"]  # the interrupted run's parts, any --workers
     starts = np.cumsum([0] + [ep.length for ep in plan])[:-1].astype(np.int64)
@@ -110,10 +126,13 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
         if old.get("fingerprint") != fingerprint:
             raise StoreError(f"{out}: cannot resume: the source or the settings differ from the "
                              "interrupted conversion (use --overwrite to start again)")
+        if how == "complete":
+            return _already_complete(out)
     else:
         _create_store(out, source, plan, features, storage, starts, n)
-        _write_json(out / layout.PLAN, {"fingerprint": fingerprint, "settings": settings,
-                                        "num_frames": n, "parts": parts, "stats_split": stats_split})
+        atomic.write_json(out / layout.PLAN, {"fingerprint": fingerprint, "settings": settings,
+                                              "num_frames": n, "parts": parts,
+                                              "stats_split": stats_split})
 
     done = {k for k in range(len(parts)) if (_marker(out, k)).exists()}
     todo = [k for k in range(len(parts)) if k not in done]
@@ -139,6 +158,7 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
     manifest.write(out, {"format_version": layout.FORMAT_VERSION, "complete": True,
                          "parts": len(parts), "num_frames": n, "stats_features": sorted(stats),
                          "summary": summary.to_dict()})
+    output.finish(out)
     for p in (out / layout.PARTS).glob("*.stats.npz"):
         p.unlink()  # merged into meta/stats.json
     return summary
@@ -146,17 +166,13 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
 
 # -- stage 1: plan -----------------------------------------------------------------------------
 
-def _prepare_output(out: Path, *, resume: bool, overwrite: bool) -> None:
-    if not out.exists():
-        return
-    if overwrite:
-        shutil.rmtree(out)
-        return
-    if (out / layout.MANIFEST).exists():
-        raise StoreError(f"{out}: a complete store is already there (use --overwrite to replace it)")
-    if not resume:
-        raise IncompleteStoreError(f"{out}: an interrupted conversion is there: use --resume to "
-                                   "finish it or --overwrite to start again")
+def _already_complete(out: Path) -> Summary:
+    """The summary of a complete store, as its manifest records it, for a resume with no work."""
+    recorded = json.loads((out / layout.MANIFEST).read_text())["summary"]
+    keep = {k: recorded[k] for k in Summary.__dataclass_fields__ if k in recorded}
+    return Summary(**{**keep, "path": str(out), "parts_written": 0,
+                      "parts_reused": keep.get("parts_written", 0) + keep.get("parts_reused", 0),
+                      "already_complete": True})
 
 
 def _fingerprint(source: Source, plan: list[EpisodeInfo], features: dict[str, FeatureSpec],
@@ -175,7 +191,7 @@ def _fingerprint(source: Source, plan: list[EpisodeInfo], features: dict[str, Fe
 def _create_store(out: Path, source: Source, plan: list[EpisodeInfo],
                   features: dict[str, FeatureSpec], storage: dict, starts: np.ndarray,
                   n: int) -> None:
-    root = zarr.open_group(out, mode="w")
+    root = zarr.open_group(out, mode="a")  # not "w": it would empty the directory, marker included
     root.attrs["vlakit"] = {
         "format_version": layout.FORMAT_VERSION, "source": source.name,
         "source_info": jsonable(source.describe()), "fps": float(source.fps),
@@ -247,26 +263,32 @@ def _run_parts(job: _PartJob, parts, todo, *, workers: int, total: int, already:
                 _write_part(job, k, parts[k], report=bar.update)
             return
         ctx = mp.get_context("spawn")
-        q = ctx.Queue()
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
-                                 initializer=_init_worker, initargs=(q,)) as pool:
-            futures = {pool.submit(_write_part, job, k, parts[k]) for k in todo}
-            pending = futures
+        pool = None
+        try:
+            with workers_mod.spawning():  # workers leave Ctrl-C to this process
+                q = ctx.Queue()
+                pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
+                                           initializer=_init_worker, initargs=(q, os.getpid()))
+                pending = {pool.submit(_write_part, job, k, parts[k]) for k in todo}
             while pending:
                 finished, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
                 _drain(q, bar)
                 for f in finished:
                     if f.exception() is not None:
-                        for p in pending:
-                            p.cancel()
                         raise f.exception()
             _drain(q, bar)
+        except BaseException:  # a failed part, or Ctrl-C: stop the others now
+            if pool is not None:
+                workers_mod.terminate(pool)
+            raise
+        pool.shutdown()
     finally:
         bar.close()
 
 
-def _init_worker(q) -> None:
+def _init_worker(q, parent_pid: int) -> None:
     global _progress_queue
+    workers_mod.init_worker(parent_pid)
     _progress_queue = q
 
 
@@ -323,7 +345,7 @@ def _write_part(job: _PartJob, k: int, rows: tuple[int, int], report=None) -> No
         for f in in_flight:
             f.result()
     finalize.save_accumulators(out / layout.PARTS / f"part-{k:05d}.stats.npz", accs)
-    _write_json(_marker(out, k), {"part": k, "rows": [lo, hi]})
+    atomic.write_json(_marker(out, k), {"part": k, "rows": [lo, hi]})
 
 
 def _encode_frames(frames: np.ndarray, storage: dict, quality: int):
@@ -354,19 +376,8 @@ def _read_rows(job: _PartJob, r: int, r2: int) -> tuple[dict[str, np.ndarray], n
         a = row - int(job.starts[i])
         b = min(int(job.lengths[i]), r2 - int(job.starts[i]))
         if b > a:
-            got = job.source.read(i, a, b)
-            for name, spec in job.features.items():
-                arr = got.get(name)
-                want = (b - a, *spec.shape)
-                if arr is None or (spec.dtype != "object" and tuple(arr.shape) != want):
-                    raise SourceFormatError(
-                        f"source returned {None if arr is None else tuple(arr.shape)}, expected "
-                        f"{want}", episode=i, key=name)
-                if spec.dtype != "object" and arr.dtype != np.dtype(spec.dtype):
-                    if not np.can_cast(arr.dtype, spec.dtype, casting="same_kind"):
-                        raise SourceFormatError(f"source returned {arr.dtype}, expected "
-                                                f"{spec.dtype}", episode=i, key=name)
-                    got[name] = arr.astype(spec.dtype)  # e.g. float64 -> float32, big-endian
+            got = check_frames(job.source.read(i, a, b), job.features, b - a, episode=i,
+                               first=a)
             pieces.append(got)
             mask.append(np.full(b - a, bool(job.in_stats[i])))
             row += b - a
@@ -379,11 +390,6 @@ def _read_rows(job: _PartJob, r: int, r2: int) -> tuple[dict[str, np.ndarray], n
 
 # -- helpers -----------------------------------------------------------------------------------
 
-def _write_json(path: Path, obj) -> None:
-    """Write JSON atomically (a reader never sees half a file)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def _du(path: Path) -> int:

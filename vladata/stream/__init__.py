@@ -5,6 +5,8 @@ Layout written by :func:`export_wds` (``OUT`` a local directory or an fsspec URL
     OUT/shard-000000.tar ...   WebDataset shards: consecutive members sharing a key form a sample
     OUT/index.json             written last: format, settings, the episode and segment bounds,
                                the features and the shard list (samples, windows-free counts)
+    OUT/.vlakit-export         written first, removed after index.json: an unfinished export
+                               (see :mod:`vladata.stream.output` for what may be replaced)
 
 One sample is one episode (``samples="episode"``) or one fixed-length piece of an episode
 (``samples=N`` frames) -- never one window, which would store every frame ``h`` times. A piece
@@ -30,7 +32,8 @@ rank waiting at an epoch end; an epoch therefore may repeat or skip a few window
 
 from vladata.stream.export import export_wds
 from vladata.stream.format import INDEX, StreamFormatError
+from vladata.stream.output import export_state
 from vladata.stream.reader import WindowStream
 from vladata.stream.samples import iter_samples
 
-__all__ = ["export_wds", "iter_samples", "WindowStream", "StreamFormatError", "INDEX"]
+__all__ = ["export_wds", "export_state", "iter_samples", "WindowStream", "StreamFormatError", "INDEX"]

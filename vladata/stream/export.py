@@ -13,7 +13,8 @@ import numpy as np
 
 from vladata.errors import SelectionError
 from vladata.store.shard_reader import StoreReader
-from vladata.stream.format import FORMAT, FORMAT_VERSION, INDEX
+from vladata.stream import output
+from vladata.stream.format import FORMAT, FORMAT_VERSION
 from vladata.windows import embedding_matrix
 
 def _pack_vlen(items: list[bytes]) -> bytes:
@@ -36,8 +37,13 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def export_wds(ds, out: str, *, samples="episode", shard_size: int = 1 << 30, context: int = 31,
-               features=None, storage_options: dict | None = None) -> dict:
-    """Write ``ds`` (a Dataset or store path) as WebDataset shards at ``out``; return index.json."""
+               features=None, storage_options: dict | None = None,
+               overwrite: bool = False) -> dict:
+    """Write ``ds`` (a Dataset or store path) as WebDataset shards at ``out``; return index.json.
+
+    ``out`` must be new, empty or (with ``overwrite=True``) a previous vlakit export, whose
+    index and shards are then deleted first (:mod:`vladata.stream.output`).
+    """
     from vladata.dataset import open as open_dataset
     if isinstance(ds, str) or not hasattr(ds, "info"):
         ds = open_dataset(ds)
@@ -58,9 +64,7 @@ def export_wds(ds, out: str, *, samples="episode", shard_size: int = 1 << 30, co
     for s in seg_rows:
         by_ep.setdefault(s["episode_index"], []).append(s)
     fs, root = fsspec.core.url_to_fs(str(out), **(storage_options or {}))
-    fs.makedirs(root, exist_ok=True)
-    if fs.exists(posixpath.join(root, INDEX)):  # an old index must not describe the new shards
-        fs.rm(posixpath.join(root, INDEX))
+    output.prepare(fs, root, overwrite=overwrite, shown=str(out))
     shards, cur, tar = [], None, None
 
     def close():
@@ -90,7 +94,7 @@ def export_wds(ds, out: str, *, samples="episode", shard_size: int = 1 << 30, co
             size = sum(len(v) + 1024 for v in members.values())
             if tar is None or (cur["bytes"] and cur["bytes"] + size > shard_size):
                 close()
-                name = f"shard-{len(shards):06d}.tar"
+                name = output.shard_name(len(shards))
                 f = fs.open(posixpath.join(root, name), "wb")
                 tar = tarfile.open(fileobj=f, mode="w|", format=tarfile.USTAR_FORMAT)
                 cur = {"url": name, "samples": 0, "frames": 0, "bytes": 0, "keys": [], "file": f}
@@ -110,6 +114,5 @@ def export_wds(ds, out: str, *, samples="episode", shard_size: int = 1 << 30, co
              "episodes": {k: eps[k].to_list() for k in ("episode_index", "start", "length", "split")},
              "segments": {k: segs[k].to_list() for k in ("segment_index", "episode_index", "start", "end")},
              "shards": shards}
-    with fs.open(posixpath.join(root, INDEX), "w") as f:
-        json.dump(index, f)
+    output.finish(fs, root, index)
     return index

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import torch
 
-from vlatrain import checkpoint, data, distributed, losses, preflight, rundir
+from vlatrain import checkpoint, data, distributed, preflight, rundir, sim_eval
 from vlatrain.augment import BatchPreparer
 from vlatrain.config import Config, ConfigError, dump_config, load_config
 from vlatrain.evaluate import evaluate, format_report
+from vlatrain.language import LanguageAugmenter
 from vlatrain.logging import NullLogger, RunLogger, run_header
 from vlatrain.loop import TrainState, train
 from vlatrain.losses import make_loss
@@ -130,7 +131,11 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
                                           pin_memory=pin, win=win))
     image_specs = {c: policy.backbone.image_spec(c) for c in spec.cameras}
     prep = BatchPreparer(spec, image_specs, cfg.data.augment, dev, discrete=policy.discrete,
-                         use_state=cfg.model.use_state)
+                         use_state=cfg.model.use_state,
+                         sequence_head=policy.head if policy.autoregressive else None,
+                         teacher_bins=getattr(policy.backbone, "autoregressive", False),
+                         language=(LanguageAugmenter.from_stores(stores, cfg.data.language_augmentation)
+                                   if cfg.data.language_augmentation > 0 else None))
     loss_fn = make_loss(cfg, policy, dev)
     st = TrainState(cfg=cfg, model=model, policy=policy, optimizer=optimizer, scaler=scaler,
                     loader=loader, prep=prep, loss_fn=loss_fn, gen=gen, dist=info,
@@ -144,7 +149,7 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
                               tensorboard=cfg.log.tensorboard, progress=cfg.log.progress)
         ckpts = checkpoint.CheckpointManager(out / "checkpoints", cfg.train.keep_last,
                                              cfg.eval.best_metric, best.get("value"),
-                                             best.get("step"))
+                                             best.get("step"), mode=cfg.eval.mode())
         vals, skipped = data.val_sets(stores, cfg, dev, pin_memory=dev.type == "cuda")
         for text in skipped:
             st.logger.message(text)
@@ -168,6 +173,10 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
                         policy, v.loader, prep, loss_fn, to_units=v.units.to_units,
                         mean_action=v.units.mean, mean_action_norm=v.units.mean_norm,
                         max_batches=cfg.eval.batches, autocast=st.autocast), v.prefix))
+            if cfg.eval.rollout.env is not None and sim_eval.due(cfg, st.step):
+                with preserved_rng(gen):  # closed loop in a simulator (eval.rollout)
+                    metrics.update(sim_eval.rollout_metrics(policy, spec, cfg, st.step, out,
+                                                            st.logger))
             return metrics
 
         st.evaluate = evaluate_fn

@@ -25,6 +25,7 @@ import numpy as np
 import simplejpeg
 from google.protobuf.message import DecodeError
 
+from vladata.episode import cast_exact
 from vladata.sources.oxe.example_proto import Example
 from vladata.sources.oxe.tfds import Leaf
 from vladata.sources.oxe.tfrecord import RecordError
@@ -128,12 +129,13 @@ class Record:
             arr = np.array(vals, dtype=np.float32)
         else:
             arr = np.array(vals, dtype=np.int64)
-            if lf.dtype == "bool":
-                arr = arr != 0
-            elif lf.dtype == "uint64":
+            if lf.dtype == "uint64":
                 arr = arr.view(np.uint64)
-            else:
-                arr = arr.astype(lf.dtype)
+            elif lf.dtype != "int64":  # -> bool, int8, uint16, ...: only values the dtype holds
+                steps = (T, *lf.shape) if lf.in_steps else None  # errors name the step
+                arr = cast_exact(arr.reshape(steps) if steps else arr, lf.dtype,
+                                 file=f"{self.file}, record {self.record}", key=lf.key,
+                                 first=0 if steps else None).reshape(-1)
         if lf.in_steps:
             return arr.reshape(T, *lf.shape)
         return arr.reshape(lf.shape) if lf.size >= 0 else arr
@@ -202,7 +204,7 @@ def decode_image(buf: bytes, out: np.ndarray) -> None:
                 if mode is not None and im.mode != mode:
                     im = im.convert(mode)
                 arr = np.asarray(im)
-        except (OSError, SyntaxError) as e:
+        except (OSError, SyntaxError, Image.DecompressionBombError) as e:
             raise ValueError(f"undecodable PNG ({e})") from None
         if arr.ndim == 2:
             arr = arr[:, :, None]

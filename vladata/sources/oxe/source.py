@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from vladata.episode import EpisodeInfo, FeatureSpec
+from vladata.episode import EpisodeInfo, FeatureSpec, cast_exact
 from vladata.errors import SourceFormatError
 from vladata.sources.oxe.decode import Record
 from vladata.sources.oxe.mapping import Output, build_mapping, check_transform
@@ -52,14 +52,14 @@ class OxeSource:
                  splits: list[str] | tuple[str, ...] | None = None, standardize: bool = True,
                  skip_bad_records: bool = False, fps: float | None = None,
                  verify_crc: bool = True, scan_workers: int | None = None,
-                 progress: bool = True):
+                 progress: bool = True, allow_outside: bool = False):
         self.src_dir = str(src_dir)
         src = Path(src_dir)
         if not src.is_dir():
             raise SourceFormatError("not a directory (expected a TFDS dataset version directory "
                                     "with dataset_info.json, features.json and tfrecord shards)",
                                     file=src)
-        self.info: DatasetInfo = parse_dataset_info(src)
+        self.info: DatasetInfo = parse_dataset_info(src, allow_outside=allow_outside)
         self.dataset = dataset or self.info.name
         self.leaves: tuple[Leaf, ...] = tuple(parse_features(src))
         known = [s.name for s in self.info.splits]
@@ -75,6 +75,8 @@ class OxeSource:
         self.scan_workers, self.progress = scan_workers, progress
         self.fps = float(fps if fps is not None else self.config.fps if self.config else 0.0)
         self.message = self._message(standardize)
+        if self.config is not None and self.standardize:
+            self.message = self._drop_optional() or self.message
         if self.message:
             warnings.warn(self.message, stacklevel=2)
         if self.standardize:
@@ -111,6 +113,18 @@ class OxeSource:
                 f"standardize.py: fps, cameras (primary/secondary/wrist from {cams}), state parts "
                 f"(from {obs}), an action transform giving 7-d EEF delta xyz + rpy + gripper "
                 f"(1 = open) from {acts}, and the language key (from {text}).")
+
+    def _drop_optional(self) -> str | None:
+        """Leave out the optional features whose keys the steps lack (taco_play without its
+        depth cameras); say so. Keys the required features need are checked later."""
+        have = {lf.rel for lf in self.leaves if lf.in_steps}
+        missing = {k: f for k, f in self.config.optional_keys().items() if k not in have}
+        if not missing:
+            return None
+        self.config = self.config.without(set(missing))
+        return (f"dataset {self.dataset!r}: the steps lack {sorted(missing)}, which the OXE "
+                f"table uses only for optional features; converted without "
+                f"{', '.join(sorted(set(missing.values())))}")
 
     def _language(self) -> LanguageSpec:
         rels = {lf.rel: lf for lf in self.leaves if lf.in_steps}
@@ -273,8 +287,9 @@ class OxeSource:
             elif o.how == "depth":
                 out[name] = raw[o.keys[0]].reshape(T, *spec.shape).astype(np.float32, copy=False)
             elif o.how == "concat":
-                out[name] = np.concatenate([raw[k].reshape(T, -1).astype(np.float32)
-                                            for k in o.keys], axis=1)
+                out[name] = np.concatenate([cast_exact(
+                    raw[k].reshape(T, -1), np.float32, file=f"{rec.file}, record {rec.record}",
+                    key="steps/" + k, first=0) for k in o.keys], axis=1)
             elif o.how == "state":
                 out[name] = state_vector(self.config, raw, T)
             elif o.how == "action":

@@ -25,7 +25,7 @@ To add a dataset, add an :class:`OxeConfig` (and a transform if none fits) to th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -158,6 +158,27 @@ class OxeConfig:
         keys |= {p[0] for p in self.state if p is not None}
         keys |= {k for k in (self.language, self.language_embedding) if k}
         return keys
+
+    def optional_keys(self) -> dict[str, str]:
+        """Step keys read only for an optional feature -> that feature: depth cameras, the
+        secondary and wrist cameras, the instruction embedding. A dataset without them is
+        converted without those features."""
+        out = {f"observation/{k}": f"observation.depth.{role}" for role, k in self.depth.items()}
+        out |= {f"observation/{k}": f"observation.images.{role}"
+                for role, k in self.cameras.items() if role != "primary"}
+        if self.language_embedding:
+            out[self.language_embedding] = "the instruction embedding"
+        return out
+
+    def without(self, keys: set[str]) -> "OxeConfig":
+        """This entry minus the optional features read from ``keys``."""
+        def keep(k: str) -> bool:
+            return f"observation/{k}" not in keys
+        return replace(self, cameras={r: k for r, k in self.cameras.items()
+                                      if r == "primary" or keep(k)},
+                       depth={r: k for r, k in self.depth.items() if keep(k)},
+                       language_embedding=None if self.language_embedding in keys
+                       else self.language_embedding)
 
 
 _EULER = ("x", "y", "z", "roll", "pitch", "yaw", "pad", "gripper")

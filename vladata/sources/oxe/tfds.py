@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from vladata.errors import SourceFormatError
+from vladata.sources.paths import inside, safe_format
 
 DEFAULT_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
@@ -99,18 +100,17 @@ def _load_json(path: Path) -> dict:
 
 
 def shard_name(template: str, dataset: str, split: str, file_format: str, i: int, n: int) -> str:
-    """A shard's file name from a TFDS ``filepathTemplate``."""
-    out = (template.replace("{DATASET}", dataset).replace("{SPLIT}", split)
-           .replace("{FILEFORMAT}", file_format)
-           .replace("{SHARD_X_OF_Y}", f"{i:05d}-of-{n:05d}")
-           .replace("{SHARD_INDEX}", f"{i:05d}").replace("{NUM_SHARDS}", f"{n:05d}"))
-    if "{" in out:
-        raise ValueError(f"unsupported placeholder in filepathTemplate {template!r}")
-    return out
+    """A shard's file name from a TFDS ``filepathTemplate`` (plain placeholders only: the
+    template comes from the dataset's metadata, see :func:`~vladata.sources.paths.safe_format`)."""
+    return safe_format(template, {"DATASET": dataset, "SPLIT": split, "FILEFORMAT": file_format,
+                                  "SHARD_X_OF_Y": f"{i:05d}-of-{n:05d}",
+                                  "SHARD_INDEX": f"{i:05d}", "NUM_SHARDS": f"{n:05d}"},
+                       key="filepathTemplate")
 
 
-def parse_dataset_info(src: Path) -> DatasetInfo:
-    """Read ``src/dataset_info.json``; shard files come from the template and shard lengths."""
+def parse_dataset_info(src: Path, *, allow_outside: bool = False) -> DatasetInfo:
+    """Read ``src/dataset_info.json``; shard files come from the template and shard lengths
+    (a shard file outside ``src`` is refused unless ``allow_outside``)."""
     path = src / "dataset_info.json"
     d = _load_json(path)
     for k in ("name", "splits"):
@@ -138,6 +138,9 @@ def parse_dataset_info(src: Path) -> DatasetInfo:
                               for i in range(len(lengths)))
             except ValueError as e:
                 raise SourceFormatError(f"split {sname!r}: {e}", file=path) from None
+            for f in files:
+                inside(src, f, allow_outside=allow_outside, file=path, what="shard file",
+                       key=f"splits.{sname}.filepathTemplate")
         else:  # old dataset_info.json without shard lengths: list what is there
             pat = re.compile(re.escape(f"{name}-{sname}.{fmt}") + r"(-\d{5}-of-\d{5})?$")
             files = tuple(sorted(p.name for p in src.iterdir() if pat.match(p.name)))
