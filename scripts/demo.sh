@@ -33,8 +33,6 @@ The policy $verdict (table above; ratio < 1 is better than always predicting the
 Next:
   convert your own data:   vladata convert {calvin,oxe,hdf5,lerobot,rosbag} SRC my.vla  (see --help)
   fit a config to it:      vlatrain init my.vla -o my.yaml && vlatrain run my.yaml
-  roll out in simulation:  pip install -e ".[sim]" && export MUJOCO_GL=egl
-                           vladata collect metaworld mw.vla --tasks reach-v3 --episodes-per-task 20
-                           vlatrain init mw.vla -o mw.yaml && vlatrain run mw.yaml
-                           vlatrain rollout runs/mw/checkpoints/best.pt --tasks reach-v3
+  roll out in simulation:  make sim-demo  (Meta-World: vladata collect -> vlatrain run -> vlatrain rollout)
+                           or a checkpoint of yours: vlatrain rollout CKPT --tasks reach  (pip install -e ".[sim]")
 MSG

@@ -32,6 +32,6 @@ def test_demo_closing_lines(tmp_path):
     assert ("The policy does NOT beat the mean-action baseline" in tail) == (not beats)
     for line in (f"run:          {out}/run", f"TensorBoard:  tensorboard --logdir {out}/run/tensorboard",
                  "convert your own data:   vladata convert", "vlatrain init my.vla -o my.yaml",
-                 "vlatrain rollout runs/mw/checkpoints/best.pt"):
+                 "make sim-demo", "vlatrain rollout CKPT"):
         assert line in tail, (line, tail)
     assert (out / "run" / "tensorboard").is_dir()
