@@ -83,7 +83,7 @@ def test_act_latency_and_the_skips(cpu_run):
     for who in ("embedded", "vlm"):
         assert 0 < act[who]["p50_ms"] <= act[who]["p99_ms"]
     assert set(act["headline"]) == {"embedded", "vlm"}
-    assert act["embedded"]["note"].startswith("policy runtime absent: timed model forward")
+    assert act["embedded"]["timed"] == "vlatrain.policy.Policy.act"  # the runtime, not a forward
     assert "2 CUDA devices" in parts["ddp"]["reason"]
     exact = parts["exact"]
     assert exact["steps"] == gpu_check.SIZES["cpu"]["exact_steps"]
