@@ -1,4 +1,4 @@
-"""The ``vladata`` command: convert, sample, inspect, stats, export."""
+"""The ``vladata`` command: convert, sample, inspect, stats, export, verify, transcode."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import click
 
-from cli.common import (RecordsArgs, convert_options, fails_cleanly, make_tokenizer,
-                        parse_quantiles, run_convert, tokenizer_options)
+from cli.common import (RecordsArgs, convert_options, fails_cleanly, image_codec_options,
+                        make_tokenizer, parse_quantiles, run_convert, tokenizer_options)
 
 
 def tokenizer_flags(f):
@@ -130,6 +130,36 @@ def verify(path, quiet):
             click.echo(p, err=True)
         raise click.ClickException(f"{path}: {len(problems)} problem(s) found")
     click.echo(f"{path}: every file and chunk is intact")
+
+
+def _codec_flags(f):
+    for opt in reversed(image_codec_options()):
+        f = opt(f)
+    return f
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path())
+@_codec_flags
+@click.option("--workers", "-j", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--resume", is_flag=True, help="Finish an interrupted transcode.")
+@click.option("--overwrite", is_flag=True, help="Replace the vlakit store at OUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@fails_cleanly
+def transcode(store, out, image_codec, jpeg_quality, gop, crf, workers, resume, overwrite,
+              as_json):
+    """Rewrite the store STORE at OUT with another image codec, without the original source.
+
+    Episodes, segments, features, statistics quantiles and the tokenizer are STORE's; frames
+    are decoded and stored as --image-codec says (JPEG -> JPEG copies the bytes). The writer's
+    output rules apply: OUT is never STORE or inside it.
+    """
+    from vladata.store.transcode import transcode as run
+    summary = run(store, out, image_codec=image_codec, jpeg_quality=jpeg_quality, gop=gop,
+                  crf=crf, workers=workers, resume=resume, overwrite=overwrite,
+                  progress=not as_json)
+    click.echo(json.dumps(summary.to_dict(), indent=1) if as_json else str(summary))
 
 
 def _register() -> None:
