@@ -189,9 +189,9 @@ class Ceiling:
     store's JPEG frames, held in memory, into a reused batch buffer.
     """
 
-    def __init__(self, kind: str, procs: int, source, n: int):
+    def __init__(self, kind: str, procs: int, source, n: int, isolated: bool = False):
         self.kind, self.procs, self.n = kind, procs, n
-        if procs == 1:
+        if procs == 1 and not isolated:  # isolated: own process (its state apart from others')
             _ceiling_init(kind, source)
             self.pool = None
         else:
@@ -276,21 +276,13 @@ def _video_ceiling_run(args):
 class VideoCeiling(Ceiling):
     def __init__(self, procs: int, source, n: int):
         self.kind, self.procs, self.n, self.round = "video", procs, n, 0
-        init = (_ceiling_init, ("video", source))
-        if procs == 1:
-            init[0](*init[1])
-            self.pool = None
-        else:
-            self.pool = mp.get_context("fork").Pool(procs, *init)
+        self.pool = mp.get_context("fork").Pool(procs, _ceiling_init, ("video", source))
 
     def __call__(self) -> float:
         self.round += 1
         args = [(self.n, self.round * 100 + k) for k in range(self.procs)]
         t0 = time.perf_counter()
-        if self.pool is None:
-            _video_ceiling_run(args[0])
-        else:
-            self.pool.map(_video_ceiling_run, args)
+        self.pool.map(_video_ceiling_run, args)
         return self.n * self.procs / (time.perf_counter() - t0)
 
 
@@ -458,7 +450,7 @@ def codecs_main(a) -> None:
                 cases.append((codec + " ceiling", p, lambda p=p, s=src: VideoCeiling(p, s, n)))
             elif codec == "jpeg":
                 cases.append((codec + " ceiling", p, lambda p=p, s=src: Ceiling(
-                    "jpeg", p, [f[:2] for f in s], n)))
+                    "jpeg", p, [f[:2] for f in s], n, isolated=True)))
     best: dict = {}
     live = {}
     for rnd in range(a.rounds):

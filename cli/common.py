@@ -129,14 +129,15 @@ def convert_options(f):
 
 
 #: What each image codec costs, from BENCHMARKS.md ("Image codecs": CALVIN-like 200x200 + 84x84
-#: frames, 16-frame two-camera windows, one shared 2-core machine; rerun benchmarks/loader.py).
+#: sample frames, 16-frame two-camera windows, a shared 2-core machine; benchmarks/loader.py).
 CODEC_HELP = (
-    "How camera frames are stored. Measured (BENCHMARKS.md, 'Image codecs'; bytes/frame of a "
-    "200x200 camera, decode ms per 2-camera 16-frame window, windows/s with 2 workers): "
-    "raw 120,004 B, 0.1 ms, ~2,900/s (lossless); lz4 ~ raw size on camera noise (lossless); "
-    "jpeg q90 ~10,400 B, 2.2 ms, ~700/s (JPEG sources: their bytes, no re-encode); "
-    "h264 gop16 crf23 ~1,060 B, 4.8 ms, ~330/s; av1 gop16 crf30 ~1,300 B, 5.9 ms, ~270/s "
-    "(video: lossy, PSNR recorded per camera).")
+    "How camera frames are stored. Measured (BENCHMARKS.md, 'Image codecs'; synthetic CALVIN-like "
+    "frames, both cameras: bytes/frame, ms per 16-frame window with 0 workers, windows/s with 2 "
+    "workers): raw 141,209 B, 0.16 ms, ~2,300/s (lossless, fastest); lz4 lossless (not "
+    "measured there); jpeg q90 4,276 B, 2.1 ms, ~300/s (a JPEG source keeps its own bytes); "
+    "h264 (gop 16, crf 23) 279 B, 3.6 ms, ~310/s; av1 (gop 16, crf 30) 193 B, 3.0 ms, ~475/s "
+    "(video: lossy, the PSNR is measured and recorded per camera). Real camera frames compress "
+    "several times less than these.")
 
 
 def image_codec_options():

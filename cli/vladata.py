@@ -6,8 +6,9 @@ import json
 
 import click
 
-from cli.common import (RecordsArgs, convert_options, fails_cleanly, image_codec_options,
-                        make_tokenizer, parse_quantiles, run_convert, tokenizer_options)
+from cli.common import (CODEC_HELP, RecordsArgs, convert_options, fails_cleanly,
+                        image_codec_options, make_tokenizer, parse_quantiles, run_convert,
+                        tokenizer_options)
 
 
 def tokenizer_flags(f):
@@ -22,9 +23,11 @@ def main():
     """Convert robot-learning datasets into the vlakit store and inspect them."""
 
 
-@main.group()
+@main.group(help="Convert a raw dataset (one subcommand per source format) into a store.\n\n"
+             "--image-codec (every subcommand; `vladata transcode` changes it later): "
+             + CODEC_HELP)
 def convert():
-    """Convert a raw dataset (one subcommand per source format) into a store."""
+    pass
 
 
 @convert.command("calvin")

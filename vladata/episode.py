@@ -182,7 +182,7 @@ def check_frames(frames: dict[str, np.ndarray], features: dict[str, FeatureSpec]
                 raise SourceFormatError(f"encoded frames of shape {got} for a {spec.kind} "
                                         f"feature of {spec.dtype} {want}", file=file,
                                         episode=episode, key=name)
-            arr.validate()  # every frame decoded once: bad bytes are an error naming the frame
+            arr.validate(keep=False)  # every frame decoded: bad bytes are an error naming it
             continue
         if got[:1] != want[:1] if spec.dtype == "object" else got != want:
             raise SourceFormatError(f"expected shape {want}, got {got}", file=file,
@@ -203,7 +203,8 @@ class EncodedFrames:
     records it and its readers swap back. ``file``, ``episode``, ``key`` and ``first`` (the frame
     number of item 0 in its episode) name the frames in errors. :meth:`validate` decodes every
     frame once and raises :class:`SourceFormatError` naming the frame that does not decode to
-    ``frame_shape``; :func:`check_frames` calls it.
+    ``frame_shape``; :func:`check_frames` calls it without keeping the pixels (a pass-through
+    conversion never needs them; image statistics decode them again).
     """
 
     dtype = np.dtype(np.uint8)
@@ -219,6 +220,7 @@ class EncodedFrames:
         self.where = [dict(file=file, episode=episode, key=key, frame=first + j)
                       for j in range(len(self.items))]
         self._pixels: np.ndarray | None = None
+        self._valid = False
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -232,21 +234,25 @@ class EncodedFrames:
         return len(self.items)
 
     def __array__(self, dtype=None, copy=None):
-        px = self.validate()
+        px = self.validate(keep=True)
         return px if dtype is None else px.astype(dtype)
 
-    def validate(self) -> np.ndarray:
-        """Decode every frame (once) into uint8 ``shape``; -> the pixels."""
-        if self._pixels is None:
-            from vladata.images import ImageDecodeError, decode_jpeg
-            out = np.empty(self.shape, np.uint8)
-            for j, data in enumerate(self.items):
-                try:
-                    decode_jpeg(data, out[j], channels=self.frame_shape[-1],
-                                bgr=self.channel_order == "bgr")
-                except ImageDecodeError as e:
-                    raise SourceFormatError(f"JPEG frame does not decode to {self.frame_shape}: "
-                                            f"{e}", **self.where[j]) from None
+    def validate(self, *, keep: bool = True) -> np.ndarray | None:
+        """Decode every frame into uint8 ``shape``; -> the pixels if ``keep`` (kept for later
+        ``np.asarray``), else None (frames decoded one by one into one buffer)."""
+        if self._pixels is not None or self._valid and not keep:
+            return self._pixels
+        from vladata.images import ImageDecodeError, decode_jpeg
+        out = np.empty(self.shape if keep else (1, *self.frame_shape), np.uint8)
+        for j, data in enumerate(self.items):
+            try:
+                decode_jpeg(data, out[j if keep else 0], channels=self.frame_shape[-1],
+                            bgr=self.channel_order == "bgr")
+            except ImageDecodeError as e:
+                raise SourceFormatError(f"JPEG frame does not decode to {self.frame_shape}: "
+                                        f"{e}", **self.where[j]) from None
+        self._valid = True
+        if keep:
             self._pixels = out
         return self._pixels
 
@@ -262,8 +268,7 @@ class EncodedFrames:
         out = cls([], first.frame_shape, channel_order=first.channel_order)
         out.items = [b for p in parts for b in p.items]
         out.where = [w for p in parts for w in p.where]
-        if all(p._pixels is not None for p in parts):
-            out._pixels = np.concatenate([p._pixels for p in parts])
+        out._valid = all(p._valid for p in parts)  # pixels are not carried: decoded on demand
         return out
 
 

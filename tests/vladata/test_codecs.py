@@ -299,3 +299,30 @@ def test_a_jpeg_that_does_not_decode_names_file_episode_key_and_frame(tmp_path):
     msg = str(e.value)
     assert "episode_1.hdf5" in msg and "cam_low" in msg and "frame 3" in msg
     assert not (tmp_path / "j.vla/meta/manifest.json").exists()
+
+
+# -- CLI and the stream export ------------------------------------------------------------------
+
+def test_cli_transcode_and_what_convert_help_says(stores, tmp_path):
+    from click.testing import CliRunner
+
+    from cli.vladata import main
+    run = CliRunner().invoke
+    r = run(main, ["transcode", str(stores / "av1.vla"), str(tmp_path / "j.vla"),
+                   "--image-codec", "jpeg", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["frames"] == 160
+    assert verify(tmp_path / "j.vla", progress=False) == []
+    r = run(main, ["transcode", str(stores / "raw.vla"), str(tmp_path / "g.vla"),
+                   "--image-codec", "h264", "--gop", "12"])
+    assert r.exit_code == 1 and "must divide" in r.output and "Traceback" not in r.output
+    for args in (["convert", "--help"], ["convert", "calvin", "--help"]):
+        text = " ".join(run(main, args).output.split())
+        assert all(w in text for w in ("h264", "av1", "jpeg", "windows/s", "BENCHMARKS.md")), args
+
+
+def test_stream_export_refuses_video_stores(stores, tmp_path):
+    from vladata.errors import SelectionError
+    from vladata.stream import export_wds
+    with pytest.raises(SelectionError, match="transcode"):
+        export_wds(vladata.open(stores / "h264.vla"), str(tmp_path / "wds"))
