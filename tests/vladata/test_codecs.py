@@ -165,20 +165,24 @@ def test_verify_checks_a_video_store_and_names_a_corrupt_packet(stores, tmp_path
 
 
 def test_undecodable_packets_are_an_error_naming_the_shard(stores, tmp_path):
+    """A packet whose CRC32C is right but whose bytes are not video (written so on purpose)."""
     import shutil
 
-    from vladata.store.video import VideoRows
+    import google_crc32c
     bad = tmp_path / "bad.vla"
     shutil.copytree(stores / "av1.vla", bad)
-    arr = StoreReader(bad)[CAMS[1]]
-    settings = dict(arr.attrs["video"])
-    rows = VideoRows(arr)
-    items = arr.read_items(0, 8)
-    garbage = [b"\x12\x00" + b"\xff" * 40] * 8        # CRC-valid chunks of non-AV1 bytes
-    rows._packets = lambda a, b, k: garbage[:b - a]
-    with pytest.raises(ShardFormatError, match=r"data/observation.images.wrist/c/0"):
-        rows.read(0, 8)
-    assert items and settings["decoder"] == "libdav1d"
+    path = bad / "data" / CAMS[1] / "c" / "0"
+    data = bytearray(path.read_bytes())
+    index = np.frombuffer(bytes(data[-(64 * 16 + 4):-4]), "<u8").reshape(64, 2)
+    off, n = (int(x) for x in index[3])
+    body = bytes(data[off:off + 8]) + b"\xff" * (n - 12)  # vlen header kept, packet garbage
+    data[off:off + n] = body + struct.pack("<I", google_crc32c.value(body))
+    path.write_bytes(bytes(data))
+    w = vladata.open(bad).windows(history=8, chunk=1, over="episodes", split=None)
+    with pytest.raises(ShardFormatError, match=r"observation.images.wrist/c/0: .*(decode|damaged)"):
+        w[w.ranges.window_index(0, 6)]
+    problems = verify(bad, progress=False)
+    assert len(problems) == 1 and "observation.images.wrist/c/0" in problems[0]
 
 
 def test_video_settings_are_checked_before_anything_is_written(tmp_path):
