@@ -10,7 +10,9 @@ in the same run and on the same files (page cache warm for all):
 - conversion with --workers 1 and --workers 2 (raw images), each in a fresh subprocess whose
   peak RSS (largest process) is reported;
 - conversion with --workers 1 on a dataset twice as long, to show peak memory does not grow with
-  the dataset's length.
+  the dataset's length;
+- conversion with --workers 2 and each of ``--codecs`` (default jpeg, h264, av1) beside raw:
+  frames/s, ratio to the 2-process floor and image bytes per frame.
 Prints frames/s and the ratio to the matching floor.
 """
 
@@ -58,11 +60,13 @@ def read_floor(root: Path, processes: int, reader=_read_files) -> tuple[int, flo
     return len(files), time.perf_counter() - t
 
 
-def run_convert(raw: Path, out: Path, workers: int) -> tuple[dict, float, float]:
+def run_convert(raw: Path, out: Path, workers: int, codec: str = "raw"
+                ) -> tuple[dict, float, float]:
     shutil.rmtree(out, ignore_errors=True)
     code = ("import json,resource,sys;from vladata.sources.calvin import CalvinSource;"
             "from vladata.store.writer import convert;"
-            f"s=convert(CalvinSource({str(raw)!r}),{str(out)!r},workers={workers},progress=False);"
+            f"s=convert(CalvinSource({str(raw)!r}),{str(out)!r},workers={workers},"
+            f"image_codec={codec!r},progress=False);"
             "print(json.dumps(s.to_dict()));"
             "print(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
             "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))")
@@ -77,13 +81,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=10000, help="frames in the base dataset")
     ap.add_argument("--workdir", default="/tmp/vlakit-bench-convert")
+    ap.add_argument("--codecs", default="jpeg,h264,av1", help="image codecs beside raw ('' none)")
+    ap.add_argument("--no-double", action="store_true", help="skip the double-length dataset")
     args = ap.parse_args()
     from vladata.samples.calvin import write_sample
 
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
     datasets = {}
-    for label, n in (("base", args.frames), ("double", 2 * args.frames)):
+    for label, n in (("base", args.frames), ("double", 2 * args.frames))[:1 + (not args.no_double)]:
         seg = 500
         t = time.perf_counter()
         datasets[label] = write_sample(work / label, train_segments=max(1, n // seg - 1),
@@ -106,9 +112,17 @@ def main() -> None:
         summary, wall, rss = run_convert(raw, work / f"out{w}.vla", w)
         fps = summary["frames"] / summary["seconds"]
         rows.append((f"vladata convert --workers {w}", fps, fps / floors[w], rss))
-    summary, wall, rss = run_convert(datasets["double"], work / "outd.vla", 1)
-    fps = summary["frames"] / summary["seconds"]
-    rows.append((f"vladata convert --workers 1, {summary['frames']} frames", fps, None, rss))
+    if not args.no_double:
+        summary, wall, rss = run_convert(datasets["double"], work / "outd.vla", 1)
+        fps = summary["frames"] / summary["seconds"]
+        rows.append((f"vladata convert --workers 1, {summary['frames']} frames", fps, None, rss))
+    image_bytes = {"raw": _image_bytes(work / "out2.vla")}
+    for codec in filter(None, args.codecs.split(",")):
+        summary, wall, rss = run_convert(raw, work / f"{codec}.vla", 2, codec)
+        fps = summary["frames"] / summary["seconds"]
+        rows.append((f"vladata convert --workers 2 --image-codec {codec}", fps, fps / floors[2],
+                     rss))
+        image_bytes[codec] = _image_bytes(work / f"{codec}.vla")
 
     print(f"\nCALVIN conversion, {args.frames} frames (200x200 + 84x84 cameras), "
           f"{os.cpu_count()} cores")
@@ -118,7 +132,18 @@ def main() -> None:
               f"{'' if rss is None else f'{rss:>14,.0f}':>14}")
     print(f"scaling 1 -> 2 workers: {rows[4][1] / rows[3][1]:.2f}x "
           f"(floor scales {floors[2] / floors[1]:.2f}x)")
+    print("image bytes per frame (both cameras): " + ", ".join(
+        f"{c} {b:,.0f} ({image_bytes['raw'] / b:.0f}x smaller than raw)"
+        for c, b in image_bytes.items()))
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _image_bytes(store: Path) -> float:
+    """Bytes per frame of the store's camera arrays (data/observation.images.*)."""
+    attrs = json.loads((store / "zarr.json").read_text())["attributes"]["vlakit"]
+    total = sum(f.stat().st_size for d in (store / "data").glob("observation.images.*")
+                for f in d.rglob("*") if f.is_file())
+    return total / attrs["num_frames"]
 
 
 if __name__ == "__main__":

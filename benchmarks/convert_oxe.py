@@ -10,7 +10,10 @@ cache warm for all):
 - the plan scan alone (OxeSource.plan, 1 process) and reading every episode through
   OxeSource.read (decoded, standardised frames; nothing written);
 - conversion with --workers 1 and --workers 2 (raw images), each in a fresh subprocess whose
-  peak RSS (largest process) is reported; its time includes the plan scan.
+  peak RSS (largest process) is reported; its time includes the plan scan;
+- the same with ``--image-codec jpeg``: the JPEG pass-through (the records' bytes stored after one
+  validating decode) and, for comparison, the decode + re-encode (q90) path a source without
+  ``read_encoded`` takes. The pass-through target is >= 0.8x floor B.
 Each case runs ``--repeat`` times and the fastest run counts. Besides frames per wall second it
 prints frames per CPU second (user + sys of every process of the case), which a busy, shared
 machine disturbs much less. Ratios are to the floor with as many processes.
@@ -74,14 +77,29 @@ def floor(files: list[str], decode: bool, processes: int) -> int:
         return sum(pool.map(_floor, [(files[i::processes], decode) for i in range(processes)]))
 
 
-def run_convert(raw: Path, out: Path, workers: int) -> tuple[int, float, float, float]:
+_REENCODE = """
+class Reencode:  # the source without read_encoded: the writer decodes and re-encodes
+    def __init__(self, s):
+        self.s, self.name, self.fps, self.src_dir = s, s.name, s.fps, s.src_dir
+    def features(self): return self.s.features()
+    def plan(self): return self.s.plan()
+    def read(self, i, lo=0, hi=None): return self.s.read(i, lo, hi)
+    def describe(self): return self.s.describe()
+"""
+
+
+def run_convert(raw: Path, out: Path, workers: int, codec: str = "raw",
+                passthrough: bool = True) -> tuple[int, float, float, float]:
     """One conversion in a fresh interpreter: (frames, seconds, CPU seconds, peak RSS MiB)."""
     shutil.rmtree(out, ignore_errors=True)
+    src = f"OxeSource({str(raw)!r},progress=False)"
     code = ("import json,resource as r;from vladata.sources.oxe import OxeSource;"
-            "from vladata.store.writer import convert;"
+            "from vladata.store.writer import convert;" + ("" if passthrough else
+                                                           f"exec({_REENCODE!r});") +
             "cpu=lambda:sum(getattr(r.getrusage(w),a) for w in (r.RUSAGE_SELF,r.RUSAGE_CHILDREN)"
             " for a in ('ru_utime','ru_stime'));c=cpu();"
-            f"s=convert(OxeSource({str(raw)!r},progress=False),{str(out)!r},workers={workers},"
+            f"s=convert({src if passthrough else f'Reencode({src})'},{str(out)!r},"
+            f"workers={workers},image_codec={codec!r},"
             "progress=False);print(json.dumps([s.frames,s.seconds,cpu()-c,"
             "max(r.getrusage(r.RUSAGE_SELF).ru_maxrss,r.getrusage(r.RUSAGE_CHILDREN).ru_maxrss)"
             "/1024]))")
@@ -142,18 +160,25 @@ def main() -> None:
         frames, secs, cpu, rss = min(runs, key=lambda r: r[1])
         rows.append((f"vladata convert oxe --workers {w}", (frames, secs, cpu),
                      floors[(True, w)], rss))
+    for w, passthrough in ((1, True), (2, True), (1, False)):
+        runs = [run_convert(raw, work / f"jpeg{w}.vla", w, "jpeg", passthrough)
+                for _ in range(args.convert_repeat)]
+        frames, secs, cpu, rss = min(runs, key=lambda r: r[1])
+        how = "pass-through" if passthrough else "decode+re-encode q90"
+        rows.append((f"convert --image-codec jpeg ({how}) -j {w}", (frames, secs, cpu),
+                     floors[(True, w)], rss))
 
     n = rows[0][1][0]
     print(f"\nOXE (DROID-shaped, 3 x 180x320 JPEG cameras, {size / n / 3 / 1024:.0f} KiB/image) "
           f"conversion: {n} frames, {size / 2**20:.0f} MiB, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"{'case':<42}{'frames/s':>10}{'x floor':>9}{'frames/CPU-s':>14}{'x floor':>9}"
+    print(f"{'case':<52}{'frames/s':>10}{'x floor':>9}{'frames/CPU-s':>14}{'x floor':>9}"
           f"{'peak RSS MiB':>14}")
     for name, (frames, secs, cpu), ref, rss in rows:
         fps, fpc = frames / secs, frames / max(cpu, 1e-9)
         r1 = f"{fps / (ref[0] / ref[1]):>9.2f}" if ref else " " * 9
         r2 = f"{fpc / (ref[0] / max(ref[2], 1e-9)):>9.2f}" if ref else " " * 9
-        print(f"{name:<42}{fps:>10,.0f}{r1}{fpc:>14,.0f}{r2}"
+        print(f"{name:<52}{fps:>10,.0f}{r1}{fpc:>14,.0f}{r2}"
               f"{'' if rss is None else f'{rss:>14,.0f}'}")
     print("x floor: the plan scan against floor A (1 proc); reading and converting against "
           "floor B with as many processes")

@@ -8,6 +8,11 @@ windows/s after a few warm-up batches (worker start-up excluded), page cache war
     python benchmarks/loader.py --frames 20000 --work /tmp/vla-bench       # ~5 min the first time
     python benchmarks/loader.py --work /tmp/vla-bench --json out.json     # reuses the data
     python benchmarks/loader.py --work /tmp/vla-bench --verify-only       # CRC32C check on vs off
+    python benchmarks/loader.py --codecs --frames 3000 --work /tmp/vla-codecs --rounds 2
+
+``--codecs`` compares the image codecs side by side on the same data: raw, JPEG q90, H.264 and
+AV1 (GOP 16): bytes per frame, conversion frames/s, windows/s with 0 and 2 workers, decode ms per
+window and the decode ceiling (the same packets/JPEGs decoded in a bare loop, no loader).
 
 Generation, conversion and export are cached in ``--work`` (delete it to start again). Each
 case is measured in ``--rounds`` interleaved rounds and the best is reported (the machine is
@@ -184,9 +189,9 @@ class Ceiling:
     store's JPEG frames, held in memory, into a reused batch buffer.
     """
 
-    def __init__(self, kind: str, procs: int, source, n: int):
+    def __init__(self, kind: str, procs: int, source, n: int, isolated: bool = False):
         self.kind, self.procs, self.n = kind, procs, n
-        if procs == 1:
+        if procs == 1 and not isolated:  # isolated: own process (its state apart from others')
             _ceiling_init(kind, source)
             self.pool = None
         else:
@@ -219,6 +224,8 @@ def _ceiling_init(kind, source):
     else:
         _STATE.update(kind=kind, data=[f[0] for f in source], shapes=[f[1] for f in source],
                       n=len(source[0][0]))
+        if kind == "video":
+            _STATE.update(decoders=[f[2] for f in source], gop=source[0][3])
     _STATE["bufs"] = [np.zeros((B, H, *shape), np.uint8) for shape in _STATE["shapes"]]
     for b in _STATE["bufs"]:
         b[...] = 1  # first touch of the batch buffer here, not in the timing
@@ -239,6 +246,46 @@ def _ceiling_run(args):
     return n, time.perf_counter() - t0
 
 
+def _video_ceiling_run(args):
+    """Random windows decoded with plain PyAV from the keyframe before each, packets in memory."""
+    import av
+    n, seed = args
+    st = _STATE
+    starts = np.random.default_rng(seed).integers(0, st["n"] - H, n)
+    decs = [av.CodecContext.create(d, "r") for d in st["decoders"]]
+    for d in decs:
+        d.thread_count = 1
+    t0 = time.perf_counter()
+    for k, t in enumerate(starts):
+        for data, buf, dec in zip(st["data"], st["bufs"], decs):
+            a = t
+            while a < t + H:  # per shard piece: from its keyframe
+                b = min(t + H, (a // 64 + 1) * 64)
+                key = a - (a % 64) % st["gop"]
+                dec.flush_buffers()
+                for r in range(key, b):
+                    pkt = av.Packet(data[r])
+                    pkt.pts = r
+                    for fr in dec.decode(pkt):
+                        if fr.pts >= t:
+                            buf[k % B, fr.pts - t] = fr.to_ndarray(format="rgb24", threads=1)
+                a = b
+    return n, time.perf_counter() - t0
+
+
+class VideoCeiling(Ceiling):
+    def __init__(self, procs: int, source, n: int):
+        self.kind, self.procs, self.n, self.round = "video", procs, n, 0
+        self.pool = mp.get_context("fork").Pool(procs, _ceiling_init, ("video", source))
+
+    def __call__(self) -> float:
+        self.round += 1
+        args = [(self.n, self.round * 100 + k) for k in range(self.procs)]
+        t0 = time.perf_counter()
+        self.pool.map(_video_ceiling_run, args)
+        return self.n * self.procs / (time.perf_counter() - t0)
+
+
 # -- main ----------------------------------------------------------------------------------------
 
 def main(argv=None):
@@ -253,7 +300,11 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     ap.add_argument("--verify-only", action="store_true",
                     help="only the store cases, with chunk CRC32C verification off and on")
+    ap.add_argument("--codecs", action="store_true",
+                    help="only the image-codec comparison (raw, jpeg, h264, av1)")
     a = ap.parse_args(argv)
+    if a.codecs:
+        return codecs_main(a)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -353,6 +404,101 @@ def main(argv=None):
               f"JPEG-decode ceiling (target >= 70%)")
     if a.json:
         Path(a.json).write_text(json.dumps({"frames": ds.num_frames, "rows": rows}, indent=1))
+
+
+CODECS = ("raw", "jpeg", "h264", "av1")
+
+
+def codecs_main(a) -> None:
+    """The ``--codecs`` comparison (see the module docstring)."""
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    root = generate(work, a.frames, a.procs)
+    info = {}
+    for codec in CODECS:
+        out = work / f"codec-{codec}.vla"
+        if not (out / "meta" / "manifest.json").exists():
+            s = vladata.convert(CalvinSource(str(root)), out, workers=a.procs, image_codec=codec,
+                                overwrite=True, progress=False)
+            (work / f"codec-{codec}.json").write_text(json.dumps({"fps": s.frames / s.seconds}))
+        ds = vladata.open(out)
+        nbytes = {cam: sum(f.stat().st_size for f in (out / "data" / cam).rglob("*")
+                           if f.is_file()) / ds.num_frames for cam in CAMS}
+        info[codec] = {"bytes": nbytes, "convert_fps": json.loads(
+            (work / f"codec-{codec}.json").read_text())["fps"], "ds": ds,
+            "storage": ds.info["features"][CAMS[0]]["storage"]}
+        warm(out)
+    workers = [int(w) for w in a.workers.split(",")]
+    kw = dict(history=H, chunk=C, split="train", over="episodes")
+    n = max(64, a.batches * B // 4)
+    ds0 = info["raw"]["ds"]
+    cases = []
+    for codec in CODECS:
+        wd = info[codec]["ds"].windows(**kw)
+        for w in workers:
+            cases.append((codec, w, lambda wd=wd, w=w: wd.loader(batch_size=B, num_workers=w)))
+        r = StoreReader(str(work / f"codec-{codec}.vla"))
+        m = ds0.num_frames
+        if codec == "raw":
+            src = None
+        else:
+            src = [(r[cam].read_items(0, m), tuple(ds0.info["features"][cam]["shape"]),
+                    r[cam].attrs.get("video", {}).get("decoder"),
+                    r[cam].attrs.get("video", {}).get("gop")) for cam in CAMS]
+        for p in sorted({1 if w == 0 else 2 for w in workers}):
+            if codec in ("h264", "av1"):
+                cases.append((codec + " ceiling", p, lambda p=p, s=src: VideoCeiling(p, s, n)))
+            elif codec == "jpeg":
+                cases.append((codec + " ceiling", p, lambda p=p, s=src: Ceiling(
+                    "jpeg", p, [f[:2] for f in s], n, isolated=True)))
+    best: dict = {}
+    live = {}
+    for rnd in range(a.rounds):
+        for name, w, make in cases:
+            if (name, w) not in live:
+                obj = make()
+                live[(name, w)] = (obj, obj if isinstance(obj, Ceiling) else cycle(obj))
+            obj, it = live[(name, w)]
+            time.sleep(0.3)
+            batches = a.batches if name == "raw" else max(4, a.batches // 4)
+            v = it() if isinstance(it, Ceiling) else measure(it, batches, 2 * max(w, 1) + 1)
+            best[(name, w)] = max(best.get((name, w), 0.0), v)
+        print(f"round {rnd + 1}/{a.rounds} done", flush=True)
+    for obj, _ in live.values():
+        if hasattr(obj, "close"):
+            obj.close()
+    raw_bytes = sum(info["raw"]["bytes"].values())
+    print(f"\nimage codecs, best of {a.rounds} rounds ({ds0.num_frames} frames, two cameras "
+          f"200x200 + 84x84, windows of history {H}, batch {B}; load average "
+          f"{os.getloadavg()[0]:.1f})")
+    print("| codec | settings | bytes/frame (static + gripper) | x smaller than raw | "
+          "PSNR mean/min dB (static) | convert frames/s | windows/s, 0 workers | "
+          "windows/s, 2 workers | decode ms/window (1 proc) | % of decode ceiling, 0 / 2 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for codec in CODECS:
+        i = info[codec]
+        s = i["storage"]
+        b = sum(i["bytes"].values())
+        settings = {"raw": "lossless", "jpeg": "q90"}.get(codec) or \
+            f"gop {s['gop']}, crf {s['crf']}, {s['encoder']} {s['preset']}"
+        psnr = s.get("psnr")
+        w0, w2 = best.get((codec, 0)), best.get((codec, 2))
+        ceil = {p: best.get((codec + " ceiling", p)) for p in (1, 2)}
+        pct = " / ".join("-" if c is None or v is None else f"{100 * v / c:.0f}%"
+                         for v, c in ((w0, ceil[1]), (w2, ceil[2])))
+        ms = "-" if w0 is None else f"{1000 / w0:.2f}"
+        q = "-" if not psnr else f"{psnr['mean']} / {psnr['min']}"
+        print(f"| {codec} | {settings} | {b:,.0f} ({i['bytes'][CAMS[0]]:,.0f} + "
+              f"{i['bytes'][CAMS[1]]:,.0f}) | {raw_bytes / b:.0f} | "
+              f"{q} | "
+              f"{i['convert_fps']:,.0f} | {w0 or 0:,.0f} | {w2 or 0:,.0f} | {ms} | {pct} |")
+        rows.append({"codec": codec, "bytes_per_frame": b, "convert_fps": i["convert_fps"],
+                     "windows_0": w0, "windows_2": w2, "ceiling_1": ceil[1], "ceiling_2": ceil[2]})
+    print("decode ms/window: 1000 / windows/s with 0 workers (the whole window: both cameras, "
+          "state, actions); ceilings: the same frames decoded in a bare loop, no loader")
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1))
 
 
 def _du(p: Path) -> str:

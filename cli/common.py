@@ -106,9 +106,7 @@ def convert_options(f):
         click.option("--resume", is_flag=True,
                      help="Finish an interrupted conversion: redo only the unfinished parts."),
         click.option("--overwrite", is_flag=True, help="Replace whatever is at OUT."),
-        click.option("--image-codec", type=click.Choice(["raw", "lz4", "jpeg"]), default="raw",
-                     show_default=True, help="How camera frames are stored (raw/lz4: lossless)."),
-        click.option("--jpeg-quality", type=click.IntRange(1, 100), default=90, show_default=True),
+        *image_codec_options(),
         click.option("--part-frames", type=int, default=None,
                      help="Frames per part (a multiple of 1024); default from size and workers."),
         click.option("--quantiles", default=None, metavar="'[Q,...]'",
@@ -133,10 +131,38 @@ def convert_options(f):
     return f
 
 
+#: What each image codec costs, from BENCHMARKS.md ("Image codecs": CALVIN-like 200x200 + 84x84
+#: sample frames, 16-frame two-camera windows, a shared 2-core machine; benchmarks/loader.py).
+CODEC_HELP = (
+    "How camera frames are stored. Measured (BENCHMARKS.md, 'Image codecs'; synthetic CALVIN-like "
+    "frames, both cameras: bytes/frame, ms per 16-frame window with 0 workers, windows/s with 2 "
+    "workers): raw 141,209 B, 0.16 ms, ~2,300/s (lossless, fastest); lz4 lossless (not "
+    "measured there); jpeg q90 4,276 B, 2.1 ms, ~300/s (a JPEG source keeps its own bytes); "
+    "h264 (gop 16, crf 23) 279 B, 3.6 ms, ~310/s; av1 (gop 16, crf 30) 193 B, 3.0 ms, ~475/s "
+    "(video: lossy, the PSNR is measured and recorded per camera). Real camera frames compress "
+    "several times less than these.")
+
+
+def image_codec_options():
+    """--image-codec, --jpeg-quality, --gop, --crf (convert and transcode)."""
+    return [
+        click.option("--image-codec", type=click.Choice(["raw", "lz4", "jpeg", "h264", "av1"]),
+                     default="raw", show_default=True, help=CODEC_HELP),
+        click.option("--jpeg-quality", type=click.IntRange(1, 100), default=90, show_default=True),
+        click.option("--gop", type=click.IntRange(1, 64), default=None,
+                     help="h264/av1: frames per closed GOP, dividing 64 (default 16; a window "
+                          "decodes from the keyframe before it, so longer GOPs cost decode time)."),
+        click.option("--crf", type=click.IntRange(0, 63), default=None,
+                     help="h264/av1: constant rate factor, lower is better quality (default "
+                          "h264 23, av1 30)."),
+    ]
+
+
 def run_convert(source, out: str, *, workers=1, resume=False, overwrite=False, image_codec="raw",
                 jpeg_quality=90, part_frames=None, quantiles=None, image_stats=False, fmt="zarr",
                 as_json=False, token_layout=None, vocab_size=None, n_special=None,
-                bins=256, allow_outside=False, fast_chunk=None) -> None:
+                bins=256, allow_outside=False, fast_chunk=None, gop=None, crf=None,
+                inputs=None) -> None:
     """Convert ``source`` to a store at ``out`` and print the summary (the convert commands' body).
     ``allow_outside`` is for the source, which the command built with it."""
     from vladata.store.writer import convert
@@ -144,7 +170,8 @@ def run_convert(source, out: str, *, workers=1, resume=False, overwrite=False, i
         summary = convert(source, out, workers=workers, resume=resume, overwrite=overwrite,
                           image_codec=image_codec, jpeg_quality=jpeg_quality,
                           part_frames=part_frames, quantiles=parse_quantiles(quantiles),
-                          image_stats=image_stats, progress=not as_json,
+                          image_stats=image_stats, progress=not as_json, gop=gop, crf=crf,
+                          inputs=inputs,
                           tokenizer=make_tokenizer(token_layout, vocab_size, n_special, bins))
         if fast_chunk is not None:
             from vladata.fast import fit_store

@@ -1,4 +1,4 @@
-"""The ``vladata`` command: convert, sample, inspect, stats, export."""
+"""The ``vladata`` command: convert, sample, inspect, stats, export, verify, transcode."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import json
 
 import click
 
-from cli.common import (RecordsArgs, convert_options, fails_cleanly, make_tokenizer,
-                        parse_quantiles, run_convert, tokenizer_options)
+from cli.common import (CODEC_HELP, RecordsArgs, convert_options, fails_cleanly,
+                        image_codec_options, make_tokenizer, parse_quantiles, run_convert,
+                        tokenizer_options)
 
 
 def tokenizer_flags(f):
@@ -22,9 +23,11 @@ def main():
     """Convert robot-learning datasets into the vlakit store and inspect them."""
 
 
-@main.group()
+@main.group(help="Convert a raw dataset (one subcommand per source format) into a store.\n\n"
+             "--image-codec (every subcommand; `vladata transcode` changes it later): "
+             + CODEC_HELP)
 def convert():
-    """Convert a raw dataset (one subcommand per source format) into a store."""
+    pass
 
 
 @convert.command("calvin")
@@ -168,6 +171,36 @@ def card(path):
     import vladata
     from vladata.card import write_card
     click.echo(f"wrote {write_card(vladata.open(path))}")
+
+
+def _codec_flags(f):
+    for opt in reversed(image_codec_options()):
+        f = opt(f)
+    return f
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path())
+@_codec_flags
+@click.option("--workers", "-j", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--resume", is_flag=True, help="Finish an interrupted transcode.")
+@click.option("--overwrite", is_flag=True, help="Replace the vlakit store at OUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@fails_cleanly
+def transcode(store, out, image_codec, jpeg_quality, gop, crf, workers, resume, overwrite,
+              as_json):
+    """Rewrite the store STORE at OUT with another image codec, without the original source.
+
+    Episodes, segments, features, statistics quantiles and the tokenizer are STORE's; frames
+    are decoded and stored as --image-codec says (JPEG -> JPEG copies the bytes). The writer's
+    output rules apply: OUT is never STORE or inside it.
+    """
+    from vladata.store.transcode import transcode as run
+    summary = run(store, out, image_codec=image_codec, jpeg_quality=jpeg_quality, gop=gop,
+                  crf=crf, workers=workers, resume=resume, overwrite=overwrite,
+                  progress=not as_json)
+    click.echo(json.dumps(summary.to_dict(), indent=1) if as_json else str(summary))
 
 
 def _register() -> None:

@@ -114,9 +114,14 @@ class Dataset:
         for name in keys or self.features:
             self.array(name)  # a KeyError naming the features for an unknown name
             arr = self._reader[name]  # refuses a missing chunk (zarr-python would read zeros)
-            if self.info["features"][name]["storage"]["codec"] == "jpeg":
+            codec = self.info["features"][name]["storage"]["codec"]
+            if codec == "jpeg":
                 from vladata.images import decode_jpeg
-                out[name] = np.stack([decode_jpeg(b) for b in arr.read_items(lo, hi)])
+                bgr = arr.attrs.get("channel_order") == "bgr"
+                out[name] = np.stack([decode_jpeg(b, bgr=bgr) for b in arr.read_items(lo, hi)])
+            elif codec in layout.VIDEO_CODECS:
+                from vladata.store.video import VideoRows
+                out[name] = VideoRows(arr).read(lo, hi)
             else:
                 out[name] = arr.read(lo, hi)
         from vladata.viz import EpisodeView

@@ -10,6 +10,10 @@ A source reader (``vladata.sources.<name>``) turns raw logs into this one shape:
   leading time axis T.
 - :class:`Source` -- the protocol: ``features()``, ``plan()``, ``read(i, lo, hi)``. It must be
   picklable (paths and settings only) because conversion workers receive it.
+- :class:`EncodedFrames` -- image frames handed over still encoded (JPEG bytes + the frame
+  shape), by the optional ``read_encoded(i, lo, hi)`` of a source whose logs hold JPEGs: the
+  writer stores those bytes unchanged for ``image_codec="jpeg"`` (pass-through); anything
+  needing pixels (``np.asarray``, statistics, other codecs) decodes them.
 
 Feature names follow LeRobot's dotted convention: ``observation.images.<camera>`` (uint8 HxWx3),
 ``observation.depth.<camera>`` (float32 HxW), ``observation.state``, ``action`` (the control the
@@ -173,6 +177,13 @@ def check_frames(frames: dict[str, np.ndarray], features: dict[str, FeatureSpec]
                                     episode=episode, key=name)
         want = (n, *spec.shape)
         got = tuple(np.shape(arr))
+        if isinstance(arr, EncodedFrames):
+            if spec.kind != "image" or spec.dtype != "uint8" or got != want:
+                raise SourceFormatError(f"encoded frames of shape {got} for a {spec.kind} "
+                                        f"feature of {spec.dtype} {want}", file=file,
+                                        episode=episode, key=name)
+            arr.validate(keep=False)  # every frame decoded: bad bytes are an error naming it
+            continue
         if got[:1] != want[:1] if spec.dtype == "object" else got != want:
             raise SourceFormatError(f"expected shape {want}, got {got}", file=file,
                                     episode=episode, key=name)
@@ -180,6 +191,93 @@ def check_frames(frames: dict[str, np.ndarray], features: dict[str, FeatureSpec]
             out[name] = cast_exact(arr, spec.dtype, file=file, episode=episode, key=name,
                                    first=first)
     return out
+
+
+class EncodedFrames:
+    """``n`` image frames of shape ``frame_shape`` as the source encoded them (one JPEG each).
+
+    Array-like: ``shape`` is ``(n, *frame_shape)``, ``dtype`` uint8, ``len()`` n, and
+    ``np.asarray(frames)`` decodes them (once; the pixels are kept). ``items[j]`` are frame j's
+    bytes, untouched. ``channel_order`` says what a standard (RGB) decoder gives: ``"rgb"``, or
+    ``"bgr"`` when the encoder was handed swapped channels (ALOHA's cv2 JPEGs): the store then
+    records it and its readers swap back. ``file``, ``episode``, ``key`` and ``first`` (the frame
+    number of item 0 in its episode) name the frames in errors. :meth:`validate` decodes every
+    frame once and raises :class:`SourceFormatError` naming the frame that does not decode to
+    ``frame_shape``; :func:`check_frames` calls it without keeping the pixels (a pass-through
+    conversion never needs them; image statistics decode them again).
+    """
+
+    dtype = np.dtype(np.uint8)
+    encoding = "jpeg"
+
+    def __init__(self, items, frame_shape, *, channel_order: str = "rgb", file: object = None,
+                 episode: object = None, key: str | None = None, first: int = 0):
+        if channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
+        self.items = [bytes(b) for b in items]
+        self.frame_shape = tuple(int(s) for s in frame_shape)
+        self.channel_order = channel_order
+        self.where = [dict(file=file, episode=episode, key=key, frame=first + j)
+                      for j in range(len(self.items))]
+        self._pixels: np.ndarray | None = None
+        self._valid = False
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.items), *self.frame_shape)
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self.frame_shape)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __array__(self, dtype=None, copy=None):
+        px = self.validate(keep=True)
+        return px if dtype is None else px.astype(dtype)
+
+    def validate(self, *, keep: bool = True) -> np.ndarray | None:
+        """Decode every frame into uint8 ``shape``; -> the pixels if ``keep`` (kept for later
+        ``np.asarray``), else None (frames decoded one by one into one buffer)."""
+        if self._pixels is not None or self._valid and not keep:
+            return self._pixels
+        from vladata.images import ImageDecodeError, decode_jpeg
+        out = np.empty(self.shape if keep else (1, *self.frame_shape), np.uint8)
+        for j, data in enumerate(self.items):
+            try:
+                decode_jpeg(data, out[j if keep else 0], channels=self.frame_shape[-1],
+                            bgr=self.channel_order == "bgr")
+            except ImageDecodeError as e:
+                raise SourceFormatError(f"JPEG frame does not decode to {self.frame_shape}: "
+                                        f"{e}", **self.where[j]) from None
+        self._valid = True
+        if keep:
+            self._pixels = out
+        return self._pixels
+
+    @classmethod
+    def concat(cls, parts: list["EncodedFrames"]) -> "EncodedFrames":
+        """The frames of ``parts`` one after the other (they must agree on shape and order)."""
+        first = parts[0]
+        for p in parts[1:]:
+            if p.frame_shape != first.frame_shape or p.channel_order != first.channel_order:
+                raise SourceFormatError(f"encoded frames of {p.frame_shape}/{p.channel_order} "
+                                        f"follow {first.frame_shape}/{first.channel_order}",
+                                        **(p.where[0] if p.where else {}))
+        out = cls([], first.frame_shape, channel_order=first.channel_order)
+        out.items = [b for p in parts for b in p.items]
+        out.where = [w for p in parts for w in p.where]
+        out._valid = all(p._valid for p in parts)  # pixels are not carried: decoded on demand
+        return out
+
+
+def concat_frames(parts: list) -> np.ndarray | EncodedFrames:
+    """Frame arrays of consecutive row ranges joined on axis 0 (:class:`EncodedFrames` stay
+    encoded when every part is; mixed parts are decoded)."""
+    if all(isinstance(p, EncodedFrames) for p in parts):
+        return EncodedFrames.concat(parts)
+    return np.concatenate([np.asarray(p) for p in parts])
 
 
 @runtime_checkable
@@ -191,6 +289,13 @@ class Source(Protocol):
     ``features()``. Reading a sub-range lets conversion workers split the store at shard
     boundaries, which need not fall on episode boundaries; a source that can only read whole
     episodes reads the whole one and slices.
+
+    Optional, for sources whose logs hold JPEG frames: ``encoded_images()`` -> ``{feature:
+    channel_order}`` names the image features ``read_encoded(i, lo, hi)`` may hand over as
+    :class:`EncodedFrames` (the rest of its result is as ``read``'s; frames the source holds
+    in another form may still come as pixel arrays). ``np.asarray`` of what ``read_encoded``
+    gives equals ``read``'s pixels (the conformance suite checks it). The writer uses it for
+    ``image_codec="jpeg"`` to store the source's bytes unchanged.
     """
 
     name: str

@@ -38,14 +38,15 @@ def encode_jpeg(frame: np.ndarray, quality: int = 90, *, subsampling: str = "420
 
 
 def decode_jpeg(data: bytes, out: np.ndarray | None = None, *, channels: int = 3,
-                where: str = "") -> np.ndarray:
+                where: str = "", bgr: bool = False) -> np.ndarray:
     """Decode JPEG bytes to uint8 (H, W, channels); into ``out`` (C-contiguous) when given.
 
-    ``where`` names the frame in error messages (array and row).
+    ``where`` names the frame in error messages (array and row). ``bgr``: the JPEG was encoded
+    from channel-swapped pixels (a store's ``channel_order: bgr``): swap them back.
     """
     if not data:
         raise ImageDecodeError(f"{where or 'frame'}: no JPEG bytes (the frame was never written)")
-    colorspace = "GRAY" if channels == 1 else "RGB"
+    colorspace = "GRAY" if channels == 1 else ("BGR" if bgr else "RGB")
     try:
         if out is not None:
             h, w = _header(data)

@@ -17,8 +17,10 @@ from vladata.errors import SelectionError, StoreError
 from vladata.fast import load_for_windows
 from vladata.images import decode_jpeg
 from vladata.normalize import observation_normalizer
-from vladata.store.layout import ACTION_NORM, ACTION_TOKENS, IMAGE_PREFIX, STATE
+from vladata.store.layout import (ACTION_NORM, ACTION_TOKENS, ENCODED_CODECS, IMAGE_PREFIX,
+                                  STATE, VIDEO_CODECS)
 from vladata.store.shard_reader import StoreReader
+from vladata.store.video import VideoRows
 
 OVER = ("segments", "episodes")
 FAST, FAST_MASK = "action.fast", "action.fast_mask"   # window fields of FAST tokens
@@ -114,7 +116,7 @@ class WindowDataset(torch.utils.data.Dataset):
             if k not in feats:
                 raise SelectionError(f"{ds.path}: no feature {k!r}; features: {sorted(feats)}")
         self.extra_keys = tuple(extra_keys)
-        self.jpeg = {c for c in self.cameras if feats[c]["storage"]["codec"] == "jpeg"}
+        self.jpeg = {c for c in self.cameras if feats[c]["storage"]["codec"] in ENCODED_CODECS}
         self.shapes = {k: tuple(feats[k]["shape"]) for k in (*self.cameras, *self.extra_keys,
                                                             *filter(None, [self.state_key, action_key]))}
         self.dtypes = {k: np.dtype(feats[k]["dtype"]) for k in self.shapes}
@@ -324,7 +326,7 @@ class Geometry(NamedTuple):
     history: int
     chunk: int
     cameras: tuple[str, ...]
-    jpeg: frozenset
+    jpeg: frozenset              # cameras stored encoded (JPEG or video): decoded per window
     lowdim: tuple[str, ...]      # per-step features (state, extras)
     action_key: str
     tokens_key: str | None
@@ -335,6 +337,7 @@ class StoreRows:
 
     def __init__(self, reader: StoreReader, path: str):
         self.reader, self.path = reader, path
+        self._video: dict[str, VideoRows] = {}  # per process: one kept decoder per camera
 
     def read_into(self, key: str, a: int, b: int, dst: np.ndarray) -> None:
         self.reader[key].read_into(a, b, dst)
@@ -343,8 +346,20 @@ class StoreRows:
         return self.reader[key].read(a, b)
 
     def decode_into(self, key: str, a: int, b: int, dst: np.ndarray) -> None:
-        for j, data in enumerate(self.reader[key].read_items(a, b)):
-            decode_jpeg(data, dst[j], channels=dst.shape[-1], where=f"{self.path} data/{key} row {a + j}")
+        arr = self.reader[key]
+        if arr.attrs.get("encoding") in VIDEO_CODECS:
+            rows = self._video.get(key)
+            if rows is None:
+                rows = self._video[key] = VideoRows(arr)
+            rows.read_into(a, b, dst)
+            return
+        bgr = arr.attrs.get("channel_order") == "bgr"
+        for j, data in enumerate(arr.read_items(a, b)):
+            decode_jpeg(data, dst[j], channels=dst.shape[-1], bgr=bgr,
+                        where=f"{self.path} data/{key} row {a + j}")
+
+    def __getstate__(self):
+        return {**self.__dict__, "_video": {}}
 
 
 def cut_window(out: dict, rows, *, lo: int, hi: int, e: int, ep_start: int, geometry: Geometry) -> None:

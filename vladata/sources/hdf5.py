@@ -49,7 +49,8 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from vladata.episode import EpisodeInfo, FeatureSpec, Segment, cast_exact, segments_from_runs
+from vladata.episode import (EncodedFrames, EpisodeInfo, FeatureSpec, Segment, cast_exact,
+                             segments_from_runs)
 from vladata.errors import SourceFormatError
 from vladata.images import decode_image, image_format
 from vladata.sources.boundary import IMAGE_ERRORS
@@ -332,13 +333,30 @@ class Hdf5Source:
         return self._features
 
     def read(self, i: int, lo: int = 0, hi: int | None = None) -> dict[str, np.ndarray]:
+        return self._read(i, lo, hi, encoded=False)
+
+    def encoded_images(self) -> dict[str, str]:
+        """JPEG cameras (as the first episode's file stores them) and their channel order."""
+        ref = self.episode_refs()[0]
+        with self._open(ref.file, ref.id) as f:
+            maps = [self._file_map(f, ref, fm) for fm in self.mapping().features
+                    if fm.kind == "image"]
+        return {fm.name: fm.channel_order for fm in maps if fm.encoding == "jpeg"}
+
+    def read_encoded(self, i: int, lo: int = 0, hi: int | None = None) -> dict:
+        """As :meth:`read`, but JPEG cameras come as their bytes (the cell's zero padding after
+        the JPEG's end marker dropped): :class:`~vladata.episode.EncodedFrames`."""
+        return self._read(i, lo, hi, encoded=True)
+
+    def _read(self, i: int, lo: int, hi: int | None, *, encoded: bool) -> dict:
         ref, info = self.episode_refs()[i], self.plan()[i]
         hi = info.length if hi is None else hi
         with self._open(ref.file, ref.id) as f:
-            return {fm.name: self._read_feature(f, ref, fm, lo, hi)
+            return {fm.name: self._read_feature(f, ref, fm, lo, hi, encoded=encoded)
                     for fm in self.mapping().features}
 
-    def _read_feature(self, f, ref: EpisodeRef, fm: FeatureMap, lo: int, hi: int) -> np.ndarray:
+    def _read_feature(self, f, ref: EpisodeRef, fm: FeatureMap, lo: int, hi: int, *,
+                      encoded: bool = False) -> np.ndarray:
         fm = self._file_map(f, ref, fm)
         arrays = []
         for part in fm.parts:
@@ -348,6 +366,10 @@ class Hdf5Source:
                 a = ds[lo:hi]
             except (OSError, ValueError, TypeError) as e:
                 raise SourceFormatError(f"unreadable data ({e})", **where) from None
+            if fm.kind == "image" and encoded and fm.encoding == "jpeg" and a.ndim == 2:
+                return EncodedFrames([b.tobytes().rstrip(b"\0") for b in a],
+                                     self.features()[fm.name].shape, first=lo,
+                                     channel_order=fm.channel_order, **where)
             if fm.kind == "image":
                 return _image_frames(a, fm, lo, where)
             if fm.kind == "depth":

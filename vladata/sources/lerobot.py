@@ -38,7 +38,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vladata.episode import EpisodeInfo, FeatureSpec, cast_exact, segments_from_runs
+from vladata.episode import (EncodedFrames, EpisodeInfo, FeatureSpec, cast_exact,
+                             segments_from_runs)
 from vladata.errors import SourceFormatError
 from vladata.images import decode_image, image_format
 from vladata.sources.boundary import IMAGE_ERRORS
@@ -339,6 +340,19 @@ class LeRobotSource:
 
     # -- reading -------------------------------------------------------------------------------
     def read(self, i: int, lo: int = 0, hi: int | None = None) -> dict[str, np.ndarray]:
+        return self._read(i, lo, hi, encoded=False)
+
+    def encoded_images(self) -> dict[str, str]:
+        """Image (not video) features, whose embedded JPEG bytes ``read_encoded`` hands over."""
+        return {name: "rgb" for name, (_, kind) in self._mapping().items() if kind == "image"
+                and self.features()[name].shape[-1] in (1, 3)}
+
+    def read_encoded(self, i: int, lo: int = 0, hi: int | None = None) -> dict:
+        """As :meth:`read`, but an image feature whose frames are all JPEG comes as their bytes
+        (:class:`~vladata.episode.EncodedFrames`); PNG frames are decoded."""
+        return self._read(i, lo, hi, encoded=True)
+
+    def _read(self, i: int, lo: int, hi: int | None, *, encoded: bool) -> dict:
         row, info = self.episodes()[i], self.plan()[i]
         hi = info.length if hi is None else hi
         ep = int(row["episode_index"])
@@ -350,6 +364,12 @@ class LeRobotSource:
             if kind == "lowdim":
                 out[name] = _to_numpy(col, hi - lo, feats[name].shape[0], path, ep, key, lo)
                 continue
+            if kind == "image" and encoded and name in self.encoded_images():
+                items = [v.get("bytes") if isinstance(v, dict) else v for v in col.to_pylist()]
+                if all(d and image_format(d) == "jpeg" for d in items):
+                    out[name] = EncodedFrames(items, feats[name].shape, file=path, episode=ep,
+                                              key=key, first=lo)
+                    continue
             if kind == "image":
                 out[name] = self._images(col, path, ep, key, lo)
             else:

@@ -10,7 +10,13 @@ A store is one Zarr v3 group, readable by any Zarr v3 reader (``zarr.open_group(
                                      IMAGE_SHARD frames (sharding_indexed codec, index at the end)
                                    image, jpeg: 1-d vlen-bytes array (N,), one JPEG per element,
                                      chunks (1,) inside shards of IMAGE_SHARD frames; attributes
-                                     {"encoding": "jpeg", "frame_shape": [H, W, C]}
+                                     {"encoding": "jpeg", "frame_shape": [H, W, C],
+                                     "channel_order": "rgb" | "bgr" (what a standard decoder
+                                     gives: "bgr" for pass-through cv2 JPEGs, swapped on read)}
+                                   image, h264/av1: the same vlen-bytes array, one video packet
+                                     per element, each shard a closed-GOP stream; attributes
+                                     {"encoding", "frame_shape", "video": settings + psnr}
+                                     (layout and decoding: vladata.store.video)
                                    depth, and any feature over FRAME_CHUNK_ABOVE values a
                                      frame: per-frame chunks in shards, as raw images
                                    low-dim: chunks (BLOCK, D), no sharding
@@ -64,7 +70,9 @@ READABLE_VERSIONS = (1, 2)
 WRITE_EMPTY = {"array.write_empty_chunks": True}  # zarr.config: all-zero chunks are written too
 IMAGE_SHARD = 64     # frames per image shard file
 BLOCK = 1024         # rows per low-dim chunk; parts are multiples of it
-IMAGE_CODECS = ("raw", "lz4", "jpeg")
+IMAGE_CODECS = ("raw", "lz4", "jpeg", "h264", "av1")
+ENCODED_CODECS = ("jpeg", "h264", "av1")  # stored as vlen-bytes: one JPEG / video packet a frame
+VIDEO_CODECS = ("h264", "av1")
 FRAME_CHUNK_ABOVE = 4096  # values per frame above which a non-image feature gets per-frame chunks
 
 META = "meta"
@@ -86,12 +94,25 @@ RESTATS = "meta/restats.json"  # present only while `vladata stats` swaps in new
 STAGING = "meta/staging"       # derived arrays are written here first, then renamed into data/
 
 
-def storage_for(spec: FeatureSpec, image_codec: str) -> dict:
-    """How a feature is laid out on disk; recorded per feature in the store attributes."""
+def storage_for(spec: FeatureSpec, image_codec: str, *, gop: int | None = None,
+                crf: int | None = None, channel_order: str = "rgb") -> dict:
+    """How a feature is laid out on disk; recorded per feature in the store attributes.
+
+    ``gop``/``crf`` set the video codecs (:func:`vladata.store.video.settings`);
+    ``channel_order`` is a JPEG camera's (see the tree above).
+    """
     if spec.kind == "image":
         if image_codec not in IMAGE_CODECS:
             raise ValueError(f"image codec {image_codec!r} is not one of {IMAGE_CODECS}")
-        return {"codec": image_codec, "chunk_frames": 1, "shard_frames": IMAGE_SHARD}
+        out = {"codec": image_codec, "chunk_frames": 1, "shard_frames": IMAGE_SHARD}
+        if image_codec in VIDEO_CODECS:
+            from vladata.store import video
+            out.update(video.settings(image_codec, spec.shape, gop=gop, crf=crf,
+                                      shard_frames=IMAGE_SHARD))
+            out["codec"] = image_codec
+        elif image_codec == "jpeg" and channel_order != "rgb":
+            out["channel_order"] = channel_order
+        return out
     if spec.kind == "depth" or int(np.prod(spec.shape)) > FRAME_CHUNK_ABOVE:
         return {"codec": "raw", "chunk_frames": 1, "shard_frames": IMAGE_SHARD}
     return {"codec": "raw", "chunk_frames": BLOCK, "shard_frames": None}
@@ -107,14 +128,20 @@ def create_array(group: zarr.Group, name: str, spec: FeatureSpec, n: int, storag
     """Create ``data/<name>`` of ``n`` frames laid out as ``storage`` says."""
     shape = (n, *spec.shape)
     codec = storage["codec"]
-    if codec == "jpeg":
+    if codec in ENCODED_CODECS:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # vlen-bytes has no ratified v3 spec yet
             arr = group.create_array(name, shape=(n,), dtype=zarr.core.dtype.VariableLengthBytes(),
                                      chunks=(1,), shards=(storage["shard_frames"],),
                                      compressors=[Crc32cCodec()], overwrite=overwrite,
                                      config={"write_empty_chunks": True})
-        arr.attrs.update({"encoding": "jpeg", "frame_shape": list(spec.shape)})
+        attrs = {"encoding": codec, "frame_shape": list(spec.shape)}
+        if codec == "jpeg":
+            attrs["channel_order"] = storage.get("channel_order", "rgb")
+        else:
+            attrs["video"] = {k: v for k, v in storage.items()
+                              if k not in ("chunk_frames", "shard_frames")}
+        arr.attrs.update(attrs)
         return arr
     compressors = [Crc32cCodec()]
     if codec == "lz4":

@@ -227,6 +227,9 @@ def verify(root: str | os.PathLike, *, progress: bool = True) -> list[str]:
         for name, arr in arrays.items():
             try:
                 _read_all(arr, bar)
+                if arr.attrs.get("encoding") in layout.VIDEO_CODECS:
+                    from vladata.store.video import verify_array
+                    problems += verify_array(arr)  # every packet decodes; settings recorded
             except StoreError as e:
                 problems.append(str(e))
     if not problems:

@@ -43,10 +43,10 @@ from tqdm.auto import tqdm
 
 import vladata.atomic as atomic
 import vladata.workers as workers_mod
-from vladata.episode import EpisodeInfo, FeatureSpec, Source, check_frames
+from vladata.episode import EpisodeInfo, FeatureSpec, Source, check_frames, concat_frames
 from vladata.errors import NonFiniteError, SourceFormatError, StoreError
 from vladata.jsonable import jsonable
-from vladata.store import finalize, layout, manifest, output
+from vladata.store import encode, finalize, layout, manifest, output
 from vladata.store.shards import ShardWriter, can_write
 
 _progress_queue = None  # set in worker processes
@@ -92,8 +92,13 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
             overwrite: bool = False, image_codec: str = "raw", part_frames: int | None = None,
             quantiles: tuple[float, ...] = (0.01, 0.99), jpeg_quality: int = 90,
             image_stats: bool = False, tokenizer=None, progress: bool = True,
-            inputs=None) -> Summary:
+            inputs=None, gop: int | None = None, crf: int | None = None) -> Summary:
     """Write ``source`` to a store at ``out``; see the module docstring. Returns a summary.
+
+    ``image_codec``: ``raw``, ``lz4``, ``jpeg`` (a source with ``read_encoded`` hands over its
+    JPEG bytes, stored unchanged after one validating decode), ``h264`` or ``av1`` (closed-GOP
+    video per 64-frame shard, ``gop`` frames per GOP, quality ``crf``; the PSNR measured while
+    writing is recorded per camera: :mod:`vladata.store.video`).
 
     ``tokenizer`` (a :class:`vladata.tokenize.ActionTokenizer`) sets the token-id layout of the
     stored ``action.tokens``; the default is 256 bins, ids ``bin + 10``. ``inputs`` are the paths
@@ -107,6 +112,15 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
     plan = source.plan()
     features = source.features()
     n = sum(ep.length for ep in plan)
+    passthrough = (image_codec == "jpeg" and hasattr(source, "read_encoded")
+                   and hasattr(source, "encoded_images"))
+    orders = source.encoded_images() if passthrough else {}
+    try:
+        storage = {name: layout.storage_for(spec, image_codec, gop=gop, crf=crf,
+                                            channel_order=orders.get(name, "rgb"))
+                   for name, spec in features.items()}
+    except ValueError as e:
+        raise StoreError(f"{out}: {e}") from None
     if n == 0:
         raise SourceFormatError(f"{source.name}: the source has no frames to convert")
     how = output.begin(out, decision)  # the first write, once the source is known to be good
@@ -116,9 +130,10 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
     starts = np.cumsum([0] + [ep.length for ep in plan])[:-1].astype(np.int64)
     part_frames = part_frames or layout.default_part_frames(n, workers)
     parts = layout.part_ranges(n, part_frames)
-    storage = {name: layout.storage_for(spec, image_codec) for name, spec in features.items()}
     settings = {"image_codec": image_codec, "part_frames": part_frames, "jpeg_quality": jpeg_quality,
                 "image_stats": image_stats}
+    if image_codec in layout.VIDEO_CODECS:
+        settings.update(gop=gop, crf=crf)
     fingerprint = _fingerprint(source, plan, features, settings)
     stats_split = "train" if any(ep.split == "train" and ep.length for ep in plan) else "all"
 
@@ -141,9 +156,10 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
                    in_stats=np.asarray([stats_split == "all" or ep.split == stats_split
                                         for ep in plan]),
                    features=features, storage=storage, jpeg_quality=jpeg_quality,
-                   image_stats=image_stats)
+                   image_stats=image_stats, passthrough=passthrough)
     _run_parts(job, parts, todo, workers=workers, total=n,
                already=sum(parts[k][1] - parts[k][0] for k in done), progress=progress)
+    encode.record_video_quality(out, storage, [_marker(out, k) for k in range(len(parts))])
 
     stats = finalize.finish(out, features, parts, starts, job.lengths, job.in_stats, stats_split,
                             quantiles, source.describe(), tokenizer=tokenizer)
@@ -247,6 +263,7 @@ class _PartJob:
     storage: dict[str, dict]
     jpeg_quality: int
     image_stats: bool
+    passthrough: bool = False  # read_encoded: JPEG frames stay the source's bytes
 
 
 def _marker(out: Path, k: int) -> Path:
@@ -321,6 +338,7 @@ def _write_part(job: _PartJob, k: int, rows: tuple[int, int], report=None) -> No
     block = {n: np.empty((layout.BLOCK, *job.features[n].shape), job.features[n].dtype)
              for n in lowdim}
     block_lo = lo
+    quality: dict[str, list[dict]] = {}  # video cameras: per-shard error measurements
     in_flight: list[Future] = []
     with ThreadPoolExecutor(1, thread_name_prefix="vlakit-shards") as io:
         for r in range(lo, hi, layout.IMAGE_SHARD):
@@ -332,11 +350,14 @@ def _write_part(job: _PartJob, k: int, rows: tuple[int, int], report=None) -> No
                 if name in block:
                     block[name][r - block_lo:r2 - block_lo] = arr
                 else:
-                    images[name] = _encode_frames(arr, job.storage[name], job.jpeg_quality)
+                    images[name] = encode.shard_frames(arr, job.storage[name], job.jpeg_quality,
+                                                  quality.setdefault(name, []),
+                                                  where=f"{out} data/{name} rows {r}..{r2}")
             while len(in_flight) >= 2:
                 in_flight.pop(0).result()
             in_flight.append(io.submit(_write_images, arrays, shard_writers, images, r, r2))
-            finalize.update_accumulators(accs, frames, in_stats)
+            finalize.update_accumulators(accs, {n: np.asarray(frames[n]) for n in accs},
+                                         in_stats)
             if r2 - block_lo == layout.BLOCK or r2 == hi:
                 for name in lowdim:
                     arrays[name][block_lo:r2] = block[name][:r2 - block_lo]
@@ -345,17 +366,10 @@ def _write_part(job: _PartJob, k: int, rows: tuple[int, int], report=None) -> No
         for f in in_flight:
             f.result()
     finalize.save_accumulators(out / layout.PARTS / f"part-{k:05d}.stats.npz", accs)
-    atomic.write_json(_marker(out, k), {"part": k, "rows": [lo, hi]})
-
-
-def _encode_frames(frames: np.ndarray, storage: dict, quality: int):
-    if storage["codec"] != "jpeg":
-        return frames
-    from vladata.images import encode_jpeg
-    enc = np.empty(len(frames), dtype=object)
-    for j, f in enumerate(frames):
-        enc[j] = encode_jpeg(np.ascontiguousarray(f), quality=quality)
-    return enc
+    marker = {"part": k, "rows": [lo, hi]}
+    if any(quality.values()):
+        marker["video"] = {n: encode.merge_quality(q) for n, q in quality.items() if q}
+    atomic.write_json(_marker(out, k), marker)
 
 
 def _write_images(arrays, shard_writers, images: dict, r: int, r2: int) -> None:
@@ -376,15 +390,15 @@ def _read_rows(job: _PartJob, r: int, r2: int) -> tuple[dict[str, np.ndarray], n
         a = row - int(job.starts[i])
         b = min(int(job.lengths[i]), r2 - int(job.starts[i]))
         if b > a:
-            got = check_frames(job.source.read(i, a, b), job.features, b - a, episode=i,
-                               first=a)
+            read = job.source.read_encoded if job.passthrough else job.source.read
+            got = check_frames(read(i, a, b), job.features, b - a, episode=i, first=a)
             pieces.append(got)
             mask.append(np.full(b - a, bool(job.in_stats[i])))
             row += b - a
         i += 1
     if len(pieces) == 1:
         return pieces[0], mask[0]
-    return ({name: np.concatenate([p[name] for p in pieces]) for name in job.features},
+    return ({name: concat_frames([p[name] for p in pieces]) for name in job.features},
             np.concatenate(mask))
 
 

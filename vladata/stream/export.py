@@ -12,6 +12,7 @@ import fsspec
 import numpy as np
 
 from vladata.errors import SelectionError
+from vladata.store import layout
 from vladata.store.shard_reader import StoreReader
 from vladata.stream import output
 from vladata.stream.format import FORMAT, FORMAT_VERSION
@@ -57,6 +58,12 @@ def export_wds(ds, out: str, *, samples="episode", shard_size: int = 1 << 30, co
     if missing:
         raise SelectionError(f"{ds.path}: no features {missing}; features: {sorted(feats)}")
     jpeg = {n for n in names if feats[n]["storage"]["codec"] == "jpeg"}
+    unfit = [n for n in names if feats[n]["storage"]["codec"] in layout.VIDEO_CODECS
+             or feats[n]["storage"].get("channel_order", "rgb") != "rgb"]
+    if unfit:
+        raise SelectionError(f"{ds.path}: {unfit} are stored as video or as channel-swapped "
+                             "JPEG, which the stream format does not carry; export a copy made "
+                             "with `vladata transcode STORE OUT --image-codec jpeg` (or raw)")
     reader = StoreReader(ds.path)
     eps, segs = ds.episodes, ds.segments
     seg_rows = segs.to_dicts()

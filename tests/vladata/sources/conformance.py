@@ -10,7 +10,8 @@ A source's test module subclasses :class:`SourceConformance` and provides one fi
 
 Checked: the schema is valid, every planned episode reads back with the declared shapes and
 dtypes, sub-range reads equal slices of whole reads, conversion round-trips every frame exactly,
-statistics exist for every float low-dim feature, and planning and conversion are deterministic.
+statistics exist for every float low-dim feature, planning and conversion are deterministic, and
+the frames a source hands over encoded (``read_encoded``) decode to the pixels ``read`` gives.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 import vladata
-from vladata.episode import FeatureSpec, Source
+from vladata.episode import EncodedFrames, FeatureSpec, Source
 from vladata.store.writer import convert
 
 
@@ -62,6 +63,24 @@ class SourceConformance:
             part = src.read(i, lo, hi)
             for name in feats:
                 np.testing.assert_array_equal(part[name], whole[name][lo:hi])
+
+    def test_encoded_reads_decode_to_the_pixels(self, make_source):
+        """A source with ``read_encoded`` hands over frames whose pixels are ``read``'s."""
+        src = make_source()
+        if not hasattr(src, "read_encoded"):
+            pytest.skip("the source hands over pixels only")
+        orders = src.encoded_images()
+        feats = src.features()
+        assert set(orders) <= {n for n, f in feats.items() if f.kind == "image"}
+        for i, ep in enumerate(src.plan()[:2]):
+            want, got = src.read(i), src.read_encoded(i, 0, ep.length)
+            assert set(got) == set(want)
+            for name in feats:
+                if isinstance(got[name], EncodedFrames):
+                    assert name in orders and got[name].channel_order == orders[name]
+                    assert got[name].shape == (ep.length, *feats[name].shape)
+                np.testing.assert_array_equal(np.asarray(got[name]), want[name],
+                                              err_msg=f"{i} {name}")
 
     def test_conversion_round_trips_every_frame(self, converted):
         src, ds = converted

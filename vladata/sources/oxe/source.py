@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from vladata.episode import EpisodeInfo, FeatureSpec, cast_exact
+from vladata.episode import EncodedFrames, EpisodeInfo, FeatureSpec, cast_exact
 from vladata.errors import SourceFormatError
-from vladata.sources.oxe.decode import Record
+from vladata.sources.oxe.decode import JPEG_MAGIC, Record
 from vladata.sources.oxe.mapping import Output, build_mapping, check_transform
 from vladata.sources.oxe.scan import LanguageSpec, Scanned, ShardJob, scan_shard
 from vladata.sources.oxe.standardize import (DEFAULT_EMBEDDING, DEFAULT_LANGUAGE,
@@ -175,6 +175,20 @@ class OxeSource:
         return d
 
     def read(self, i: int, lo: int = 0, hi: int | None = None) -> dict[str, np.ndarray]:
+        return self._read(i, lo, hi, encoded=False)
+
+    def encoded_images(self) -> dict[str, str]:
+        """Cameras whose steps may be handed over as their JPEG bytes (see Source)."""
+        return {name: "rgb" for name, o in self.mapping.items()
+                if o.how == "image" and o.spec.kind == "image" and o.spec.dtype == "uint8"
+                and o.spec.shape[-1] in (1, 3)}
+
+    def read_encoded(self, i: int, lo: int = 0, hi: int | None = None) -> dict:
+        """As :meth:`read`, but a camera whose steps are all JPEGs comes as their bytes
+        (:class:`~vladata.episode.EncodedFrames`); PNG steps are decoded."""
+        return self._read(i, lo, hi, encoded=True)
+
+    def _read(self, i: int, lo: int, hi: int | None, *, encoded: bool) -> dict:
         if self._refs is None:
             self._scan()
         shard, record, offset, length, steps, first, n = (int(x) for x in self._refs[i])
@@ -187,6 +201,13 @@ class OxeSource:
         for name, o in self.mapping.items():
             if o.how == "image":
                 lf = self._leaf(o.keys[0])
+                if encoded and name in self.encoded_images():
+                    steps = rec.values(lf)[a:b]
+                    if all(bytes(v[:2]) == JPEG_MAGIC for v in steps):
+                        out[name] = EncodedFrames(steps, o.spec.shape, key=lf.key, first=lo,
+                                                  file=f"{rec.file}, record {rec.record}",
+                                                  episode=i)
+                        continue
                 arr = rec.images(lf, a, b)
                 out[name] = (arr[..., 0].astype(np.float32) if o.spec.kind == "depth" else arr)
             else:
