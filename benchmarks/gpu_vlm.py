@@ -126,7 +126,7 @@ def build(ctx, name: str, path: Path, spec, *, lora: bool, checkpointing: bool):
     from vlatrain.augment import BatchPreparer
     from vlatrain.config import AugmentConfig, ModelConfig
     from vlatrain.model import Policy, build_head
-    from vlatrain.vlm.config import VLMConfig
+    from vlatrain.vlm.vlm_config import VLMConfig
     cfg = ModelConfig(backbone=name, path=str(path), head="gpt",
                       image_size=IMAGE_SIZE[ctx.size["vlm"]])
     cfg.vlm = VLMConfig(dtype="bfloat16", lora=lora, grad_checkpointing=checkpointing)

@@ -123,8 +123,8 @@ class Dataset:
         return EpisodeView(out, ds=self, index=i)
 
     def windows(self, **kwargs):
-        """Training windows of this store: see :class:`vladata.windows.WindowDataset`."""
-        from vladata.windows import WindowDataset
+        """Training windows of this store: see :class:`vladata.loading.windows.WindowDataset`."""
+        from vladata.loading.windows import WindowDataset
         return WindowDataset(self, **kwargs)
 
     # -- summary -------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from vladata.batching import LoaderError
+from vladata.loading.batching import LoaderError
 from vladata.errors import VladataError
 from vladata.stream import StreamFormatError, WindowStream, export_wds
 from tests.conftest import build_codec_stores

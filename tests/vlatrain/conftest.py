@@ -26,7 +26,7 @@ def mw_store(tmp_path_factory):
     pytest.importorskip("metaworld")
     import os
     os.environ.setdefault("MUJOCO_GL", "egl")
-    from vladata.sources.metaworld import MetaWorldSource
+    from vlaenv.metaworld_demos import MetaWorldSource
     from vladata.store.writer import convert
     d = tmp_path_factory.mktemp("mw")
     source = MetaWorldSource(("reach",), episodes_per_task=3, image_size=32, seed=1,

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 import vladata
 from cli.vlatrain import main
 from vladata.errors import ConfigError, StoreError
-from vladata.mixture import Mixture
-from vladata.normalize import ObservationNormalizer
+from vladata.loading.mixture import Mixture
+from vladata.normalization import ObservationNormalizer
 from vlatrain import data
 from vlatrain.augment import BatchPreparer
 from vlatrain.checkpoint import load

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import vladata
 from vladata.errors import ConfigError, ObservationError, VladataError
-from vladata.normalize import Normalization, normalize
+from vladata.normalization import Normalization, normalize
 from vladata.store.layout import IMAGE_PREFIX, STATE
 from vlatrain import data
 from vlatrain.config import load_config
@@ -231,7 +231,7 @@ def test_denormalisation_round_trip(mw_ckpt, mw_store):
     arm = list(policy.data_spec.arm_dims)
     assert np.allclose(back[:, arm][inside[:, arm]], raw[:, arm][inside[:, arm]], atol=1e-5)
     g = policy.data_spec.gripper_dims[0]  # stored "1/-1": +1 closes, a value at the midpoint 0
-    # counts as closed (vladata.normalize.GripperConvention); binarised back to +-1
+    # counts as closed (vladata.normalization.GripperConvention); binarised back to +-1
     assert np.array_equal(back[:, g], np.where(raw[:, g] < 0, -1.0, 1.0))
     assert policy.spec.gripper == "1/-1" and policy.spec.action_names[g] == "gripper"
     assert policy.to_units(normalize(raw, ds.stats["action"], norm)).dtype == np.float32

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 import vladata
 from cli.vlatrain import main
-from vladata.normalize import ObservationNormalizer
+from vladata.normalization import ObservationNormalizer
 from vlatrain.checkpoint import load
 
 ROOT = Path(__file__).resolve().parents[2]

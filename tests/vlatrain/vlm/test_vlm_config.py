@@ -16,7 +16,7 @@ from vlm_helpers import make_policy, model_config, vlm_spec
 from vlatrain.config import ModelConfig
 from vlatrain.model.backbone import BackboneOutput
 from vlatrain.vlm import VLM_BACKBONES, LMLogitsHead, VLMConfig, register, vlm_config
-from vlatrain.vlm.config import history_mode
+from vlatrain.vlm.vlm_config import history_mode
 from vlatrain.vlm.loading import WeightsError
 from vlatrain.vlm.sequence import SLOT
 

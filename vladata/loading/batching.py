@@ -16,10 +16,10 @@ round in the order batches are yielded, counted over the loader's whole life (no
 at most ``slots - 2`` batches are in flight, so the two a consumer may still hold are never
 written to.
 
-Producers (:class:`vladata.windows.WindowDataset`, the streaming and mixture datasets) provide
+Producers (:class:`vladata.loading.windows.WindowDataset`, the streaming and mixture datasets) provide
 ``sample_spec() -> {name: (shape, dtype)}`` and ``fill_batch(arrays, task) -> {"n": rows, lists}``
 and, optionally, ``worker_init(worker_id, num_workers)``. The plan (a
-:class:`vladata.sampler.WindowSampler` or alike) provides ``num_batches``, ``epoch``,
+:class:`vladata.loading.sampler.WindowSampler` or alike) provides ``num_batches``, ``epoch``,
 ``position``, ``batch(k)`` (the task of batch ``k``), ``advance``, ``set_epoch`` and
 ``state_dict``/``load_state_dict``. Batch ``k`` is made by worker ``k % num_workers`` and batches
 are yielded in order, so the sequence does not depend on ``num_workers`` or timing.
