@@ -1,9 +1,9 @@
 """The batch path: windows written straight into preallocated, reused batch buffers.
 
 torch's default collate allocates fresh tensors for every batch, and first touch of fresh memory
-runs at ~2.3 GB/s: a memmap-backed window dataset behind a default ``DataLoader`` delivered
-600-1,000 windows/s where copying into reused buffers reached ~5,300 (DESIGN.md, "Batching
-matters"). So :class:`BatchLoader` allocates once, for ``slots`` batches, one arena of memory
+runs at ~2.3 GB/s: the same store's windows through torch's default collate come at 595/679
+windows/s (0/2 workers) against 3,123/4,706 on this batch path (BENCHMARKS.md, "Window loading",
+cases (a) and (a'), ``benchmarks/loader.py``). So :class:`BatchLoader` allocates once, for ``slots`` batches, one arena of memory
 (shared memory when worker processes fill it, page-locked in place with ``pin_memory=True`` so a
 ``.to("cuda", non_blocking=True)`` is a DMA), and workers write each window straight into its
 row of a slot -- images are ``pread`` or JPEG-decoded into it. Only small messages travel
