@@ -15,7 +15,7 @@ import pytest
 from vladata.loading.batching import LoaderError
 from vladata.errors import VladataError
 from vladata.stream import StreamFormatError, WindowStream, export_wds
-from tests.conftest import build_codec_stores
+from tests.helpers.stores import build_codec_stores
 
 H, C = 2, 3
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from fakes import FakeLoader, make_spec
+from tests.helpers.fakes import FakeLoader, make_spec
 from vlatrain.augment import BatchPreparer
 from vlatrain.config import AugmentConfig
 from vlatrain.offline_eval import evaluate, format_report

@@ -113,13 +113,13 @@ def test_discrete_head_subset_of_state_without_language(mw_store, tmp_path):
         assert np.min(np.abs(centres - norm[d])) < 1e-5
 
 
-def test_language_embedding_models_look_instructions_up(calvin_store, tmp_path):
-    ckpt = train(calvin_store, tmp_path / "run", "data.history=2", "data.chunk=3",
+def test_language_embedding_models_look_instructions_up(calvin_rgb_store, tmp_path):
+    ckpt = train(calvin_rgb_store, tmp_path / "run", "data.history=2", "data.chunk=3",
                  "model.history=history", "model.head=fc", "model.language=embedding",
                  "model.image_size=24")
     assert_reproduces_training(ckpt)  # over segments: each segment a fresh episode
     policy = Policy.load(ckpt, "cpu")
-    ds = vladata.open(calvin_store)
+    ds = vladata.open(calvin_rgb_store)
     seg = ds.segments.row(0, named=True)
     assert seg["instruction"] in policy.spec.instructions
     policy.reset(seg["instruction"])

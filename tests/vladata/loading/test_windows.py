@@ -12,7 +12,7 @@ import torch
 
 import vladata
 from vladata.loading.batching import LoaderError
-from tests.conftest import build_codec_stores
+from tests.helpers.stores import build_codec_stores
 
 STATIC, GRIPPER = "observation.images.rgb_static", "observation.images.rgb_gripper"
 
