@@ -86,7 +86,7 @@ def act_runtime(ctx) -> dict:
     policy = Policy.load(checkpoint.latest(out / "checkpoints"), device=ctx.device)
     ep = vladata.open(ctx.store).episode(0)
     keys = [k for k in ep if k.startswith("observation.images.") or k == "observation.state"]
-    # an instruction the policy knows (a model reading stored embeddings refuses unknown ones)
+    # an instruction of the store: a policy reading stored embeddings refuses any other
     policy.reset(policy.spec.instructions[0] if policy.spec.instructions else "open the drawer")
     times = []
     for i in range(ctx.size["act_iters"] + 3):

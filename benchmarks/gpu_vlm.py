@@ -5,7 +5,7 @@ with random weights, in bf16, directly on the device, through the project's own 
 (``vlatrain.vlm.paligemma`` / ``qwen2vl``): only ``load_pretrained`` is replaced, by
 construction from ``config.json``. The configs below are those of ``google/paligemma-3b-pt-224``
 and ``Qwen/Qwen2-VL-2B-Instruct`` (``--device cpu`` uses the tiny configs of the VLM tests). The
-tokenizer is the tests' small word-level one (``tests/vlatrain/vlm/vlm_factories.py``): prompt
+tokenizer is the tests' small word-level one (``tests/helpers/vlm_factories.py``): prompt
 lengths are a few tokens off the real ones; image tokens (256 per PaliGemma frame, 64 per
 Qwen2-VL frame at 224 px) dominate the sequence either way.
 """
@@ -47,7 +47,7 @@ REAL = {
 }
 _TINY_TEXT = dict(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
-TINY = {  # the sizes of tests/vlatrain/vlm/vlm_factories.py
+TINY = {  # the sizes of tests/helpers/vlm_factories.py
     "paligemma": dict(
         vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
                            num_hidden_layers=2, num_attention_heads=4, image_size=16,
@@ -69,8 +69,8 @@ VARIANTS = (("full", False), ("full", True), ("lora", True))  # (tuning, gradien
 def weights_dir(name: str, size: str, out: Path) -> Path:
     """config.json, tokenizer and image-processor settings of ``name`` -- no weights."""
     import sys
-    sys.path.insert(0, str(ROOT / "tests" / "vlatrain" / "vlm"))
-    from vlm_factories import tiny_tokenizer
+    sys.path.insert(0, str(ROOT))  # the repository root: tests/helpers is a package under it
+    from tests.helpers.vlm_factories import tiny_tokenizer
     cfg = copy.deepcopy((REAL if size == "real" else TINY)[name])
     out.mkdir(parents=True, exist_ok=True)
     if name == "paligemma":
@@ -126,7 +126,7 @@ def build(ctx, name: str, path: Path, spec, *, lora: bool, checkpointing: bool):
     from vlatrain.augment import BatchPreparer
     from vlatrain.config import AugmentConfig, ModelConfig
     from vlatrain.model import Policy, build_head
-    from vlatrain.vlm.config import VLMConfig
+    from vlatrain.vlm.vlm_config import VLMConfig
     cfg = ModelConfig(backbone=name, path=str(path), head="gpt",
                       image_size=IMAGE_SIZE[ctx.size["vlm"]])
     cfg.vlm = VLMConfig(dtype="bfloat16", lora=lora, grad_checkpointing=checkpointing)

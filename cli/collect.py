@@ -43,7 +43,7 @@ def collect_metaworld(out, tasks, episodes_per_task, seed, image_size, max_steps
         vlaenv.metaworld.version()
     except ImportError:
         raise click.ClickException('Meta-World is not installed: pip install -e ".[sim]"') from None
-    from vladata.sources.metaworld import MetaWorldSource
+    from vlaenv.metaworld_demos import MetaWorldSource
     source = MetaWorldSource(tasks=tasks, episodes_per_task=episodes_per_task, seed=seed,
                              image_size=image_size, max_steps=max_steps,
                              noise_fraction=noise_fraction, noise_std=noise_std,

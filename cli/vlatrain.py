@@ -114,7 +114,7 @@ def init(store, output, preset, force):
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def evaluate(checkpoint, data_path, split, batches, batch_size, device, as_json):
     """Evaluate CHECKPOINT on the validation split of the store at --data."""
-    from vlatrain.evaluate import format_report
+    from vlatrain.offline_eval import format_report
     from vlatrain.recipes.evaluate import evaluate_checkpoint
     try:
         metrics, spec = evaluate_checkpoint(checkpoint, data_path, split=split, batches=batches,

@@ -42,7 +42,7 @@ def defined_exceptions():
 def test_every_error_class_is_in_the_tree():
     found = defined_exceptions()
     assert {"vlatrain.errors.CheckpointError", "vladata.sources.npz.CorruptMember",
-            "vladata.batching.LoaderError", "vladata.stream.format.StreamFormatError"} <= set(found)
+            "vladata.loading.batching.LoaderError", "vladata.stream.format.StreamFormatError"} <= set(found)
     outside = sorted(n for n, c in found.items() if n not in INTERNAL and not issubclass(c, VladataError))
     assert not outside, f"error classes outside the VladataError tree: {outside}"
 

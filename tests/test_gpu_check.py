@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from tests.helpers.scripts import import_benchmark
 
-import gpu_check  # noqa: E402
-import gpu_parts  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+gpu_check = import_benchmark("gpu_check")
+gpu_parts = import_benchmark("gpu_parts")
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,8 @@ from vladata.dataset import Dataset, open  # noqa: A004
 from vladata.episode import Episode, EpisodeInfo, FeatureSpec, Segment, Source, iter_episodes
 from vladata.errors import (IncompleteStoreError, NonFiniteError, SourceFormatError, StatsError,
                             StoreError, UnsafePickleError, VladataError)
-# bound after the submodule import on purpose: `vladata.normalize` is the function
-from vladata.normalize import Normalization, denormalize, normalize  # noqa: E402
-from vladata.tokenize import ActionTokenizer  # noqa: E402
+from vladata.normalization import Normalization, denormalize, normalize
+from vladata.tokenize import ActionTokenizer
 
 __version__ = "0.1.0"
 

@@ -9,7 +9,6 @@ features as zarr arrays, whole episodes as numpy arrays, and training windows
 from __future__ import annotations
 
 import builtins
-import json
 import os
 from functools import cached_property
 from pathlib import Path
@@ -128,8 +127,8 @@ class Dataset:
         return EpisodeView(out, ds=self, index=i)
 
     def windows(self, **kwargs):
-        """Training windows of this store: see :class:`vladata.windows.WindowDataset`."""
-        from vladata.windows import WindowDataset
+        """Training windows of this store: see :class:`vladata.loading.windows.WindowDataset`."""
+        from vladata.loading.windows import WindowDataset
         return WindowDataset(self, **kwargs)
 
     # -- summary -------------------------------------------------------------------------------
@@ -164,7 +163,3 @@ class Dataset:
     def __repr__(self) -> str:
         return (f"vladata.Dataset({self.path!r}: {len(self)} episodes, {self.num_frames} frames, "
                 f"{len(self.features)} features)")
-
-
-def dumps_summary(ds: Dataset) -> str:
-    return json.dumps(ds.summary(), indent=1)

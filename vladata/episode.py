@@ -96,7 +96,12 @@ class EpisodeInfo:
 
 @dataclass
 class Episode:
-    """An episode with its frames: ``frames[name]`` has shape ``(length, *spec.shape)``."""
+    """An episode with its frames: ``frames[name]`` has shape ``(length, *spec.shape)``.
+
+    Kept as the public in-memory view of a source (``vladata.Episode``, :func:`iter_episodes`):
+    :meth:`validate` runs :func:`check_frames`, the one frame validator the writer also applies
+    to each block it reads, so a whole episode and a streamed block are checked alike.
+    """
 
     info: EpisodeInfo
     frames: dict[str, np.ndarray]

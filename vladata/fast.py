@@ -292,7 +292,7 @@ class FastTokenizer:
 def store_chunks(ds, chunk: int, split: str | None = "train", *, key: str = "action.norm",
                  max_chunks: int | None = None) -> np.ndarray:
     """float64 (N, c, A): the chunk starting at every frame of the ``split`` episodes of ``ds``,
-    edge-padded past the episode end as windows pad them (``vladata.windows``); with
+    edge-padded past the episode end as windows pad them (``vladata.loading.windows``); with
     ``max_chunks``, an evenly spaced subset of them."""
     from vladata.store.shard_reader import StoreReader
     eps = ds.episodes

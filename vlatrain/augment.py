@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vladata.store.layout import ACTION_TOKENS, IMAGE_PREFIX, STATE
-from vladata.windows import FAST, FAST_MASK
+from vladata.loading.windows import FAST, FAST_MASK
 from vlatrain.config import AugmentConfig
 from vlatrain.model.backbone import ImageSpec, Observation
 from vlatrain.spec import DataSpec

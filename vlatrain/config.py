@@ -24,7 +24,7 @@ import yaml
 
 from vladata.errors import ConfigError
 from vlatrain.typed import apply_overrides, build, choice, parse_overrides
-from vlatrain.vlm.config import HISTORY_MODES, VLMConfig
+from vlatrain.vlm.vlm_config import HISTORY_MODES, VLMConfig
 
 __all__ = ["AugmentConfig", "DataConfig", "ViewConfig", "ModelConfig", "OptimConfig",
            "TrainConfig", "RolloutConfig", "EvalConfig", "LogConfig", "Config", "ConfigError",
@@ -70,9 +70,9 @@ class MixtureEntry:
 
 @dataclass
 class DataConfig:
-    """Where the windows come from and how they are cut (see ``vladata.windows``).
+    """Where the windows come from and how they are cut (see ``vladata.loading.windows``).
 
-    One store (``path``) or a mixture of stores (``mixture``, ``vladata.mixture``); exactly one
+    One store (``path``) or a mixture of stores (``mixture``, ``vladata.loading.mixture``); exactly one
     of them must be set to train. ``mixture`` is a list of :class:`MixtureEntry`:
     ``data.mixture=[{path: A, weight: 1.0}, {path: B, weight: 2.0}]`` on the command line, the
     same YAML list in a config file; an entry may also be a bare path (weight 1).
@@ -339,7 +339,7 @@ class RolloutConfig:
 
 @dataclass
 class EvalConfig:
-    """Offline evaluation on the validation split (``vlatrain.evaluate``) and rollouts."""
+    """Offline evaluation on the validation split (``vlatrain.offline_eval``) and rollouts."""
 
     every: int = 100               # steps between evaluations (0 = only at the end)
     batches: Optional[int] = 20    # validation batches per evaluation (null = the whole split)

@@ -2,13 +2,13 @@
 
 Everything the trainer knows about stores comes through here: ``vladata.dataset.open`` for the
 store, ``Dataset.windows(...).loader(...)`` for batches (the batch format is vladata's: see
-``vladata.windows.WindowDataset``), ``vladata.normalize`` to put actions back into the
+``vladata.loading.windows.WindowDataset``), ``vladata.normalize`` to put actions back into the
 dataset's units and ``vladata.tokenize.ActionTokenizer`` for the token layout of discrete heads.
 Windows come with their low-dimensional observations normalised by vladata (``observation.state``
 with the store's mean/std: :data:`OBSERVATION_MODE`); the :class:`DataSpec` records the
-:class:`~vladata.normalize.ObservationNormalizer` used, and checkpoints save the spec.
+:class:`~vladata.normalization.ObservationNormalizer` used, and checkpoints save the spec.
 
-Mixtures (``data.mixture``, ``vladata.mixture.Mixture``): :func:`open_stores` opens every store,
+Mixtures (``data.mixture``, ``vladata.loading.mixture.Mixture``): :func:`open_stores` opens every store,
 :func:`train_windows` puts them under one index, :func:`spec_from_stores` checks that each can feed
 the one policy (:func:`check_compatible` plus the image shapes) and returns the FIRST store's spec.
 Actions come normalised with each store's own statistics (the Mixture reads each store's
@@ -33,7 +33,7 @@ import torch
 
 from vladata.dataset import open as open_dataset
 from vladata.errors import ConfigError, StatsError, StoreError
-from vladata.normalize import OBSERVATION_MODE, Normalization, denormalize, normalize
+from vladata.normalization import OBSERVATION_MODE, Normalization, denormalize, normalize
 from vladata.store.layout import ACTION, IMAGE_PREFIX, STATE
 from vladata.tokenize import ActionTokenizer
 from vlatrain.config import Config, DataConfig
@@ -76,7 +76,7 @@ def train_windows(stores: list[tuple], cfg: DataConfig):
     if len(stores) == 1 and cfg.mixture is None:
         return windows(stores[0][0], cfg, cfg.train_split)
     check_stores(stores, cfg)  # before the Mixture: its errors do not speak of the policy
-    from vladata.mixture import Mixture
+    from vladata.loading.mixture import Mixture
     return Mixture([ds for ds, _ in stores], weights=[w for _, w in stores], balance=cfg.balance,
                    history=cfg.history, chunk=cfg.chunk, cameras=cfg.cameras,
                    split=cfg.train_split, over=cfg.over, normalize_observations=OBSERVATION_MODE)

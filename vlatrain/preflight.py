@@ -10,7 +10,7 @@ next mismatch on the next attempt.
 from __future__ import annotations
 
 from vladata.errors import VladataError
-from vladata.windows import Ranges
+from vladata.loading.windows import Ranges
 from vlatrain.data import held_out
 from vlatrain.errors import StoreMismatchError
 

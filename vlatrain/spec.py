@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from vladata.normalize import MIN_STD, Normalization, ObservationNormalizer
+from vladata.normalization import MIN_STD, Normalization, ObservationNormalizer
 from vladata.store.layout import STATE
 
 
@@ -23,7 +23,7 @@ class DataSpec:
     (``state_index`` of the stored ones, or all). ``token_ids[b]`` is the token id of bin ``b`` under the
     store's tokenizer and ``bin_centers[b]`` the normalised value bin ``b`` decodes to.
     ``observation_norm`` is the observation normalisation the policy was trained with
-    (:class:`vladata.normalize.ObservationNormalizer` as a dict; :meth:`observation_normalizer`
+    (:class:`vladata.normalization.ObservationNormalizer` as a dict; :meth:`observation_normalizer`
     rebuilds it): the loader applied it to every batch, a policy applies it to each live frame
     before ``state_index`` picks the dims. A mixture's spec holds the first store's; each store's
     is in ``extra["mixture"][j]["observation_norm"]``.

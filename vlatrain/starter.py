@@ -25,7 +25,7 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from vladata.normalize import Normalization
+from vladata.normalization import Normalization
 from vladata.store.layout import ACTION, IMAGE_PREFIX, STATE
 from vlatrain import preflight
 from vlatrain.config import Config

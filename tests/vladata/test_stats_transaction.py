@@ -22,7 +22,7 @@ import vladata
 from cli.vladata import main as cli
 from vladata import atomic
 from vladata.errors import IncompleteStoreError
-from vladata.normalize import Normalization, normalize
+from vladata.normalization import Normalization, normalize
 from vladata.sources.calvin import CalvinSource
 from vladata.store import finalize
 from vladata.store.writer import convert

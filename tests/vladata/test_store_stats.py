@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import vladata
 from cli.vladata import main as cli
 from vladata.errors import NonFiniteError
-from vladata.normalize import Normalization, denormalize, normalize
+from vladata.normalization import Normalization, denormalize, normalize
 from vladata.sources.calvin import CalvinSource, frame_path
 from vladata.store.writer import convert
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from cli.export import command as export_command
 from vladata.stream import StreamFormatError, WindowStream, export_wds, iter_samples
-from tests.conftest import build_codec_stores
+from tests.helpers.stores import build_codec_stores
 
 H, C = 4, 3
 

@@ -12,10 +12,10 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from vladata.batching import LoaderError
+from vladata.loading.batching import LoaderError
 from vladata.errors import VladataError
 from vladata.stream import StreamFormatError, WindowStream, export_wds
-from tests.conftest import build_codec_stores
+from tests.helpers.stores import build_codec_stores
 
 H, C = 2, 3
 

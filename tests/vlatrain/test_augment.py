@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from fakes import make_batch, make_spec
+from tests.helpers.fakes import make_batch, make_spec
 from vlatrain.augment import BatchPreparer, prepare_images, random_shift
 from vlatrain.config import AugmentConfig
 from vlatrain.model import ImageSpec

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from fakes import make_batch, make_spec
+from tests.helpers.fakes import make_batch, make_spec
 
 from cli.vlatrain import main
 from vladata.fast import FastTokenizer
@@ -142,11 +142,11 @@ def test_config_checks():
 
 
 @pytest.mark.parametrize("tokens", ["bins", "fast"])
-def test_recipe_trains_and_evaluates(calvin_store, tmp_path, tokens):
+def test_recipe_trains_and_evaluates(calvin_rgb_store, tmp_path, tokens):
     """The real CLI: `vladata stats --fast`, then training and evaluation of the head."""
     from cli.vladata import main as vladata_cli
     store = tmp_path / "calvin.vla"
-    shutil.copytree(calvin_store, store)
+    shutil.copytree(calvin_rgb_store, store)
     r = CliRunner().invoke(vladata_cli, ["stats", str(store), "--fast", "--fast-chunk", "4"])
     assert r.exit_code == 0, r.output
     out = tmp_path / "run"
@@ -178,9 +178,9 @@ def test_recipe_trains_and_evaluates(calvin_store, tmp_path, tokens):
     assert runtime.model.decodable.all()                  # constrained decoding always decodes
 
 
-def test_preflight_names_a_missing_or_mismatched_fast_tokenizer(calvin_store, tmp_path):
+def test_preflight_names_a_missing_or_mismatched_fast_tokenizer(calvin_rgb_store, tmp_path):
     config = Path(__file__).resolve().parents[2] / "configs" / "calvin.yaml"
-    base = ["run", str(config), f"data.path={calvin_store}", "data.action_tokens=fast",
+    base = ["run", str(config), f"data.path={calvin_rgb_store}", "data.action_tokens=fast",
             "model.head=autoregressive", f"out={tmp_path / 'run'}", "data.num_workers=0"]
     r = CliRunner().invoke(main, base)
     assert r.exit_code != 0 and "has no FAST tokenizer" in r.output

@@ -19,9 +19,9 @@ def cfg_for(store, *overrides):
                               "eval.batch_size=16", *overrides])
 
 
-def test_spec_of_a_calvin_store(calvin_store):
-    ds = vladata.open(calvin_store)
-    spec = data.spec_from_store(ds, cfg_for(calvin_store, "data.state_dims=[0, 1, 2, 14]").data)
+def test_spec_of_a_calvin_store(calvin_rgb_store):
+    ds = vladata.open(calvin_rgb_store)
+    spec = data.spec_from_store(ds, cfg_for(calvin_rgb_store, "data.state_dims=[0, 1, 2, 14]").data)
     assert spec.cameras == ("rgb_static", "rgb_gripper")
     assert spec.image_shapes == {"rgb_static": (32, 32, 3), "rgb_gripper": (24, 24, 3)}
     assert spec.action_dim == 7 and spec.gripper_dims == (6,) and spec.arm_dims == tuple(range(6))
@@ -36,9 +36,9 @@ def test_spec_of_a_calvin_store(calvin_store):
     assert DataSpec.from_dict(spec.to_dict()) == spec
 
 
-def test_loaders_yield_the_documented_batch(calvin_store):
-    cfg = cfg_for(calvin_store)
-    ds = vladata.open(calvin_store)
+def test_loaders_yield_the_documented_batch(calvin_rgb_store):
+    cfg = cfg_for(calvin_rgb_store)
+    ds = vladata.open(calvin_rgb_store)
     loader = data.train_loader(ds, cfg, rank=0, world_size=1, pin_memory=False)
     batch = next(iter(loader))
     assert batch["observation.images.rgb_static"].shape == (8, 1, 32, 32, 3)
@@ -50,8 +50,8 @@ def test_loaders_yield_the_documented_batch(calvin_store):
     assert torch.equal(next(iter(val))["index"], first)  # every evaluation sees the same batches
 
 
-def test_action_units_undo_the_normalisation(calvin_store):
-    ds = vladata.open(calvin_store)
+def test_action_units_undo_the_normalisation(calvin_rgb_store):
+    ds = vladata.open(calvin_rgb_store)
     units = data.action_units(ds, torch.device("cpu"))
     raw = np.asarray(ds.array("action")[:20])
     norm = torch.from_numpy(np.asarray(ds.array("action.norm")[:20]))
@@ -62,20 +62,20 @@ def test_action_units_undo_the_normalisation(calvin_store):
     assert units.mean_norm[6].abs() == 1  # the gripper side of the mean action
 
 
-def test_what_data_refuses(calvin_store):
-    ds = vladata.open(calvin_store)
+def test_what_data_refuses(calvin_rgb_store):
+    ds = vladata.open(calvin_rgb_store)
     with pytest.raises(StoreError, match="data.path is not set"):
         data.open_store(None)
     with pytest.raises(StoreError, match="asks for dims beyond the 15"):
-        data.spec_from_store(ds, cfg_for(calvin_store, "data.state_dims=[0, 15]").data)
+        data.spec_from_store(ds, cfg_for(calvin_rgb_store, "data.state_dims=[0, 15]").data)
     with pytest.raises(ValueError, match="no split"):
-        data.spec_from_store(ds, cfg_for(calvin_store, "data.train_split=test").data)
-    spec = data.spec_from_store(ds, cfg_for(calvin_store).data)
+        data.spec_from_store(ds, cfg_for(calvin_rgb_store, "data.train_split=test").data)
+    spec = data.spec_from_store(ds, cfg_for(calvin_rgb_store).data)
     other = dataclasses.replace(spec, cameras=("rgb_static",), state_dim=3)
     with pytest.raises(StoreError, match="does not match the policy's data: cameras"):
         data.check_compatible(spec, other, ds.path)
     with pytest.raises(StoreError, match="fewer than one batch"):
-        data.train_loader(ds, cfg_for(calvin_store, "data.batch_size=100000"), rank=0, world_size=1,
+        data.train_loader(ds, cfg_for(calvin_rgb_store, "data.batch_size=100000"), rank=0, world_size=1,
                           pin_memory=False)
 
 

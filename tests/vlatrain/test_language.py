@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def store(calvin_store):
-    return vladata.open(calvin_store)
+def store(calvin_rgb_store):
+    return vladata.open(calvin_rgb_store)
 
 
 def batches(ds, n=3):
@@ -98,9 +98,9 @@ def test_batch_preparer_swaps_only_in_training(store):
         np.testing.assert_array_equal(obs.language[i].numpy(), known[text][1])
 
 
-def test_paraphrase_table(calvin_store, tmp_path):
+def test_paraphrase_table(calvin_rgb_store, tmp_path):
     path = tmp_path / "s.vla"
-    shutil.copytree(calvin_store, path)
+    shutil.copytree(calvin_rgb_store, path)
     ds = vladata.open(path)
     task = ds.segments["task"][0]
     dim = len(ds.segments["embedding"][0])
@@ -120,12 +120,12 @@ def test_paraphrase_table(calvin_store, tmp_path):
         phrasings(vladata.open(path))
 
 
-def test_training_is_the_same_whatever_the_worker_count(calvin_store, tmp_path):
+def test_training_is_the_same_whatever_the_worker_count(calvin_rgb_store, tmp_path):
     losses = []
     for workers in (0, 2):
         out = tmp_path / f"w{workers}"
         r = CliRunner().invoke(main, [
-            "run", str(ROOT / "configs" / "calvin.yaml"), f"data.path={calvin_store}",
+            "run", str(ROOT / "configs" / "calvin.yaml"), f"data.path={calvin_rgb_store}",
             "data.language_augmentation=0.5", "model.language=embedding", "train.steps=3",
             f"data.num_workers={workers}", f"out={out}", "train.threads=1", "data.batch_size=8",
             "model.width=16", "model.hidden=32", "model.layers=1", "model.image_size=24",

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from fakes import FakeLoader, make_batch, make_spec
+from tests.helpers.fakes import FakeLoader, make_batch, make_spec
 from vlatrain import checkpoint
 from vlatrain.augment import BatchPreparer
 from vlatrain.checkpoint import payload, restore

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 import vladata
 from cli.vlatrain import main
 from vladata.errors import ConfigError, StoreError
-from vladata.mixture import Mixture
-from vladata.normalize import ObservationNormalizer
+from vladata.loading.mixture import Mixture
+from vladata.normalization import ObservationNormalizer
 from vlatrain import data
 from vlatrain.augment import BatchPreparer
 from vlatrain.checkpoint import load
@@ -77,9 +77,9 @@ def test_config_takes_a_mixture_or_a_path_not_both(tmp_path):
     assert r.exit_code != 0 and "not both" in r.output
 
 
-def test_an_incompatible_store_is_refused_by_name(calvin_store, tmp_path):
+def test_an_incompatible_store_is_refused_by_name(calvin_rgb_store, tmp_path):
     other = convert_sample(tmp_path, seed=2, static_size=28)
-    cfg = load_config(CONFIG, [mix((calvin_store, 1), (other, 1)), *TINY])
+    cfg = load_config(CONFIG, [mix((calvin_rgb_store, 1), (other, 1)), *TINY])
     stores = data.open_stores(cfg.data)
     with pytest.raises(StoreError) as e:
         data.spec_from_stores(stores, cfg.data, data.train_windows(stores, cfg.data))
@@ -89,11 +89,11 @@ def test_an_incompatible_store_is_refused_by_name(calvin_store, tmp_path):
     spec = data.spec_from_store(stores[0][0], cfg.data)  # action dims: the same check
     with pytest.raises(StoreError, match="action_dim: store 7, first store 6"):
         data.check_compatible(spec, dataclasses.replace(spec, action_dim=6), str(other),
-                              what=f"the first store's ({calvin_store})")
+                              what=f"the first store's ({calvin_rgb_store})")
 
 
-def test_both_stores_are_drawn_by_weight_with_their_own_statistics(calvin_store, second_store):
-    cfg = load_config(CONFIG, [mix((calvin_store, 1.0), (second_store, 2.0)), *TINY])
+def test_both_stores_are_drawn_by_weight_with_their_own_statistics(calvin_rgb_store, second_store):
+    cfg = load_config(CONFIG, [mix((calvin_rgb_store, 1.0), (second_store, 2.0)), *TINY])
     stores = data.open_stores(cfg.data)
     win = data.train_windows(stores, cfg.data)
     spec = data.spec_from_stores(stores, cfg.data, win)
@@ -130,9 +130,9 @@ def test_both_stores_are_drawn_by_weight_with_their_own_statistics(calvin_store,
     assert m[0] != pytest.approx(m[1])  # the two stores' statistics differ indeed
 
 
-def test_cli_trains_on_a_mixture_and_resumes_exactly(calvin_store, second_store, tmp_path):
+def test_cli_trains_on_a_mixture_and_resumes_exactly(calvin_rgb_store, second_store, tmp_path):
     run = CliRunner()
-    common = [mix((calvin_store, 1.0), (second_store, 2.0)), "data.balance=true", *TINY,
+    common = [mix((calvin_rgb_store, 1.0), (second_store, 2.0)), "data.balance=true", *TINY,
               "train.checkpoint_every=2", "eval.every=0", "optim.decay_steps=4"]
     a, b = tmp_path / "a", tmp_path / "b"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -146,9 +146,9 @@ def test_cli_trains_on_a_mixture_and_resumes_exactly(calvin_store, second_store,
     assert "val/arm_mae" in last and "val1/arm_mae" in last  # each store's validation
     ckpt = load(a / "checkpoints" / "step_0000004.pt")
     rows = ckpt["spec"]["extra"]["mixture"]
-    assert [Path(x["path"]) for x in rows] == [calvin_store, second_store]
+    assert [Path(x["path"]) for x in rows] == [calvin_rgb_store, second_store]
     # the checkpoint records each store's observation normalisation, the first as the spec's
-    for row, store in zip(rows, (calvin_store, second_store)):
+    for row, store in zip(rows, (calvin_rgb_store, second_store)):
         want = ObservationNormalizer.from_dataset(vladata.open(store), ["observation.state"])
         assert ObservationNormalizer.from_dict(row["observation_norm"]) == want
     first, second = (row["observation_norm"] for row in rows)
@@ -158,7 +158,7 @@ def test_cli_trains_on_a_mixture_and_resumes_exactly(calvin_store, second_store,
     r = run.invoke(main, ["run", "--resume", str(b), "train.steps=4"])
     assert r.exit_code == 0, r.output
     assert losses(b) == pytest.approx(losses(a), rel=1e-6, abs=0)
-    r = run.invoke(main, ["run", "--resume", str(b), mix((calvin_store, 1.0), (second_store, 1.0))])
+    r = run.invoke(main, ["run", "--resume", str(b), mix((calvin_rgb_store, 1.0), (second_store, 1.0))])
     assert r.exit_code != 0 and "weights cannot change on resume" in r.output
     # a mixture checkpoint evaluates on one store, with that store's statistics
     r = run.invoke(main, ["eval", str(a / "checkpoints" / "step_0000004.pt"), "--data",

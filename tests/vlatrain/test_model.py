@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fakes import make_batch, make_spec
+from tests.helpers.fakes import make_batch, make_spec
 from vlatrain.augment import BatchPreparer
 from vlatrain.config import AugmentConfig, ModelConfig, load_config
 from vlatrain.model import Backbone, PolicyHead, build_policy

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import vladata
 from vladata.errors import ConfigError, ObservationError, VladataError
-from vladata.normalize import Normalization, normalize
+from vladata.normalization import Normalization, normalize
 from vladata.store.layout import IMAGE_PREFIX, STATE
 from vlatrain import data
 from vlatrain.config import load_config
@@ -113,13 +113,13 @@ def test_discrete_head_subset_of_state_without_language(mw_store, tmp_path):
         assert np.min(np.abs(centres - norm[d])) < 1e-5
 
 
-def test_language_embedding_models_look_instructions_up(calvin_store, tmp_path):
-    ckpt = train(calvin_store, tmp_path / "run", "data.history=2", "data.chunk=3",
+def test_language_embedding_models_look_instructions_up(calvin_rgb_store, tmp_path):
+    ckpt = train(calvin_rgb_store, tmp_path / "run", "data.history=2", "data.chunk=3",
                  "model.history=history", "model.head=fc", "model.language=embedding",
                  "model.image_size=24")
     assert_reproduces_training(ckpt)  # over segments: each segment a fresh episode
     policy = Policy.load(ckpt, "cpu")
-    ds = vladata.open(calvin_store)
+    ds = vladata.open(calvin_rgb_store)
     seg = ds.segments.row(0, named=True)
     assert seg["instruction"] in policy.spec.instructions
     policy.reset(seg["instruction"])
@@ -231,7 +231,7 @@ def test_denormalisation_round_trip(mw_ckpt, mw_store):
     arm = list(policy.data_spec.arm_dims)
     assert np.allclose(back[:, arm][inside[:, arm]], raw[:, arm][inside[:, arm]], atol=1e-5)
     g = policy.data_spec.gripper_dims[0]  # stored "1/-1": +1 closes, a value at the midpoint 0
-    # counts as closed (vladata.normalize.GripperConvention); binarised back to +-1
+    # counts as closed (vladata.normalization.GripperConvention); binarised back to +-1
     assert np.array_equal(back[:, g], np.where(raw[:, g] < 0, -1.0, 1.0))
     assert policy.spec.gripper == "1/-1" and policy.spec.action_names[g] == "gripper"
     assert policy.to_units(normalize(raw, ds.stats["action"], norm)).dtype == np.float32

@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from fakes import FakeLoader, make_spec
+from tests.helpers.fakes import FakeLoader, make_spec
 from vlatrain.prefetch import Prefetcher
 
 

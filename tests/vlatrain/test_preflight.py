@@ -38,9 +38,9 @@ def lacking_store(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(calvin_store, tmp_path_factory):
+def trained(calvin_rgb_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained") / "run"
-    r = invoke("run", CONFIG, f"data.path={calvin_store}", "train.steps=1", f"out={out}", *TINY)
+    r = invoke("run", CONFIG, f"data.path={calvin_rgb_store}", "train.steps=1", f"out={out}", *TINY)
     assert r.exit_code == 0, r.output
     return out / "checkpoints" / "step_0000001.pt"
 
@@ -60,14 +60,14 @@ def test_run_reports_every_mismatch_before_step_1(lacking_store, tmp_path):
     assert not out.exists()  # refused before anything was written
 
 
-def test_a_mixture_reports_every_store(calvin_store, lacking_store, tmp_path):
-    r = invoke("run", CONFIG, f"data.mixture=[{calvin_store}, {lacking_store}]",
+def test_a_mixture_reports_every_store(calvin_rgb_store, lacking_store, tmp_path):
+    r = invoke("run", CONFIG, f"data.mixture=[{calvin_rgb_store}, {lacking_store}]",
                "data.cameras=[rgb_gripper]", "data.val_split=test", f"out={tmp_path / 'run'}",
                *TINY)
     assert r.exit_code == 1
     assert f"{lacking_store} has no camera 'rgb_gripper'" in r.output
     assert "data.val_split: no store of the mixture has a 'test' split" in r.output
-    assert f"{calvin_store} has no camera" not in r.output
+    assert f"{calvin_rgb_store} has no camera" not in r.output
 
 
 def test_eval_reports_every_mismatch(trained, lacking_store):
@@ -86,21 +86,21 @@ def edited(trained, tmp_path, edit) -> Path:
     return path
 
 
-def test_a_wrong_shaped_weight_is_named(trained, calvin_store, tmp_path):
+def test_a_wrong_shaped_weight_is_named(trained, calvin_rgb_store, tmp_path):
     def grow(ckpt):
         name = next(k for k, v in ckpt["model"].items() if v.dim() == 2)
         ckpt["model"][name] = torch.zeros(ckpt["model"][name].shape[0] + 1, 3)
         ckpt["grown"] = name
     path = edited(trained, tmp_path, grow)
     name = torch.load(path, weights_only=True)["grown"]
-    r = invoke("eval", path, "--data", calvin_store)
+    r = invoke("eval", path, "--data", calvin_rgb_store)
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit)
     assert f"{path}: the weights do not fit" in r.output and f"model.{name}:" in r.output
 
 
-def test_missing_weights_are_named(trained, calvin_store, tmp_path):
+def test_missing_weights_are_named(trained, calvin_rgb_store, tmp_path):
     path = edited(trained, tmp_path, lambda c: c["model"].pop(sorted(c["model"])[0]))
-    r = invoke("eval", path, "--data", calvin_store)
+    r = invoke("eval", path, "--data", calvin_rgb_store)
     assert r.exit_code == 1 and "1 weights missing" in r.output and str(path) in r.output
 
 
@@ -112,16 +112,16 @@ def test_missing_weights_are_named(trained, calvin_store, tmp_path):
     (lambda c: c["spec"].update(image_shapes={"rgb_static": [1, 2]}), "image_shapes"),
     (lambda c: c["config"]["model"].update(head="mlp"), "key 'config'"),
 ])
-def test_a_malformed_spec_or_config_is_named(trained, calvin_store, tmp_path, edit, expect):
+def test_a_malformed_spec_or_config_is_named(trained, calvin_rgb_store, tmp_path, edit, expect):
     path = edited(trained, tmp_path, edit)
-    r = invoke("eval", path, "--data", calvin_store)
+    r = invoke("eval", path, "--data", calvin_rgb_store)
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
     assert str(path) in r.output and expect in r.output
 
 
-def test_resume_from_a_checkpoint_that_does_not_fit(calvin_store, tmp_path):
+def test_resume_from_a_checkpoint_that_does_not_fit(calvin_rgb_store, tmp_path):
     out = tmp_path / "run"
-    r = invoke("run", CONFIG, f"data.path={calvin_store}", "train.steps=1", f"out={out}", *TINY)
+    r = invoke("run", CONFIG, f"data.path={calvin_rgb_store}", "train.steps=1", f"out={out}", *TINY)
     assert r.exit_code == 0, r.output
     ckpt_path = out / "checkpoints" / "step_0000001.pt"
     ckpt = torch.load(ckpt_path, weights_only=True)

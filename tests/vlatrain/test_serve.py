@@ -47,7 +47,7 @@ INSTRUCTION = "reach the goal position"
 
 @pytest.fixture(scope="module")
 def ckpt(mw_store, tmp_path_factory):
-    """A 2-step run on conftest's three Meta-World `reach` episodes (32x32 cameras)."""
+    """A 2-step run on the three Meta-World `reach` episodes (32x32 cameras)."""
     out = tmp_path_factory.mktemp("run") / "run"
     run(load_config(None, [f"data.path={mw_store}", f"out={out}", *TINY]))
     return out / "checkpoints" / "step_0000002.pt"

@@ -89,30 +89,30 @@ def test_init_reads_the_store(sample_store):
                                         "text" if ds.segments.height else "none")
 
 
-def test_presets(calvin_store, tmp_path):
+def test_presets(calvin_rgb_store, tmp_path):
     for preset, history in (("history", 4), ("vlm", 8)):
-        cfg = yaml.safe_load(cli(vlatrain_main, "init", calvin_store, "--preset", preset))
+        cfg = yaml.safe_load(cli(vlatrain_main, "init", calvin_rgb_store, "--preset", preset))
         assert cfg["data"]["history"] == history and cfg["model"]["history"] == "history"
-    assert yaml.safe_load(cli(vlatrain_main, "init", calvin_store, "--preset", "vlm"))[
+    assert yaml.safe_load(cli(vlatrain_main, "init", calvin_rgb_store, "--preset", "vlm"))[
         "model"]["backbone"] == "paligemma"
     out = tmp_path / "h.yaml"
-    cli(vlatrain_main, "init", calvin_store, "--preset", "history", "-o", out)
+    cli(vlatrain_main, "init", calvin_rgb_store, "--preset", "history", "-o", out)
     cli(vlatrain_main, "run", out, f"out={tmp_path / 'run'}", *QUICK)
-    r = CliRunner().invoke(vlatrain_main, ["init", str(calvin_store), "-o", str(out)])
+    r = CliRunner().invoke(vlatrain_main, ["init", str(calvin_rgb_store), "-o", str(out)])
     assert r.exit_code == 1 and "exists" in r.output  # never overwrites without --force
 
 
-def test_calvin_sample_config_trains(calvin_store, tmp_path):
-    cli(vlatrain_main, "run", ROOT / "configs" / "calvin_sample.yaml", f"data.path={calvin_store}",
+def test_calvin_sample_config_trains(calvin_rgb_store, tmp_path):
+    cli(vlatrain_main, "run", ROOT / "configs" / "calvin_sample.yaml", f"data.path={calvin_rgb_store}",
         "data.batch_size=8", f"out={tmp_path / 'run'}", *QUICK)
 
 
-def test_held_out_fraction_is_fixed_by_episode(calvin_store):
+def test_held_out_fraction_is_fixed_by_episode(calvin_rgb_store):
     import vladata
     from vlatrain import data
     from vlatrain.config import Config
-    ds = vladata.open(calvin_store)
-    cfg = Config.from_dict({"data": {"path": str(calvin_store), "val_fraction": 0.5,
+    ds = vladata.open(calvin_rgb_store)
+    cfg = Config.from_dict({"data": {"path": str(calvin_rgb_store), "val_fraction": 0.5,
                                      "val_split": "held-out"}}).data
     train, val = data.held_out(ds, cfg)
     n = sum(s == "train" for s in ds.episodes["split"].to_list())
@@ -157,7 +157,7 @@ def test_version_on_both_clis():
 
 
 def test_report_flags_every_dimension_worse_than_the_baseline():
-    from vlatrain.evaluate import format_report
+    from vlatrain.offline_eval import format_report
     m = {"val/mae/dx": 0.5, "val/mae_baseline/dx": 1.0, "val/mae/dz": 2.0,
          "val/mae_baseline/dz": 1.0, "val/mae/dpitch": 1.0, "val/mae_baseline/dpitch": 1.0,
          "val/arm_mae": 7 / 6, "val/arm_mae_baseline": 1.0, "val/arm_mae_ratio": 7 / 6,

@@ -280,13 +280,6 @@ class StatsAccumulator:
         return sum(a.nbytes for a in (self.hist, self.count, self.key_min, self.key_max,
                                       self.mean, self.m2))
 
-    def moments(self) -> dict[str, np.ndarray]:
-        """count (int64), min/max (float32), mean/std (float64, population std: ddof=0)."""
-        self._require_values()
-        return {"count": self.count.copy(), "min": keys_to_floats(self.key_min),
-                "max": keys_to_floats(self.key_max), "mean": self.mean.copy(),
-                "std": np.sqrt(np.maximum(self.m2, 0.0) / self.count)}
-
     def refiner(self, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> "QuantileRefiner":
         """Pass 2 for ``quantiles``: feed it the same values again (any order or chunking)."""
         self._require_values()

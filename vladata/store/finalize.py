@@ -35,7 +35,7 @@ import zarr
 import vladata.atomic as atomic
 from vladata.episode import FeatureSpec
 from vladata.errors import NonFiniteError, StatsError, StoreError
-from vladata.normalize import GripperConvention, Normalization, normalize
+from vladata.normalization import GripperConvention, Normalization, normalize
 from vladata.stats import (ImageStatsAccumulator, StatsAccumulator, locate_nonfinite,
                            stats_from_json, stats_to_json)
 from vladata.stats.exact import parse_quantiles

@@ -170,12 +170,7 @@ def default_part_frames(n: int, workers: int) -> int:
     return blocks * BLOCK
 
 
-def jpeg_frame_shape(arr: zarr.Array) -> tuple[int, ...] | None:
-    fs = arr.attrs.get("frame_shape")
-    return tuple(fs) if fs is not None else None
-
-
 __all__ = ["FORMAT_VERSION", "IMAGE_SHARD", "BLOCK", "storage_for", "create_array",
-           "part_ranges", "default_part_frames", "np", "META", "DATA", "MANIFEST", "PLAN", "PARTS",
+           "part_ranges", "default_part_frames", "META", "DATA", "MANIFEST", "PLAN", "PARTS",
            "EPISODES", "SEGMENTS", "STATS", "IMAGE_PREFIX", "STATE", "ACTION", "ACTION_NORM",
            "ACTION_TOKENS"]

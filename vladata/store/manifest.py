@@ -257,7 +257,7 @@ def _derived(root: Path, attrs: dict, arrays: dict, rows: int | None = None) -> 
 
     ``rows``: check only the first rows (any edit of the statistics changes every row).
     """
-    from vladata.normalize import Normalization, normalize
+    from vladata.normalization import Normalization, normalize
     from vladata.stats import stats_from_json
     from vladata.store.finalize import NORM_KEY, TOKENS_KEY
     from vladata.tokenize import ActionTokenizer

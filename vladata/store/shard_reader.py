@@ -1,7 +1,9 @@
 """A small, fast reader of the Zarr v3 arrays of a local store: the window loader's hot path.
 
 zarr-python reads a 16-frame window at 2-7 k frames/s; reading the same bytes directly reaches
-memcpy speed (docs: DESIGN.md "Measured here"). This module reads exactly the layouts that
+memcpy speed (measured when the store was designed: 20k frames of 200x200x3, random 16-frame
+windows, one process: zarr-python 3.1 2,200-7,000 frames/s, this reader ~58,000, a numpy memmap
+copy ~148,000). This module reads exactly the layouts that
 ``vladata.store.layout`` writes, straight from the files:
 
 - arrays chunked along axis 0 only (a chunk holds whole rows), ``default`` chunk keys;

@@ -2,7 +2,7 @@
 
 **Layout.** A video camera is stored like a JPEG one (:mod:`vladata.store.layout`): a 1-d
 vlen-bytes array ``data/<camera>`` of one-element chunks in shards of ``IMAGE_SHARD`` (64) rows,
-written by :mod:`vladata.store.shards`. Element ``r`` is the compressed packet of frame ``r``.
+written by :mod:`vladata.store.shard_writer`. Element ``r`` is the compressed packet of frame ``r``.
 Each shard is an independent video stream: rows ``[64k, 64k + 64)`` (the last shard may be
 shorter) encoded in row order, episodes back to back, with
 

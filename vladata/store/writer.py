@@ -47,7 +47,7 @@ from vladata.episode import EpisodeInfo, FeatureSpec, Source, check_frames, conc
 from vladata.errors import NonFiniteError, SourceFormatError, StoreError
 from vladata.jsonable import jsonable
 from vladata.store import encode, finalize, layout, manifest, output
-from vladata.store.shards import ShardWriter, can_write
+from vladata.store.shard_writer import ShardWriter, can_write
 
 _progress_queue = None  # set in worker processes
 

@@ -23,7 +23,7 @@ of the sample with key ``e<episode>_<first own frame>``:
   length + bytes per frame, little-endian).
 
 :class:`WindowStream` reads the shards (local paths or any fsspec URL, ``s3://`` included), cuts
-the same windows as :class:`vladata.windows.WindowDataset` (same semantics and window ``index``)
+the same windows as :class:`vladata.loading.windows.WindowDataset` (same semantics and window ``index``)
 in the worker, shuffles them through a pool of ``shuffle_buffer`` samples, and splits the stream by
 rank and worker. Every rank makes ``(num_windows // world_size) // batch_size`` batches per epoch:
 a consumer whose shards run out starts over on them (new order), so uneven shards never leave a

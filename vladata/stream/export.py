@@ -16,7 +16,7 @@ from vladata.store import layout
 from vladata.store.shard_reader import StoreReader
 from vladata.stream import output
 from vladata.stream.format import FORMAT, FORMAT_VERSION
-from vladata.windows import embedding_matrix
+from vladata.loading.windows import embedding_matrix
 
 def _pack_vlen(items: list[bytes]) -> bytes:
     parts = [struct.pack("<I", len(items))]

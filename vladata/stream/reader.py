@@ -13,11 +13,11 @@ import torch.utils.data
 
 from vladata.errors import SelectionError
 from vladata.images import decode_jpeg
-from vladata.sampler import WindowSampler
+from vladata.loading.sampler import WindowSampler
 from vladata.store.layout import ACTION_NORM, ACTION_TOKENS, IMAGE_PREFIX, STATE
 from vladata.stream.format import FORMAT, FORMAT_VERSION, INDEX, StreamFormatError
 from vladata.stream.samples import iter_samples
-from vladata.windows import (OVER, Geometry, Ranges, batch_loader, cut_window, put_language,
+from vladata.loading.windows import (OVER, Geometry, Ranges, batch_loader, cut_window, put_language,
                              window_spec)
 
 
@@ -51,7 +51,7 @@ class WindowStream(torch.utils.data.IterableDataset):
     windows, this worker's share of ``num_batches * batch_size`` per epoch (batch ``k`` comes from
     worker ``k % num_workers``, as torch interleaves them); call ``set_epoch`` before each epoch
     (torch's ``persistent_workers`` would keep the workers' copies at the old epoch).
-    ``.loader(...)`` gives the batch path of :mod:`vladata.batching`, same batches per rank.
+    ``.loader(...)`` gives the batch path of :mod:`vladata.loading.batching`, same batches per rank.
     ``rank``/``world_size`` default to torch.distributed's when it is initialised.
     """
 
@@ -299,7 +299,7 @@ class WindowStream(torch.utils.data.IterableDataset):
 
         Takes what ``WindowDataset.loader`` takes: ``batch_size``, ``shuffle``, ``seed``,
         ``rank``, ``world_size`` (None: this stream's own) and the ``options`` of
-        :func:`vladata.windows.batch_loader` (num_workers, prefetch, pin_memory,
+        :func:`vladata.loading.windows.batch_loader` (num_workers, prefetch, pin_memory,
         multiprocessing_context, timeout). A stream serves whole batches only: ``drop_last``
         must stay True.
         """

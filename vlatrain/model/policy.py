@@ -37,7 +37,7 @@ BACKBONES: dict[str, Callable[[ModelConfig, DataSpec], Backbone]] = {
 
 def _lm_head(cfg: ModelConfig, feature_dim: int, spec: DataSpec) -> PolicyHead:
     """Action tokens through the VLM's own LM logits (imports the VLM code on first use)."""
-    from vlatrain.vlm.heads import build_lm_head
+    from vlatrain.vlm.lm_head import build_lm_head
     return build_lm_head(cfg, feature_dim, spec)
 
 

@@ -6,7 +6,7 @@ dimensions, names and units, the chunk, whether an instruction is needed. :meth:
 refuses a frame that breaks it, naming every offending key (:class:`ObservationError`).
 
 :class:`History` holds the last ``h`` frames of one environment and cuts the window the window
-loader would have cut at the same step (``vladata.windows``): before ``h`` frames exist, the
+loader would have cut at the same step (``vladata.loading.windows``): before ``h`` frames exist, the
 missing slots repeat the first frame and ``obs_mask`` is false for them.
 """
 

@@ -10,7 +10,7 @@ doing exactly what training did to the data, with the same code::
       -> [when the chunk rule asks] BatchPreparer.observation(train=False): images resized and
          normalised for the backbone as in training, no augmentation; the model; decode
       -> the chunk rule (execute=k or temporal ensembling) picks this step's normalised action
-      -> vladata.normalize.denormalize with the stored action statistics -> (A,) float32
+      -> vladata.normalization.denormalize with the stored action statistics -> (A,) float32
 
 Instructions are read as the model was trained to read them (``model.language``): ``text``
 passes the sentence, ``embedding`` looks its stored sentence embedding up in the table recorded
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from vladata.errors import ObservationError, PolicyUnavailableError
-from vladata.normalize import Normalization, denormalize
+from vladata.normalization import Normalization, denormalize
 from vladata.store.layout import STATE
 from vlatrain import checkpoint
 from vlatrain.augment import BatchPreparer

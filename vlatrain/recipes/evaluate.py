@@ -16,8 +16,8 @@ from vlatrain import checkpoint, data, distributed, preflight
 from vlatrain.augment import BatchPreparer
 from vlatrain.config import Config, ConfigError
 from vlatrain.errors import CheckpointError
-from vladata.normalize import OBSERVATION_MODE
-from vlatrain.evaluate import evaluate
+from vladata.normalization import OBSERVATION_MODE
+from vlatrain.offline_eval import evaluate
 from vlatrain.losses import make_loss
 from vlatrain.model import build_policy
 from vlatrain.precision import autocast_for

@@ -25,7 +25,7 @@ import torch
 from vlatrain import checkpoint, data, distributed, preflight, rundir, sim_eval
 from vlatrain.augment import BatchPreparer
 from vlatrain.config import Config, ConfigError, dump_config, load_config
-from vlatrain.evaluate import evaluate, format_report
+from vlatrain.offline_eval import evaluate, format_report
 from vlatrain.language import LanguageAugmenter
 from vlatrain.logging import NullLogger, RunLogger, run_header
 from vlatrain.loop import TrainState, train

@@ -20,14 +20,14 @@ activation checkpointing, dtype, prompt).
 from __future__ import annotations
 
 # Only the light modules here: vlatrain.config and vlatrain.model import this package.
-from vlatrain.vlm.config import HISTORY_MODES, VLMConfig, vlm_config
+from vlatrain.vlm.vlm_config import HISTORY_MODES, VLMConfig, vlm_config
 from vlatrain.vlm.registry import VLM_BACKBONES, backbone_class, register
 
 
 def __getattr__(name: str):
     if name in ("LMLogitsHead", "build_lm_head"):  # imports vlatrain.model: on first use
-        from vlatrain.vlm import heads
-        return getattr(heads, name)
+        from vlatrain.vlm import lm_head
+        return getattr(lm_head, name)
     raise AttributeError(f"module 'vlatrain.vlm' has no attribute {name!r}")
 
 

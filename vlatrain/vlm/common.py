@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from vladata.errors import ConfigError
 from vlatrain.model.backbone import BackboneOutput, ImageSpec, Observation
 from vlatrain.spec import DataSpec
-from vlatrain.vlm.config import history_mode, vlm_config
+from vlatrain.vlm.vlm_config import history_mode, vlm_config
 from vlatrain.vlm.interleaved import interleaved_rows
 from vlatrain.vlm.loading import load_model, load_tokenizer, weights_dir
 from vlatrain.vlm.sequence import (ACTION, IMAGE, SLOT, STATE, Layout, Piece, Prompt,

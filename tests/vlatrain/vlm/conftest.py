@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # vlm_factories, vlm_helpers
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # any attempt to reach a hub fails at once
 
 
@@ -22,5 +19,5 @@ def quiet_transformers():
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
     """{backbone name: directory} of every tiny model (saved once per test session)."""
-    from vlm_factories import build_all
+    from tests.helpers.vlm_factories import build_all
     return build_all(tmp_path_factory.mktemp("vlm"))

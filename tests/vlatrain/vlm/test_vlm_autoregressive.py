@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-from vlm_helpers import loss_of, make_policy, prepared
+from tests.helpers.vlm_helpers import loss_of, make_policy, prepared
 
 from vladata.errors import ConfigError
 from vlatrain.config import Config

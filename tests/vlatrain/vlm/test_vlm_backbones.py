@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vlm_helpers import HEADS, MODES, NAMES, loss_of, make_policy, prepared
+from tests.helpers.vlm_helpers import HEADS, MODES, NAMES, loss_of, make_policy, prepared
 
 
 def open_gates(policy, value=0.5):
@@ -111,7 +111,7 @@ def test_padded_history_steps_change_nothing(tiny_dirs, name, mode):
 
 
 def test_a_single_camera_and_no_state(tiny_dirs):
-    from vlm_helpers import vlm_spec
+    from tests.helpers.vlm_helpers import vlm_spec
     spec = vlm_spec(history=2, cameras=("static",))
     policy, prep, spec = make_policy(tiny_dirs, "qwen2vl", "fc", "interleaved", spec=spec,
                                      use_state=False)

@@ -11,12 +11,12 @@ import torch
 
 from vladata.errors import ConfigError
 from vladata.tokenize import ActionTokenizer
-from vlm_factories import V
-from vlm_helpers import make_policy, model_config, vlm_spec
+from tests.helpers.vlm_factories import V
+from tests.helpers.vlm_helpers import make_policy, model_config, vlm_spec
 from vlatrain.config import ModelConfig
 from vlatrain.model.backbone import BackboneOutput
 from vlatrain.vlm import VLM_BACKBONES, LMLogitsHead, VLMConfig, register, vlm_config
-from vlatrain.vlm.config import history_mode
+from vlatrain.vlm.vlm_config import history_mode
 from vlatrain.vlm.loading import WeightsError
 from vlatrain.vlm.sequence import SLOT
 
@@ -129,7 +129,7 @@ def test_a_vlm_needs_a_camera(tiny_dirs):
 
 
 def test_a_missing_state_is_reported(tiny_dirs):
-    from vlm_helpers import prepared
+    from tests.helpers.vlm_helpers import prepared
     policy, prep, spec = make_policy(tiny_dirs, "kosmos2")
     obs, _ = prepared(prep, spec)
     obs.state = None
@@ -159,7 +159,7 @@ def test_action_token_ids_follow_the_store_layout(tiny_dirs):
 
 
 def test_lm_logits_are_the_lm_heads_scores_of_the_action_ids(tiny_dirs):
-    from vlm_helpers import prepared
+    from tests.helpers.vlm_helpers import prepared
     policy, prep, spec = make_policy(tiny_dirs, "llava", "lm", "history")
     bb = policy.backbone.eval()
     obs, _ = prepared(prep, spec)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlm_helpers import make_policy, vlm_spec
+from tests.helpers.vlm_helpers import make_policy, vlm_spec
 from vlatrain.vlm.sequence import ACTION, IMAGE, MEDIA, TEXT
 
 INSTRUCTION = "open the drawer"

@@ -18,13 +18,13 @@ def registered(monkeypatch):
 @pytest.mark.parametrize("name, history, head", [
     ("kosmos2", 1, ["model.head=lstm"]), ("qwen2vl", 2, ["model.head=lstm"]),
     ("llava", 1, ["model.head=lm", "model.vlm.autoregressive=true"])])
-def test_train_and_evaluate_a_vlm_policy(calvin_store, tiny_dirs, tmp_path, registered, name,
+def test_train_and_evaluate_a_vlm_policy(calvin_rgb_store, tiny_dirs, tmp_path, registered, name,
                                          history, head):
     from vlatrain import checkpoint
     from vlatrain.recipes.evaluate import evaluate_checkpoint
     from vlatrain.recipes.train import run
     cfg = load_config(None, [
-        f"out={tmp_path}", f"data.path={calvin_store}", f"data.history={history}",
+        f"out={tmp_path}", f"data.path={calvin_rgb_store}", f"data.history={history}",
         "data.chunk=2", "data.batch_size=2", "data.num_workers=0",
         f"model.backbone={name}", f"model.path={tiny_dirs[name]}", *head,
         f"model.history={'one-step' if history == 1 else 'history'}", "model.image_size=16",
@@ -36,5 +36,5 @@ def test_train_and_evaluate_a_vlm_policy(calvin_store, tiny_dirs, tmp_path, regi
     assert last is not None
     state = checkpoint.load(last)  # torch.load(weights_only=True) of the whole VLM policy
     assert any(k.startswith("backbone.model.") for k in state["model"])
-    metrics, _ = evaluate_checkpoint(last, str(calvin_store), batches=1, device="cpu")
+    metrics, _ = evaluate_checkpoint(last, str(calvin_rgb_store), batches=1, device="cpu")
     assert math.isfinite(metrics["val/loss"])

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vlm_helpers import NAMES, loss_of, make_policy, prepared
+from tests.helpers.vlm_helpers import NAMES, loss_of, make_policy, prepared
 from vlatrain.config import OptimConfig
 from vlatrain.optim import build_optimizer
 

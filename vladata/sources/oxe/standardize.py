@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 ACTION_NAMES = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
-GRIPPER_CONVENTION = "0/1"  # "<closed>/<open>" (vladata.normalize): 1 = open, 0 = closed
+GRIPPER_CONVENTION = "0/1"  # "<closed>/<open>" (vladata.normalization): 1 = open, 0 = closed
 ROLES = ("primary", "secondary", "wrist")
 
 

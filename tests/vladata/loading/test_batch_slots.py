@@ -18,7 +18,7 @@ import torch
 
 import vladata
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _clone(batch: dict) -> dict:

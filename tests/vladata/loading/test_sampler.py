@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from vladata.sampler import SamplerStateError, WindowSampler
+from vladata.loading.sampler import SamplerStateError, WindowSampler
 
 
 @pytest.mark.parametrize("n,world,workers,b", [(1000, 4, 3, 8), (997, 3, 2, 5), (64, 1, 1, 64), (50, 8, 2, 3)])

@@ -2,10 +2,10 @@
 
 A :class:`Mixture` puts the windows of several stores in one index space (store ``j``'s window
 ``w`` is mixture index ``offsets[j] + w``); each store's windows are cut exactly as
-:class:`vladata.windows.WindowDataset` cuts them, and ``action`` comes from that store's own
+:class:`vladata.loading.windows.WindowDataset` cuts them, and ``action`` comes from that store's own
 ``action.norm`` -- every dataset is normalised with its own statistics, as Octo and OpenVLA do;
 with ``normalize_observations`` (a mode name) so are its low-dimensional observations
-(``observation.state``, ...): each store's :class:`~vladata.normalize.ObservationNormalizer` is
+(``observation.state``, ...): each store's :class:`~vladata.normalization.ObservationNormalizer` is
 built from its own statistics and applied to its rows in the workers
 (:attr:`Mixture.observation_norms`, one per store, for checkpoints and policies).
 
@@ -16,7 +16,7 @@ counts are ``p_j * epoch_size`` rounded by largest remainder, so an epoch holds 
 shares; within a store windows come from per-epoch permutations (a store drawn more often than
 it has windows goes round its permutation again), and the draws of all stores are shuffled
 together from ``(seed, epoch)``. The order is then dealt across ranks, batched, resumed and
-reshuffled by :class:`vladata.sampler.WindowSampler`.
+reshuffled by :class:`vladata.loading.sampler.WindowSampler`.
 
 Batches hold every field of a window batch plus ``dataset_index`` int64 (B,); ``index`` is the
 mixture index. All stores must share the chosen cameras (same names and shapes), the action
@@ -31,9 +31,9 @@ import torch.utils.data
 
 from vladata.dataset import open as open_dataset
 from vladata.errors import ConfigError
-from vladata.sampler import WindowSampler
+from vladata.loading.sampler import WindowSampler
 from vladata.store.layout import STATE
-from vladata.windows import WindowDataset, batch_loader
+from vladata.loading.windows import WindowDataset, batch_loader
 
 
 class MixtureSampler(WindowSampler):

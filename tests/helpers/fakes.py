@@ -1,6 +1,6 @@
 """Synthetic batches in exactly the window loader's format, and a resumable in-memory loader.
 
-The batch format is the one ``vladata.windows.WindowDataset`` documents (B batch, h history,
+The batch format is the one ``vladata.loading.windows.WindowDataset`` documents (B batch, h history,
 c chunk, A action dims): uint8 channels-last images, float32 state, normalised float32 actions
 with the gripper as -1/+1, int64 tokens under the store's token layout, bool masks, strings.
 Actions are a smooth function of the state so a model can learn them.

@@ -371,7 +371,7 @@ class ObservationNormalizer:
 
 def observation_normalizer(ds, how, keys) -> ObservationNormalizer | None:
     """The normaliser of store ``ds``'s windows that ``normalize_observations=how`` asks for
-    (:class:`vladata.windows.WindowDataset`): None; a mode name applied to the float low-dim
+    (:class:`vladata.loading.windows.WindowDataset`): None; a mode name applied to the float low-dim
     features among ``keys`` with ``ds``'s statistics; or a given one, checked to cover exactly
     those features with their dims."""
     if how is None:

@@ -15,7 +15,7 @@ pytest.importorskip("metaworld")
 import vladata  # noqa: E402
 from cli.vladata import main  # noqa: E402
 from tests.vladata.sources.conformance import SourceConformance  # noqa: E402
-from vladata.sources.metaworld import MetaWorldSource, run_expert  # noqa: E402
+from vlaenv.metaworld_demos import MetaWorldSource, run_expert  # noqa: E402
 from vlaenv.metaworld import INSTRUCTIONS, MetaWorldEnv  # noqa: E402
 
 ARGS = ["--tasks", "reach,drawer-close", "--episodes-per-task", "2", "--image-size", "32",
@@ -69,7 +69,7 @@ def test_store_frames_equal_what_the_env_produced(collected):
     assert (seg["end"] + 1).to_list() == ds.episodes["length"].to_list()
     assert ds.info["source_info"]["gripper"] == "1/-1"
     jsonschema = pytest.importorskip("jsonschema")
-    schemas = os.path.join(os.path.dirname(__file__), "..", "..", "..", "schemas")
+    schemas = os.path.join(os.path.dirname(__file__), "..", "..", "schemas")
     with open(os.path.join(schemas, "store.schema.json")) as f:
         jsonschema.validate(ds.info, json.load(f))
     assert "action.tokens" in ds.features and "action" in ds.stats

@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from vlm_factories import V
+from tests.helpers.vlm_factories import V
 
 NAMES = ("kosmos2", "llava", "paligemma", "qwen2vl", "flamingo")
 HEADS = ("fc", "lstm", "gpt", "discrete", "lm")
@@ -19,7 +19,7 @@ SMALL_HEAD = dict(hidden=16, layers=1, heads=2, image_size=16)
 
 def vlm_spec(history: int = 1, chunk: int = 3, **kw):
     """The fakes' CALVIN-like spec, action tokens in the OpenVLA layout of the tiny vocabulary."""
-    from fakes import make_spec
+    from tests.helpers.fakes import make_spec
     from vladata.tokenize import ActionTokenizer
     spec = make_spec(history=history, chunk=chunk, size=(20, 20), **kw)
     tok = ActionTokenizer(bins=spec.n_bins, layout="openvla", vocab_size=V)
@@ -58,7 +58,7 @@ def make_policy(dirs, name, head="gpt", mode="one-step", *, history=None, use_st
 
 
 def prepared(prep, spec, *, seed=0, pad_first=0, train=False, batch_size=4):
-    from fakes import make_batch
+    from tests.helpers.fakes import make_batch
     return prep(make_batch(spec, batch_size, seed=seed, pad_first=pad_first), train=train,
                 gen=torch.Generator().manual_seed(seed))
 

@@ -1,4 +1,4 @@
-"""vladata/normalize.py: modes, masks, constant dimensions, gripper conventions, errors."""
+"""vladata/normalization.py: modes, masks, constant dimensions, gripper conventions, errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 import vladata
 from vladata.errors import ConfigError, StatsError
-from vladata.normalize import (GripperConvention, Normalization, NormalizationError, denormalize,
+from vladata.normalization import (GripperConvention, Normalization, NormalizationError, denormalize,
                                normalize, parse_convention, parse_normalization)
 from vladata.stats import compute_stats
 
@@ -145,7 +145,7 @@ def test_with_computed_statistics():
 
 
 def test_observation_normalizer_is_one_object_for_loader_checkpoint_and_policy(calvin_store):
-    from vladata.normalize import ObservationNormalizer
+    from vladata.normalization import ObservationNormalizer
     ds = vladata.open(calvin_store)
     norm = ObservationNormalizer.from_dataset(ds, ["observation.state"])
     again = ObservationNormalizer.from_dict(json.loads(json.dumps(norm.to_dict())))
@@ -174,7 +174,7 @@ def test_observation_normalizer_is_one_object_for_loader_checkpoint_and_policy(c
 
 
 def test_observation_normalizer_refuses_missing_statistics(calvin_store):
-    from vladata.normalize import ObservationNormalizer
+    from vladata.normalization import ObservationNormalizer
     ds = vladata.open(calvin_store)
     with pytest.raises(StatsError, match=r"no q01/q99 statistics of 'action.norm'"):
         ObservationNormalizer.from_dataset(ds, ["action.norm"], mode="quantile")
@@ -184,7 +184,7 @@ def test_observation_normalizer_refuses_missing_statistics(calvin_store):
 
 def test_a_given_observation_normalizer_must_fit_the_windows(calvin_store):
     from vladata.errors import StoreError
-    from vladata.normalize import ObservationNormalizer
+    from vladata.normalization import ObservationNormalizer
     ds = vladata.open(calvin_store)
     norm = ObservationNormalizer.from_dataset(ds, ["observation.state"])
     assert ds.windows(history=2, chunk=3, normalize_observations=norm).observation_norm is norm

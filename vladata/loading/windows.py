@@ -1,7 +1,7 @@
 """Training windows of a store: history ``h`` of observations, an action chunk ``c`` per step.
 
 :class:`WindowDataset` is a map-style torch Dataset; ``.loader(...)`` gives the fast batch path
-(:mod:`vladata.batching`, :mod:`vladata.sampler`). Frames are read with the direct shard reader
+(:mod:`vladata.loading.batching`, :mod:`vladata.loading.sampler`). Frames are read with the direct shard reader
 (:mod:`vladata.store.shard_reader`): a window reads only the rows it needs.
 """
 
@@ -16,7 +16,7 @@ from vladata.dataset import open as open_dataset
 from vladata.errors import SelectionError, StoreError
 from vladata.fast import load_for_windows
 from vladata.images import decode_jpeg
-from vladata.normalize import observation_normalizer
+from vladata.normalization import observation_normalizer
 from vladata.store.layout import (ACTION_NORM, ACTION_TOKENS, ENCODED_CODECS, IMAGE_PREFIX,
                                   STATE, VIDEO_CODECS)
 from vladata.store.shard_reader import StoreReader
@@ -67,9 +67,9 @@ class WindowDataset(torch.utils.data.Dataset):
       ``index`` int64 (the window index).
 
     **Observation normalisation.** ``normalize_observations=None`` (default) serves the stored
-    values. A mode name (``"meanstd"``, as :data:`vladata.normalize.OBSERVATION_MODE`) normalises
+    values. A mode name (``"meanstd"``, as :data:`vladata.normalization.OBSERVATION_MODE`) normalises
     ``observation.state`` and every low-dim ``extra_keys`` feature of float dtype with this
-    store's own statistics (float32 out); an :class:`~vladata.normalize.ObservationNormalizer`
+    store's own statistics (float32 out); an :class:`~vladata.normalization.ObservationNormalizer`
     (e.g. the one a checkpoint recorded) is used as given. ``observation_norm`` holds the one in
     use (or None); it is applied in the workers, and is the object a policy applies to a live
     frame (:meth:`ObservationNormalizer.apply`).
@@ -84,7 +84,7 @@ class WindowDataset(torch.utils.data.Dataset):
     ``h=1`` is one-step modelling. ``cameras``: image features to include, as full keys or the
     part after ``observation.images.`` (default: all). ``__getitem__`` returns numpy arrays (torch's
     ``DataLoader`` can batch them); :meth:`loader` is the fast path: windows written straight into
-    reused batch buffers by worker processes (:mod:`vladata.batching`).
+    reused batch buffers by worker processes (:mod:`vladata.loading.batching`).
     """
 
     def __init__(self, ds, history: int = 16, chunk: int = 10, cameras=None, split="train",
@@ -213,7 +213,7 @@ class WindowDataset(torch.utils.data.Dataset):
                world_size: int = 1, drop_last: bool = True, **options):
         """The batch loader over a :class:`WindowSampler` (:func:`batch_loader`; ``options``:
         num_workers, prefetch, pin_memory, multiprocessing_context, timeout)."""
-        from vladata.sampler import WindowSampler
+        from vladata.loading.sampler import WindowSampler
         sampler = WindowSampler(len(self), batch_size, shuffle=shuffle, seed=seed, rank=rank,
                                 world_size=world_size, drop_last=drop_last)
         return batch_loader(self, sampler, batch_size, **options)
@@ -222,9 +222,9 @@ class WindowDataset(torch.utils.data.Dataset):
 def batch_loader(producer, sampler, batch_size: int, *, num_workers: int = 2, prefetch: int = 2,
                  pin_memory: bool = False, multiprocessing_context: str | None = None,
                  timeout: float = 300.0):
-    """The :class:`vladata.batching.BatchLoader` of ``producer``'s windows in ``sampler``'s order
+    """The :class:`vladata.loading.batching.BatchLoader` of ``producer``'s windows in ``sampler``'s order
     (``WindowDataset.loader`` and ``Mixture.loader`` both build theirs here)."""
-    from vladata.batching import BatchLoader
+    from vladata.loading.batching import BatchLoader
     return BatchLoader(producer, sampler, batch_size=batch_size, num_workers=num_workers,
                        prefetch=prefetch, pin_memory=pin_memory,
                        multiprocessing_context=multiprocessing_context, timeout=timeout)

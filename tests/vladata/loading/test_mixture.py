@@ -10,7 +10,7 @@ import torch
 
 import vladata
 from vladata.errors import ConfigError
-from vladata.mixture import Mixture, MixtureSampler, quotas
+from vladata.loading.mixture import Mixture, MixtureSampler, quotas
 from vladata.samples.calvin import write_sample
 from vladata.sources.calvin import CalvinSource
 

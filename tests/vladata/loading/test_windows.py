@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import vladata
-from vladata.batching import LoaderError
-from tests.conftest import build_codec_stores
+from vladata.loading.batching import LoaderError
+from tests.helpers.stores import build_codec_stores
 
 STATIC, GRIPPER = "observation.images.rgb_static", "observation.images.rgb_gripper"
 

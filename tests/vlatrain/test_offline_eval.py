@@ -1,13 +1,13 @@
-"""vlatrain/evaluate.py: errors in dataset units vs the mean action, on the last history step."""
+"""vlatrain/offline_eval.py: errors in dataset units vs the mean action, on the last history step."""
 
 import pytest
 import torch
 from torch import nn
 
-from fakes import FakeLoader, make_spec
+from tests.helpers.fakes import FakeLoader, make_spec
 from vlatrain.augment import BatchPreparer
 from vlatrain.config import AugmentConfig
-from vlatrain.evaluate import evaluate, format_report
+from vlatrain.offline_eval import evaluate, format_report
 from vlatrain.model import ImageSpec, Policy
 
 

@@ -1,4 +1,4 @@
-"""Shard files written by vladata.store.shards read back identically through zarr-python."""
+"""Shard files written by vladata.store.shard_writer read back identically through zarr-python."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import zarr
 
 from vladata.episode import FeatureSpec
 from vladata.store import layout
-from vladata.store.shards import ShardWriter, can_write
+from vladata.store.shard_writer import ShardWriter, can_write
 
 
 @pytest.mark.parametrize("codec", ["raw", "lz4", "jpeg"])

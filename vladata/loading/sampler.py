@@ -14,7 +14,7 @@ loader yields batches in order ``k = 0, 1, ...`` whatever worker made them.
 Position: ``epoch`` and ``position`` (batches of this epoch already handed to the consumer).
 ``state_dict()``/``load_state_dict()`` save and restore them, so a resumed run continues with
 exactly the batch the interrupted run would have produced next. A loader that prefetches must
-advance ``position`` when it *yields* a batch, not when it asks for one (``vladata.batching``
+advance ``position`` when it *yields* a batch, not when it asks for one (``vladata.loading.batching``
 does); plain iteration (``for b in sampler``) advances it as it goes, and finishing an epoch moves
 to the next one (``set_epoch`` sets it explicitly).
 """

@@ -1,9 +1,9 @@
 """The batch path: windows written straight into preallocated, reused batch buffers.
 
 torch's default collate allocates fresh tensors for every batch, and first touch of fresh memory
-runs at ~2.3 GB/s: a memmap-backed window dataset behind a default ``DataLoader`` delivered
-600-1,000 windows/s where copying into reused buffers reached ~5,300 (DESIGN.md, "Batching
-matters"). So :class:`BatchLoader` allocates once, for ``slots`` batches, one arena of memory
+runs at ~2.3 GB/s: the same store's windows through torch's default collate come at 595/679
+windows/s (0/2 workers) against 3,123/4,706 on this batch path (BENCHMARKS.md, "Window loading",
+cases (a) and (a'), ``benchmarks/loader.py``). So :class:`BatchLoader` allocates once, for ``slots`` batches, one arena of memory
 (shared memory when worker processes fill it, page-locked in place with ``pin_memory=True`` so a
 ``.to("cuda", non_blocking=True)`` is a DMA), and workers write each window straight into its
 row of a slot -- images are ``pread`` or JPEG-decoded into it. Only small messages travel
@@ -16,10 +16,10 @@ round in the order batches are yielded, counted over the loader's whole life (no
 at most ``slots - 2`` batches are in flight, so the two a consumer may still hold are never
 written to.
 
-Producers (:class:`vladata.windows.WindowDataset`, the streaming and mixture datasets) provide
+Producers (:class:`vladata.loading.windows.WindowDataset`, the streaming and mixture datasets) provide
 ``sample_spec() -> {name: (shape, dtype)}`` and ``fill_batch(arrays, task) -> {"n": rows, lists}``
 and, optionally, ``worker_init(worker_id, num_workers)``. The plan (a
-:class:`vladata.sampler.WindowSampler` or alike) provides ``num_batches``, ``epoch``,
+:class:`vladata.loading.sampler.WindowSampler` or alike) provides ``num_batches``, ``epoch``,
 ``position``, ``batch(k)`` (the task of batch ``k``), ``advance``, ``set_epoch`` and
 ``state_dict``/``load_state_dict``. Batch ``k`` is made by worker ``k % num_workers`` and batches
 are yielded in order, so the sequence does not depend on ``num_workers`` or timing.
