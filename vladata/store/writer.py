@@ -27,12 +27,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
-import queue as queue_mod
 import time
-from concurrent.futures import (FIRST_EXCEPTION, Future, ProcessPoolExecutor, ThreadPoolExecutor,
-                                wait)
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,15 +39,11 @@ import zarr
 from tqdm.auto import tqdm
 
 import vladata.atomic as atomic
-import vladata.workers as workers_mod
 from vladata.episode import EpisodeInfo, FeatureSpec, Source, check_frames
 from vladata.errors import NonFiniteError, SourceFormatError, StoreError
 from vladata.jsonable import jsonable
-from vladata.store import finalize, layout, manifest, output
+from vladata.store import engines, finalize, layout, manifest, output
 from vladata.store.shards import ShardWriter, can_write
-
-_progress_queue = None  # set in worker processes
-
 
 @dataclass
 class Summary:
@@ -92,15 +85,18 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
             overwrite: bool = False, image_codec: str = "raw", part_frames: int | None = None,
             quantiles: tuple[float, ...] = (0.01, 0.99), jpeg_quality: int = 90,
             image_stats: bool = False, tokenizer=None, progress: bool = True,
-            inputs=None) -> Summary:
+            inputs=None, engine: str = "local", address: str | None = None) -> Summary:
     """Write ``source`` to a store at ``out``; see the module docstring. Returns a summary.
 
     ``tokenizer`` (a :class:`vladata.tokenize.ActionTokenizer`) sets the token-id layout of the
     stored ``action.tokens``; the default is 256 bins, ids ``bin + 10``. ``inputs`` are the paths
     the output must stay apart from (default: the source's ``root``/``path``/``src_dir``/
-    ``mapping_file``).
+    ``mapping_file``). ``engine`` runs the parts in local processes (``"local"``, ``workers``
+    of them) or as Ray tasks (``"ray"``, on the cluster at ``address`` or a Ray started here):
+    see :mod:`vladata.store.engines`.
     """
     t0 = time.perf_counter()
+    runner = engines.make(engine, workers=workers, address=address)
     out = Path(out)
     decision = output.check(out, inputs=output.source_inputs(source) if inputs is None
                             else inputs, resume=resume, overwrite=overwrite)
@@ -142,7 +138,7 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
                                         for ep in plan]),
                    features=features, storage=storage, jpeg_quality=jpeg_quality,
                    image_stats=image_stats)
-    _run_parts(job, parts, todo, workers=workers, total=n,
+    _run_parts(job, parts, todo, engine=runner, total=n,
                already=sum(parts[k][1] - parts[k][0] for k in done), progress=progress)
 
     stats = finalize.finish(out, features, parts, starts, job.lengths, job.in_stats, stats_split,
@@ -253,51 +249,14 @@ def _marker(out: Path, k: int) -> Path:
     return out / layout.PARTS / f"part-{k:05d}.json"
 
 
-def _run_parts(job: _PartJob, parts, todo, *, workers: int, total: int, already: int,
+def _run_parts(job: _PartJob, parts, todo, *, engine, total: int, already: int,
                progress: bool) -> None:
     bar = tqdm(total=total, initial=already, unit="frame", unit_scale=True, disable=not progress,
                desc="convert", smoothing=0.1, dynamic_ncols=True)
     try:
-        if workers <= 1 or len(todo) <= 1:
-            for k in todo:
-                _write_part(job, k, parts[k], report=bar.update)
-            return
-        ctx = mp.get_context("spawn")
-        pool = None
-        try:
-            with workers_mod.spawning():  # workers leave Ctrl-C to this process
-                q = ctx.Queue()
-                pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
-                                           initializer=_init_worker, initargs=(q, os.getpid()))
-                pending = {pool.submit(_write_part, job, k, parts[k]) for k in todo}
-            while pending:
-                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
-                _drain(q, bar)
-                for f in finished:
-                    if f.exception() is not None:
-                        raise f.exception()
-            _drain(q, bar)
-        except BaseException:  # a failed part, or Ctrl-C: stop the others now
-            if pool is not None:
-                workers_mod.terminate(pool)
-            raise
-        pool.shutdown()
+        engine.run(_write_part, job, parts, todo, bar)
     finally:
         bar.close()
-
-
-def _init_worker(q, parent_pid: int) -> None:
-    global _progress_queue
-    workers_mod.init_worker(parent_pid)
-    _progress_queue = q
-
-
-def _drain(q, bar) -> None:
-    while True:
-        try:
-            bar.update(q.get_nowait())
-        except queue_mod.Empty:
-            return
 
 
 def _write_part(job: _PartJob, k: int, rows: tuple[int, int], report=None) -> None:
@@ -306,7 +265,7 @@ def _write_part(job: _PartJob, k: int, rows: tuple[int, int], report=None) -> No
     Reading the source (decompression, decoding) and writing shard files overlap: shards go to
     a writer thread, at most two in flight.
     """
-    report = report or (_progress_queue.put if _progress_queue is not None else (lambda n: None))
+    report = report or (lambda n: None)
     lo, hi = rows
     out = Path(job.out)
     with zarr.config.set(layout.WRITE_EMPTY):  # a missing chunk must mean damage, not zeros
