@@ -42,7 +42,7 @@ import vladata.atomic as atomic
 from vladata.episode import EpisodeInfo, FeatureSpec, Source, check_frames
 from vladata.errors import NonFiniteError, SourceFormatError, StoreError
 from vladata.jsonable import jsonable
-from vladata.store import engines, finalize, layout, manifest, output
+from vladata.store import engines, finalize, fs, layout, manifest, output
 from vladata.store.shards import ShardWriter, can_write
 
 @dataclass
@@ -97,7 +97,7 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
     """
     t0 = time.perf_counter()
     runner = engines.make(engine, workers=workers, address=address)
-    out = Path(out)
+    out = fs.to_path(out)  # a local Path, or a UPath for a URL (s3://...): see vladata.store.fs
     decision = output.check(out, inputs=output.source_inputs(source) if inputs is None
                             else inputs, resume=resume, overwrite=overwrite)
     plan = source.plan()
@@ -187,7 +187,7 @@ def _fingerprint(source: Source, plan: list[EpisodeInfo], features: dict[str, Fe
 def _create_store(out: Path, source: Source, plan: list[EpisodeInfo],
                   features: dict[str, FeatureSpec], storage: dict, starts: np.ndarray,
                   n: int) -> None:
-    root = zarr.open_group(out, mode="a")  # not "w": it would empty the directory, marker included
+    root = zarr.open_group(fs.zarr_path(out), mode="a")  # not "w": it would empty the directory
     root.attrs["vlakit"] = {
         "format_version": layout.FORMAT_VERSION, "source": source.name,
         "source_info": jsonable(source.describe()), "fps": float(source.fps),
@@ -198,8 +198,8 @@ def _create_store(out: Path, source: Source, plan: list[EpisodeInfo],
     for name, spec in features.items():
         layout.create_array(data, name, spec, n, storage[name])
     (out / layout.PARTS).mkdir(parents=True, exist_ok=True)
-    episode_table(plan, starts).write_parquet(out / layout.EPISODES)
-    segment_table(plan).write_parquet(out / layout.SEGMENTS)
+    fs.write_parquet(episode_table(plan, starts), out / layout.EPISODES)
+    fs.write_parquet(segment_table(plan), out / layout.SEGMENTS)
 
 
 def episode_table(plan: list[EpisodeInfo], starts: np.ndarray) -> pl.DataFrame:
@@ -267,9 +267,9 @@ def _write_part(job: _PartJob, k: int, rows: tuple[int, int], report=None) -> No
     """
     report = report or (lambda n: None)
     lo, hi = rows
-    out = Path(job.out)
+    out = fs.to_path(job.out)
     with zarr.config.set(layout.WRITE_EMPTY):  # a missing chunk must mean damage, not zeros
-        data = zarr.open_group(out / layout.DATA, mode="r+")
+        data = zarr.open_group(fs.zarr_path(out / layout.DATA), mode="r+")
         arrays = {name: data[name] for name in job.features}
     shard_writers = {name: ShardWriter(arr, out / layout.DATA / name)
                      for name, arr in arrays.items()
@@ -351,9 +351,9 @@ def _read_rows(job: _PartJob, r: int, r2: int) -> tuple[dict[str, np.ndarray], n
 
 
 
-def _du(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*")
-               if p.is_file() and not p.name.endswith(".stats.npz"))
+def _du(path) -> int:
+    return sum(size if size is not None else p.stat().st_size
+               for _, p, size in fs.files(path, "") if not p.name.endswith(".stats.npz"))
 
 
 __all__ = ["convert", "Summary", "episode_table", "segment_table", "NonFiniteError"]
