@@ -114,7 +114,33 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def s3():
+    """A loopback S3 server (moto), named by AWS_* variables that the Ray nodes inherit."""
+    pytest.importorskip("s3fs")
+    pytest.importorskip("upath")
+    from moto.server import ThreadedMotoServer
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    mp = pytest.MonkeyPatch()
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1",
+                 "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
+        mp.setenv(k, v)
+    import fsspec
+    fs = fsspec.filesystem("s3", skip_instance_cache=True, use_listings_cache=False)
+    fs.mkdir("ray-bucket")
+    try:
+        yield fs
+    finally:
+        mp.undo()
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(s3):
     tmp = Path(tempfile.mkdtemp(prefix="vlaray-"))  # short: Ray's socket paths have a length limit
     c = Cluster(tmp)
     old = {k: os.environ.get(k) for k in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")}
@@ -240,6 +266,19 @@ def test_resume_across_engines(cluster, data, tmp_path):
     s = vladata.convert(CalvinSource(str(src)), out, resume=True, progress=False)
     assert s.parts_reused == done and s.parts_written + done >= 3
     assert_same_store(ref, out)
+
+
+def test_ray_conversion_to_s3_equals_local(cluster, s3, data):
+    src, ref = data
+    url = "s3://ray-bucket/calvin.vla"
+    vladata.convert(CalvinSource(str(src)), url, engine="ray", part_frames=PART, progress=False)
+    base = url.split("://")[1]
+    remote = {k[len(base) + 1:]: s3.cat_file(k) for k in s3.find(base)}
+    local = store_files(ref)
+    assert sorted(remote) == sorted(local)
+    man = "meta/manifest.json"
+    assert json.loads(remote[man])["files"] == json.loads(local[man])
+    assert [k for k in local if k != man and local[k] != remote[k]] == []
 
 
 def test_cli_joins_the_cluster(cluster, data, tmp_path):

@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 pytest.importorskip("s3fs")
 pytest.importorskip("upath")
 
 import vladata  # noqa: E402
+from cli.vladata import main  # noqa: E402
 from vladata.errors import SourceFormatError, StoreError  # noqa: E402
 from vladata.samples.calvin import write_sample  # noqa: E402
 from vladata.sources.calvin import CalvinSource  # noqa: E402
@@ -85,6 +87,18 @@ def assert_same(local: dict, remote: dict) -> None:
     assert [k for k in local if k != man and local[k] != remote[k]] == []
 
 
+def _first_batches(loader, n: int = 3) -> list:
+    out = []
+    try:
+        for b in loader:
+            out.append(b)
+            if len(out) == n:
+                break
+    finally:
+        loader.close()
+    return out
+
+
 def _windows(ds):
     return ds.windows(history=4, chunk=3, split="train")
 
@@ -110,9 +124,9 @@ def test_convert_to_s3_equals_local_and_reads_back(s3, data):
     for i in (0, len(w) // 2, len(w) - 1):
         for k, v in lw[i].items():
             np.testing.assert_array_equal(np.asarray(w[i][k]), np.asarray(v), err_msg=k)
-    got = list(w.loader(batch_size=8, num_workers=1, seed=2, multiprocessing_context="fork"))
-    want = list(lw.loader(batch_size=8, num_workers=1, seed=2, multiprocessing_context="fork"))
-    assert len(got) == len(want) > 0
+    got, want = (_first_batches(x.loader(batch_size=8, num_workers=1, seed=2,
+                                         multiprocessing_context="fork")) for x in (w, lw))
+    assert len(got) == len(want) == 3
     for a, b in zip(got, want):
         for k in b:
             if isinstance(b[k], torch.Tensor):
@@ -124,6 +138,8 @@ def test_remote_verify_finds_damage(s3, data):
     src, _ = data
     url = f"s3://{BUCKET}/damaged.vla"
     vladata.convert(CalvinSource(str(src)), url, part_frames=PART, progress=False)
+    ok = CliRunner().invoke(main, ["verify", url, "--quiet"])
+    assert ok.exit_code == 0 and "intact" in ok.output, ok.output
     base = f"{BUCKET}/damaged.vla"
     shard = sorted(k for k in s3.find(f"{base}/data/observation.images.rgb_static/c"))[0]
     blob = bytearray(s3.cat_file(shard))
@@ -131,6 +147,8 @@ def test_remote_verify_finds_damage(s3, data):
     s3.pipe(shard, bytes(blob))
     problems = verify(url, progress=False)
     assert len(problems) == 1 and "CRC32C mismatch" in problems[0] and "rgb_static" in problems[0]
+    bad = CliRunner().invoke(main, ["verify", url, "--quiet"])
+    assert bad.exit_code == 1 and "CRC32C mismatch" in bad.output and "Traceback" not in bad.output
     s3.rm(f"{base}/meta/episodes.parquet")
     assert any("episodes.parquet: missing" in p for p in verify(url, progress=False))
     with pytest.raises(StoreError, match="episodes.parquet"):

@@ -85,18 +85,20 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
             overwrite: bool = False, image_codec: str = "raw", part_frames: int | None = None,
             quantiles: tuple[float, ...] = (0.01, 0.99), jpeg_quality: int = 90,
             image_stats: bool = False, tokenizer=None, progress: bool = True,
-            inputs=None, engine: str = "local", address: str | None = None) -> Summary:
+            inputs=None, engine="local", address: str | None = None) -> Summary:
     """Write ``source`` to a store at ``out``; see the module docstring. Returns a summary.
 
     ``tokenizer`` (a :class:`vladata.tokenize.ActionTokenizer`) sets the token-id layout of the
     stored ``action.tokens``; the default is 256 bins, ids ``bin + 10``. ``inputs`` are the paths
     the output must stay apart from (default: the source's ``root``/``path``/``src_dir``/
     ``mapping_file``). ``engine`` runs the parts in local processes (``"local"``, ``workers``
-    of them) or as Ray tasks (``"ray"``, on the cluster at ``address`` or a Ray started here):
-    see :mod:`vladata.store.engines`.
+    of them) or as Ray tasks (``"ray"``, on the cluster at ``address`` or a Ray started here),
+    or is an engine object (``.run(write_part, job, parts, todo, bar)``): see
+    :mod:`vladata.store.engines`.
     """
     t0 = time.perf_counter()
-    runner = engines.make(engine, workers=workers, address=address)
+    runner = (engine if hasattr(engine, "run")
+              else engines.make(engine, workers=workers, address=address))
     out = fs.to_path(out)  # a local Path, or a UPath for a URL (s3://...): see vladata.store.fs
     decision = output.check(out, inputs=output.source_inputs(source) if inputs is None
                             else inputs, resume=resume, overwrite=overwrite)
