@@ -48,15 +48,17 @@ class Timed:
     """An engine that records each part's time and its process's peak RSS (see the docstring)."""
 
     def __init__(self, inner, log_dir: Path):
-        self.inner, self.log_dir = inner, log_dir
+        self.inner, self.log_dir, self.seconds = inner, log_dir, 0.0
 
     def run(self, write_part, job, parts, todo, bar):
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
         self.inner.run(functools.partial(_timed_part, write_part, str(self.log_dir)), job, parts,
                        todo, bar)
+        self.seconds = time.perf_counter() - t
 
 
-def convert_once(raw: Path, out: Path, engine, log_dir: Path) -> tuple[dict, list[dict], float]:
+def convert_once(raw: Path, out: Path, engine, log_dir: Path, part_frames: int):
     from vladata.sources.calvin import CalvinSource
     from vladata.store.writer import convert
     shutil.rmtree(out, ignore_errors=True)
@@ -65,9 +67,10 @@ def convert_once(raw: Path, out: Path, engine, log_dir: Path) -> tuple[dict, lis
     t = time.perf_counter()
     source.plan()
     plan_s = time.perf_counter() - t
-    s = convert(source, out, engine=Timed(engine, log_dir), progress=False)
+    timed = Timed(engine, log_dir)
+    s = convert(source, out, engine=timed, part_frames=part_frames, progress=False)
     parts = [json.loads(p.read_text()) for p in sorted(log_dir.glob("part-*.json"))]
-    return s.to_dict(), parts, plan_s
+    return s.to_dict(), parts, plan_s, timed.seconds
 
 
 def ray_fixed_cost(cpus: int) -> float:
@@ -94,6 +97,7 @@ def main(argv=None) -> None:
     ap.add_argument("--engine", default="ray")
     ap.add_argument("--frames", type=int, default=6144)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--part-frames", type=int, default=1024)
     ap.add_argument("--workdir", default="/tmp/vlakit-bench-convert-ray")
     args = ap.parse_args(argv)
     from vladata.samples.calvin import write_sample
@@ -107,9 +111,14 @@ def main(argv=None) -> None:
     for name, engine in (("local", LocalEngine(args.workers)),
                          ("ray", RayEngine(num_cpus=args.workers))):
         t = time.perf_counter()
-        summary, parts, plan_s = convert_once(raw, work / f"{name}.vla", engine, work / name)
+        summary, parts, plan_s, engine_s = convert_once(raw, work / f"{name}.vla", engine,
+                                                        work / name, args.part_frames)
         results[name] = {"summary": summary, "parts": parts, "plan_s": plan_s,
-                         "wall": time.perf_counter() - t}
+                         "engine_s": engine_s, "wall": time.perf_counter() - t}
+    from vladata.store.finalize import recompute
+    t = time.perf_counter()
+    recompute(work / "local.vla")  # both statistics passes + the action arrays: >= finalize
+    recompute_s = time.perf_counter() - t
     fixed = ray_fixed_cost(args.workers)
     same = all((work / "local.vla" / p.relative_to(work / "ray.vla")).read_bytes() == p.read_bytes()
                for p in (work / "ray.vla" / "data").rglob("*") if p.is_file())
@@ -131,19 +140,22 @@ def main(argv=None) -> None:
     local = results["local"]
     part_costs = np.asarray([p["seconds"] for p in local["parts"]])
     part_frames = np.mean([p["rows"][1] - p["rows"][0] for p in local["parts"]])
-    parts_wall = sum(part_costs) / args.workers  # the parts' share of the local run, roughly
-    finalize_s = max(0.0, local["wall"] - local["plan_s"] - parts_wall)
-    per_frame_driver = (local["plan_s"] + finalize_s) / frames
+    driver_fixed = local["wall"] - local["engine_s"] - recompute_s  # plan, create, manifest
+    per_frame_driver = recompute_s / frames
+    print(f"driver: plan() {local['plan_s']:.2f} s, everything but the parts "
+          f"{local['wall'] - local['engine_s']:.2f} s; statistics passes + action arrays "
+          f"(vladata stats) {recompute_s:.2f} s = {per_frame_driver * 1e3:.3f} ms/frame")
     rng = np.random.default_rng(0)
     print(f"\nsimulated wall time (s): P parts of {part_frames:,.0f} frames (measured part "
           f"costs {part_costs.min():.2f}-{part_costs.max():.2f} s), W workers; + Ray fixed "
-          f"{fixed:.1f} s + driver plan/finalize {per_frame_driver * 1e3:.3f} ms/frame")
+          f"{fixed:.1f} s + driver {max(driver_fixed, 0):.1f} s + finalize "
+          f"{per_frame_driver * 1e3:.3f} ms/frame")
     workers = (8, 32, 128, 512)
     print(f"{'P':>7}{'frames':>13}" + "".join(f"{'W=' + str(w):>10}" for w in workers)
           + f"{'W=1':>11}")
     for p in (64, 512, 4096, 32768):
         costs = rng.choice(part_costs, size=p)
-        driver = fixed + per_frame_driver * p * part_frames
+        driver = fixed + max(driver_fixed, 0.0) + per_frame_driver * p * part_frames
         row = [driver + makespan(costs, w) for w in workers]
         print(f"{p:>7}{p * part_frames:>13,.0f}" + "".join(f"{x:>10,.0f}" for x in row)
               + f"{driver + costs.sum():>11,.0f}")

@@ -121,6 +121,8 @@ class RayEngine:
 
     def run(self, write_part, job, parts, todo, bar) -> None:
         ray = _import_ray()
+        if not todo:  # a resume with every part done: no Ray to start
+            return
         started = not ray.is_initialized()
         if started:
             init_ray(self.address, num_cpus=self.num_cpus)
