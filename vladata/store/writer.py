@@ -6,9 +6,9 @@ The store's tree is documented in :mod:`vladata.store.layout`. Conversion runs i
    the arrays are created at full size, ``meta/episodes.parquet`` and ``meta/segments.parquet``
    are written, and ``meta/plan.json`` records a fingerprint of the plan and the settings.
 2. **parts** -- rows are cut into parts aligned to shard files; each part is written by one
-   worker process (``workers=N``), which also accumulates first-pass statistics of the training
-   rows. A part is done when ``meta/parts/part-NNNNN.json`` exists (written after its data and
-   its statistics state). ``resume=True`` re-plans, checks the fingerprint and redoes only the
+   worker process (``workers=N``) or Ray task (``engine="ray"``: :mod:`vladata.store.engines`),
+   which also accumulates first-pass statistics of the training rows. A part is done when
+   ``meta/parts/part-NNNNN.json`` exists (written after its data and its statistics state). ``resume=True`` re-plans, checks the fingerprint and redoes only the
    parts without a marker.
 3. **finalize** -- exact statistics (:mod:`vladata.store.finalize`), normalised and tokenised
    actions, then ``meta/manifest.json``, written last: a store without it is incomplete and
@@ -20,7 +20,8 @@ marker, put there first and removed with the manifest, or by the vlakit attribut
 ``zarr.json``); never into or around the source. ``overwrite=True`` deletes only a vlakit
 store's own entries; ``resume=True`` on a complete store does nothing and says so
 (``Summary.already_complete``). Metadata files are written atomically (:mod:`vladata.atomic`);
-a resumed run deletes the ``*.tmp`` files an interrupted one left.
+a resumed run deletes the ``*.tmp`` files an interrupted one left. ``out`` may be an fsspec URL
+(``s3://...``): every file is then one PUT, in the same order (:mod:`vladata.store.fs`).
 """
 
 from __future__ import annotations
