@@ -1,26 +1,42 @@
-# Two entry points for a fresh machine: `make demo` (the main job end to end on an embedded
-# sample) and `make test` (the test suite). Both create .venv and install everything first.
-VENV   ?= .venv
-PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.vlakit-installed
+# Entry points for a fresh machine: `make demo` (the main job end to end on an embedded sample),
+# `make sim-demo` (closed loop on Meta-World: collect -> train -> roll out -> success table) and
+# `make test` (the test suite). Each creates .venv and installs what it needs first: the demos
+# the runtime dependencies only (plus the `sim` extra for sim-demo), the tests the `test` extras
+# on top (so `make test` after `make demo` adds just those).
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+RUNTIME := $(VENV)/.vlakit-runtime
+TESTING := $(VENV)/.vlakit-test
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo sim-demo test samples bench clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# CPU torch from the local wheel first, so the unpinned `torch>=2.4` below installs nothing more
+	# torch first where none is present (the pinned 2.13.0), so `torch>=2.4` below adds nothing
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e .
+	touch $(RUNTIME)
+
+$(TESTING): $(RUNTIME)
 	$(PY) -m pip install -q -e ".[test]"
-	touch $(STAMP)
+	touch $(TESTING)
 
-setup: $(STAMP)
+setup: $(RUNTIME)
 
-demo: setup
+demo: $(RUNTIME)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
 
-test: setup
+sim-demo: $(RUNTIME)
+	$(PY) -m pip install -q -e ".[sim]"
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/sim_demo.sh
+
+test: $(TESTING)
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
+# the sample store of each source, for configs/{calvin_sample,bridge,aloha,robomimic,lerobot}.yaml
+samples: $(RUNTIME)
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/samples.sh
+
 clean:
-	rm -rf demo runs
+	rm -rf demo runs samples

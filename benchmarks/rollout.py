@@ -1,12 +1,14 @@
 """Closed-loop rollout speed: `vlatrain rollout` steps/s against the bare environment.
 
     MUJOCO_GL=egl python benchmarks/rollout.py [--tasks reach,drawer-close] [--episodes 4]
-        [--max-steps 150] [--image-size 128]
+        [--max-steps 150] [--image-size 128] [--checkpoint best.pt [--policy-threads 1,2]]
 
 In the same run: the floor is the environment alone (reset + step with a constant action,
 rendering both 128x128 cameras, one process, no policy, no bookkeeping); then `vlatrain.rollout.run`
 with the random and the expert policy on 1 and 2 worker processes (2 CPU-heavy renderers need 2
-free cores to scale). Prints control steps/s and the ratio to the floor.
+free cores to scale). With ``--checkpoint``, a trained policy through the policy runtime
+(``vlatrain.policy``) on 1 and 2 workers, with each of ``--policy-threads`` torch threads per
+process. Prints control steps/s and the ratio to the floor.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=4, help="per task")
     ap.add_argument("--max-steps", type=int, default=150)
     ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--checkpoint", default=None, help="also roll this trained policy out")
+    ap.add_argument("--policy-threads", default="1", help="torch threads per process to try")
     args = ap.parse_args()
     from vlatrain.rollout import EnvConfig, PolicySpec, run
     env = EnvConfig("metaworld", args.image_size, args.max_steps)
@@ -56,6 +60,13 @@ def main() -> None:
             r = run(PolicySpec(kind), tasks, env=env, episodes=args.episodes, workers=workers,
                     progress=False)
             rows.append((f"rollout --policy {kind}", workers, r.steps, r.seconds,
+                         f"{r.successes}/{r.episodes} succeeded"))
+    for threads in [int(t) for t in args.policy_threads.split(",")] if args.checkpoint else []:
+        for workers in (1, 2):
+            spec = PolicySpec("checkpoint", checkpoint=args.checkpoint, threads=threads)
+            r = run(spec, tasks, env=env, episodes=args.episodes, workers=workers,
+                    progress=False)
+            rows.append((f"rollout CHECKPOINT, {threads} thr", workers, r.steps, r.seconds,
                          f"{r.successes}/{r.episodes} succeeded"))
     print(f"tasks {','.join(tasks)}, {args.episodes} episodes each, max {args.max_steps} steps, "
           f"two {args.image_size}x{args.image_size} cameras, {os.cpu_count()} CPUs, "

@@ -123,6 +123,9 @@ def convert_options(f):
                           "'[0.05,0.95]' (quote it: the shell globs [...])."),
         click.option("--image-stats", is_flag=True, help="Also per-channel image mean/std."),
         *tokenizer_options(),
+        click.option("--fast-chunk", type=click.IntRange(1), default=None, metavar="N",
+                     help="Also fit FAST action tokens on chunks of N steps (scale 10, "
+                          "vocabulary 1024; `vladata stats --fast` refits with other settings)."),
         click.option("--format", "fmt", type=click.Choice(["zarr", "wds"]), default="zarr",
                      show_default=True,
                      help="zarr: the random-access store; wds: also WebDataset shards in OUT/wds "
@@ -141,7 +144,7 @@ def run_convert(source, out: str, *, workers=1, resume=False, overwrite=False, i
                 engine="local", address=None,
                 jpeg_quality=90, part_frames=None, quantiles=None, image_stats=False, fmt="zarr",
                 as_json=False, token_layout=None, vocab_size=None, n_special=None,
-                bins=256, allow_outside=False) -> None:
+                bins=256, allow_outside=False, fast_chunk=None) -> None:
     """Convert ``source`` to a store at ``out`` and print the summary (the convert commands' body).
     ``allow_outside`` is for the source, which the command built with it."""
     from vladata.store.writer import convert
@@ -152,6 +155,9 @@ def run_convert(source, out: str, *, workers=1, resume=False, overwrite=False, i
                           part_frames=part_frames, quantiles=parse_quantiles(quantiles),
                           image_stats=image_stats, progress=not as_json,
                           tokenizer=make_tokenizer(token_layout, vocab_size, n_special, bins))
+        if fast_chunk is not None:
+            from vladata.fast import fit_store
+            fit_store(out, chunk=fast_chunk)
         if fmt == "wds":
             from pathlib import Path
 

@@ -18,10 +18,35 @@ def format_summary(info: dict) -> str:
         shape = "x".join(str(s) for s in f["shape"])
         lines.append(f"    {name:<{width}}  {f['dtype']:<8} ({shape})  {f['kind']:<6} {f['codec']}")
     if info.get("normalization"):
-        lines.append(f"  normalization: {info['normalization']}")
+        lines += format_normalization(info["normalization"],
+                                      info["features"].get("action", {}).get("names"))
     if info.get("tokenizer"):
-        lines.append(f"  tokenizer: {info['tokenizer']}")
+        tok = info["tokenizer"]
+        lines.append("  tokenizer (action.tokens):")
+        lines += [f"    {k:<12} {'-' if v is None else v}" for k, v in tok.items()]
     return "\n".join(lines)
+
+
+def format_normalization(norm: dict, names) -> list[str]:
+    """The action normalisation as a table: one row per action dimension."""
+    mask, grip = norm.get("mask"), norm.get("gripper") or {}
+    n = len(names) if names else (len(mask) if mask else 0)
+    low, high = norm.get("low", ""), norm.get("high", "")
+    span = f" ({low} -> -1, {high} -> +1)" if low and high else ""
+    lines = [f"  normalization (action.norm): {norm.get('mode')}{span}"]
+    if not n:
+        return lines
+    gdim = grip.get("dim") % n if grip.get("dim") is not None else None
+    lines.append(f"    {'dim':<20}normalised")
+    for d in range(n):
+        label = names[d] if names else str(d)
+        if d == gdim:
+            how = (f"gripper: closed/open {grip.get('source')} -> {grip.get('target')}"
+                   + (" (binarised)" if grip.get("binarize") else ""))
+        else:
+            how = "yes" if mask is None or mask[d] else "no (kept as stored)"
+        lines.append(f"    {label:<20}{how}")
+    return lines
 
 
 def format_stats(stats: dict, features: dict, *, split: str) -> str:

@@ -103,19 +103,41 @@ def inspect(path, as_json):
               help="Quantiles, e.g. '[0.05,0.95]' (quote it: the shell globs [...]); 0.01 and "
                    "0.99 are always computed too.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--fast", is_flag=True,
+              help="Also fit a FAST tokenizer (DCT + BPE) on the train split's normalised "
+                   "chunks: meta/fast_tokenizer.json. A store that has one is refitted with its "
+                   "recorded settings whenever its statistics are recomputed.")
+@click.option("--fast-chunk", type=click.IntRange(1), default=None,
+              help="FAST: steps per chunk (default: the recorded one, else 10).")
+@click.option("--fast-scale", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="FAST: DCT coefficient scale before rounding (default: recorded, else 10).")
+@click.option("--fast-vocab", type=click.IntRange(2), default=None,
+              help="FAST: BPE vocabulary size (default: recorded, else 1024).")
 @tokenizer_flags
 @fails_cleanly
-def stats(path, quantiles, as_json, **tok):
+def stats(path, quantiles, as_json, fast, fast_chunk, fast_scale, fast_vocab, **tok):
     """Recompute exact statistics of PATH; rewrite meta/stats.json and the normalised actions.
 
     Everything is computed and written aside first, then swapped in: a failed or interrupted run
     leaves the store as it was, or (if stopped inside the swap) unopenable until rerun.
     """
     import vladata
+    from vladata.fast import fit_store, load_settings
     from vladata.stats import stats_to_json
     from vladata.store.finalize import recompute, with_required_quantiles
+    if not fast and (fast_chunk or fast_scale or fast_vocab):
+        raise click.UsageError("--fast-chunk/--fast-scale/--fast-vocab go with --fast")
     qs = with_required_quantiles(parse_quantiles(quantiles))  # q01/q99 are always kept
+    old = load_settings(path)
     result = recompute(path, qs, tokenizer=make_tokenizer(**tok))  # refuses an incomplete store
+    if fast or old is not None:  # a recorded FAST tokenizer follows the new statistics
+        ft = fit_store(path, chunk=fast_chunk or (old.chunk if old else 10),
+                       scale=fast_scale or (old.scale if old else 10.0),
+                       vocab_size=fast_vocab or (old.vocab_size if old else 1024))
+        st = ft.settings
+        click.echo(f"FAST: {st.chunks} chunks of {st.chunk}x{st.action_dim} from split "
+                   f"{st.split!r}, scale {st.scale:g}, vocabulary {st.vocab_size}, coefficients "
+                   f"{st.min_token}..{st.max_token} -> {path}/meta/fast_tokenizer.json", err=True)
     if as_json:
         click.echo(json.dumps(stats_to_json(result, split=vladata.open(path).info["stats_split"],
                                             quantiles=qs), indent=1))
@@ -141,6 +163,22 @@ def verify(path, quiet):
             click.echo(p, err=True)
         raise click.ClickException(f"{path}: {len(problems)} problem(s) found")
     click.echo(f"{path}: every file and chunk is intact")
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@fails_cleanly
+def card(path):
+    """Write a dataset card into the store at PATH: README.md + card/<camera>.png.
+
+    Source, robot, fps, episodes and frames per split, cameras with thumbnail strips, action and
+    state dimensions with their statistics, language tasks with counts, how it was converted.
+    The card is outside the store's manifest (`vladata verify` does not check it); rerun to
+    refresh it. A README.md that vlakit did not write is never replaced.
+    """
+    import vladata
+    from vladata.card import write_card
+    click.echo(f"wrote {write_card(vladata.open(path))}")
 
 
 def _register() -> None:

@@ -20,6 +20,7 @@ def _rank0() -> bool:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vlakit")
 def main():
     """Train vision-language-action policies on vlakit stores."""
 
@@ -69,6 +70,37 @@ def run(args, resume_dir):
         click.echo(f"run directory: {out}")
 
 
+@main.command()
+@click.argument("store", type=click.Path(exists=True))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write the config here (default: print it).")
+@click.option("--preset", type=click.Choice(["one-step", "history", "vlm"]), default="one-step",
+              show_default=True, help="one-step / history: the embedded tiny backbone with one or "
+              "4 observation steps; vlm: a pretrained VLM backbone (needs model.path).")
+@click.option("--force", is_flag=True, help="Replace an existing --output file.")
+def init(store, output, preset, force):
+    """Write a commented config fitted to STORE (cameras, state, actions, splits, language).
+
+    \b
+    vlatrain init calvin.vla -o my.yaml
+    vlatrain run my.yaml
+    """
+    from vladata.dataset import open as open_dataset
+    from vlatrain import rundir
+    from vlatrain.starter import fitted_config
+    try:
+        text = fitted_config(open_dataset(store), preset, output)
+        if output is None:
+            click.echo(text, nl=False)
+            return
+        if os.path.exists(output) and not force:
+            raise click.ClickException(f"{output} exists; pass --force to replace it")
+        rundir.write_atomic(output, text)
+    except VladataError as e:
+        _fail(e)
+    click.echo(f"wrote {output} ({preset}) for {store}; train with: vlatrain run {output}")
+
+
 @main.command("eval")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option("--data", "data_path", required=True, type=click.Path(exists=True),
@@ -100,8 +132,9 @@ def evaluate(checkpoint, data_path, split, batches, batch_size, device, as_json)
 
 
 def _register() -> None:
-    from cli import rollout
+    from cli import rollout, serve
     main.add_command(rollout.command)
+    main.add_command(serve.command)
 
 
 _register()

@@ -37,3 +37,13 @@ def test_example_notebook_executes_and_draws(tmp_path):
             pngs = [html.split("data:image/png;base64,")[1].split('"')[0]]
         w, h = _png_size(pngs[0])
         assert w > 300 and h > 200, (cell.source, w, h)
+
+
+def test_committed_notebook_carries_its_outputs():
+    """GitHub renders the stored outputs: the committed notebook is an executed one (rerun it
+    with nbclient and commit it whenever it or what it draws changes)."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs and c.execution_count for c in code)
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]

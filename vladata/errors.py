@@ -93,6 +93,14 @@ class ConfigError(VladataError, ValueError):
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {e}" for e in self.errors))
 
 
+class PolicyServerError(VladataError, RuntimeError):
+    """A policy server refused a request (``code`` says why) or the connection to it failed."""
+
+    def __init__(self, message: str, code: str | None = None):
+        self.code = code
+        super().__init__(message)
+
+
 class EnvError(VladataError, ValueError):
     """An environment (``vlaenv``) was asked for what it cannot do: bad action, unknown camera."""
 
@@ -103,3 +111,8 @@ class UnknownTaskError(EnvError):
 
 class PolicyUnavailableError(VladataError, RuntimeError):
     """A policy cannot be built (e.g. a checkpoint while the policy runtime is missing)."""
+
+
+class ObservationError(VladataError, ValueError):
+    """A live observation handed to a policy lacks a key, or has the wrong shape, dtype or values;
+    the message names every offending key with what was expected."""

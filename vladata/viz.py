@@ -104,13 +104,16 @@ def plot_episode(frames: dict[str, np.ndarray], *, names: dict | None = None,
             ax.plot(x[:, d], lw=1, color=colours[d % len(colours)], label=labels[d])
         for j, (a, b, text) in enumerate(segments):
             ax.axvspan(a, b, color="0.85" if j % 2 else "0.92", zorder=0)
-            if key == series[0]:
-                ax.text(a, 1.02, text[:28], transform=ax.get_xaxis_transform(), fontsize=6,
-                        rotation=20, va="bottom")
+            if key == series[0]:  # inside the axes, staggered: clear of the titles above
+                ax.text(a, 0.96 - 0.12 * (j % 3), text[:28], transform=ax.get_xaxis_transform(),
+                        fontsize=6, va="top", clip_on=True,
+                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                              "alpha": 0.7})
         ax.set_title(key, fontsize=9, loc="left")
         ax.set_xlim(0, len(x) - 1)
         if x.shape[1] <= 16:
-            ax.legend(fontsize=6, ncol=min(8, x.shape[1]), loc="upper right")
+            ax.legend(fontsize=6, ncol=1 + x.shape[1] // 9, loc="upper left",
+                      bbox_to_anchor=(1.005, 1.0), borderaxespad=0)  # beside the plot, not on it
     axes[-1].set_xlabel("frame")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

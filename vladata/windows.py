@@ -14,12 +14,14 @@ import torch.utils.data
 
 from vladata.dataset import open as open_dataset
 from vladata.errors import SelectionError, StoreError
+from vladata.fast import load_for_windows
 from vladata.images import decode_jpeg
 from vladata.normalize import observation_normalizer
 from vladata.store.layout import ACTION_NORM, ACTION_TOKENS, IMAGE_PREFIX, STATE
 from vladata.store.shard_reader import StoreReader
 
 OVER = ("segments", "episodes")
+FAST, FAST_MASK = "action.fast", "action.fast_mask"   # window fields of FAST tokens
 
 
 class WindowDataset(torch.utils.data.Dataset):
@@ -29,8 +31,9 @@ class WindowDataset(torch.utils.data.Dataset):
     ``start..end`` inclusive of its episode) of a selected episode is one range; segments may
     overlap (CALVIN's language windows do), and a frame in two segments then starts a window in
     each. ``over="episodes"``: every selected episode is one range. ``split`` keeps the episodes
-    of that split (a name or a list of names; ``None``: all). No window leaves its range, so no
-    window crosses an episode.
+    of that split (a name or a list of names; ``None``: all) and ``episodes`` (episode indices,
+    e.g. a held-out part of a split; ``None``: all). No window leaves its range, so no window
+    crosses an episode.
 
     **Where windows sit.** A window is anchored at its *current step* ``e``, the last of its ``h``
     steps ``t..e`` with ``t = e - h + 1``. Every frame ``e`` of a range with at least
@@ -69,6 +72,13 @@ class WindowDataset(torch.utils.data.Dataset):
     use (or None); it is applied in the workers, and is the object a policy applies to a live
     frame (:meth:`ObservationNormalizer.apply`).
 
+    **FAST tokens** (``fast_tokens=True``; the store's :class:`vladata.fast.FastTokenizer`, fitted
+    with ``vladata stats --fast`` for chunks of this ``chunk``): ``action.fast`` int64 (h, L) with
+    ``L = c * A`` holds the FAST ids of each step's ``action`` chunk *as served* -- a chunk that
+    runs past the range end is encoded with its edge padding, and ``action_mask`` still tells
+    which of its steps are real -- padded with 0, and ``action.fast_mask`` bool (h, L) is true on
+    the real tokens. Encoding runs in the loader workers.
+
     ``h=1`` is one-step modelling. ``cameras``: image features to include, as full keys or the
     part after ``observation.images.`` (default: all). ``__getitem__`` returns numpy arrays (torch's
     ``DataLoader`` can batch them); :meth:`loader` is the fast path: windows written straight into
@@ -78,7 +88,8 @@ class WindowDataset(torch.utils.data.Dataset):
     def __init__(self, ds, history: int = 16, chunk: int = 10, cameras=None, split="train",
                  over: str = "segments", *, min_history: int = 1, state_key=STATE,
                  action_key: str = ACTION_NORM, tokens_key: str | None = ACTION_TOKENS,
-                 extra_keys=(), normalize_observations=None, verify: bool | None = None):
+                 extra_keys=(), normalize_observations=None, verify: bool | None = None,
+                 fast_tokens: bool = False, episodes=None):
         if isinstance(ds, str):
             ds = open_dataset(ds)
         if history < 1 or chunk < 1:
@@ -115,7 +126,7 @@ class WindowDataset(torch.utils.data.Dataset):
         self.ranges = Ranges(eps["start"].to_numpy(), eps["length"].to_numpy(), eps["split"].to_list(),
                              seg["episode_index"].to_numpy(), seg["start"].to_numpy(),
                              seg["end"].to_numpy(), split=split, over=over,
-                             min_history=self.min_history, where=ds.path)
+                             min_history=self.min_history, where=ds.path, episodes=episodes)
         self.instructions, self.tasks = seg["instruction"].to_list(), seg["task"].to_list()
         embs = seg["embedding"].to_list() if "embedding" in seg.columns else [None] * seg.height
         self.embeddings = embedding_matrix(embs)
@@ -124,6 +135,7 @@ class WindowDataset(torch.utils.data.Dataset):
         self.geometry = Geometry(self.history, self.chunk, self.cameras, frozenset(self.jpeg),
                                  ((self.state_key,) if self.state_key else ()) + self.extra_keys,
                                  action_key, tokens_key)
+        self.fast = load_for_windows(ds, self.chunk, action_key) if fast_tokens else None
         self._dataset = ds
 
     def __len__(self) -> int:
@@ -136,7 +148,11 @@ class WindowDataset(torch.utils.data.Dataset):
     # -- samples --------------------------------------------------------------------------------
     def sample_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """Per-window array fields: name -> (shape, dtype)."""
-        return window_spec(self.geometry, self.shapes, self.dtypes, self.embeddings.shape[1])
+        spec = window_spec(self.geometry, self.shapes, self.dtypes, self.embeddings.shape[1])
+        if self.fast is not None:
+            length = (self.history, self.fast.settings.length)
+            spec.update({FAST: (length, np.dtype(np.int64)), FAST_MASK: (length, np.dtype(bool))})
+        return spec
 
     def __getitem__(self, i: int) -> dict:
         out = {k: np.empty(shape, dtype) for k, (shape, dtype) in self.sample_spec().items()}
@@ -171,6 +187,8 @@ class WindowDataset(torch.utils.data.Dataset):
         cut_window(out, self._rows, lo=int(rg.r_lo[r]), hi=int(rg.r_hi[r]), e=e,
                    ep_start=int(rg.ep_start[ep]), geometry=self.geometry)
         seg = int(rg.r_segment[r]) if self.over == "segments" else rg.covering(ep, e)
+        if self.fast is not None:
+            self.fast.encode_into(out["action"], out[FAST], out[FAST_MASK])
         put_language(out, self.embeddings[seg] if seg >= 0 else None)
         out["episode_index"][...] = ep
         out["index"][...] = i
@@ -218,7 +236,7 @@ class Ranges:
     """
 
     def __init__(self, ep_start, ep_length, ep_split, seg_episode, seg_start, seg_end, *,
-                 split, over: str, min_history: int, where: str = ""):
+                 split, over: str, min_history: int, where: str = "", episodes=None):
         self.ep_start = np.asarray(ep_start, np.int64)
         self.ep_length = np.asarray(ep_length, np.int64)
         ep_split = list(ep_split)
@@ -228,6 +246,8 @@ class Ranges:
             raise SelectionError(f"{where}: no split {sorted(set(wanted) - set(splits))}; "
                              f"the data has {splits}")
         keep = np.asarray([wanted is None or s in wanted for s in ep_split], bool)
+        if episodes is not None:
+            keep &= np.isin(np.arange(len(ep_split)), np.asarray(list(episodes), np.int64))
         self.seg_episode = np.asarray(seg_episode, np.int64)
         self.seg_lo = self.ep_start[self.seg_episode] + np.asarray(seg_start, np.int64)
         self.seg_hi = self.ep_start[self.seg_episode] + np.asarray(seg_end, np.int64)
@@ -387,5 +407,5 @@ def _pick_cameras(path, feats: dict, cameras) -> tuple[str, ...]:
     return tuple(picked)
 
 
-__all__ = ["WindowDataset", "Ranges", "window_spec", "embedding_matrix", "Geometry", "StoreRows",
+__all__ = ["WindowDataset", "FAST", "FAST_MASK", "Ranges", "window_spec", "embedding_matrix", "Geometry", "StoreRows",
            "cut_window", "put_language", "batch_loader"]

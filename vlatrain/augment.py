@@ -5,14 +5,19 @@ already normalised with each store's statistics (vladata, ``normalize_observatio
 spec's ``observation_norm`` records how); everything else happens here, on
 the training device, in one pass per camera::
 
-    uint8 (B, h, H, W, 3) -> float (B*h, 3, H, W) / 255 -> resize to the backbone's size
+    uint8 (B, h, H, W, 3) -> [the backbone's fixed crop] -> float (B*h, 3, H, W) / 255
+      -> resize to the backbone's size
       -> [train] random shift: replicate-pad by ``shift`` px, crop at one offset per window
       -> [train] colour jitter: brightness, contrast, saturation, one factor each per window
       -> (x - mean) / std  (the backbone's ImageSpec)   -> float (B, h, 3, S, S)
 
 One offset/factor per window ("per trajectory") keeps the frames of a history consistent, as
 RoboVLMs' and Octo's trajectory-level augmentation does. Action noise (train only) adds
-N(0, ``action_noise``) to the normalised arm targets, clipped to [-1, 1]. All randomness comes
+N(0, ``action_noise``) to the normalised arm targets, clipped to [-1, 1]. For an autoregressive
+head (``sequence_head``) the target token sequences are built here too (bins of
+``action.tokens`` or FAST ids of ``action.fast``, :meth:`AutoregressiveHead.targets`) and handed
+to the model as ``Observation.action_tokens`` for teacher forcing (``teacher_bins``: the bins
+(B, h, c*A), for the autoregressive VLM LM head). All randomness comes
 from the ``generator`` passed in (a ``torch.Generator`` on the device, saved in checkpoints), so
 augmentation never disturbs the global RNG.
 """
@@ -26,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vladata.store.layout import ACTION_TOKENS, IMAGE_PREFIX, STATE
+from vladata.windows import FAST, FAST_MASK
 from vlatrain.config import AugmentConfig
 from vlatrain.model.backbone import ImageSpec, Observation
 from vlatrain.spec import DataSpec
@@ -36,6 +42,8 @@ class Targets:
     action: Tensor                # float (B, h, c, A), normalised (gripper -1/+1)
     mask: Tensor                  # bool (B, h, c): action_mask & obs_mask
     bins: Tensor | None = None    # int64 (B, h, c, A): bin of each token (discrete heads)
+    tokens: Tensor | None = None  # int64 (B, h, T): target sequences (autoregressive heads)
+    token_mask: Tensor | None = None  # bool (B, h, T): the tokens that count in the loss
 
 
 def _uniform(n: int, lo: float, hi: float, gen: torch.Generator, device) -> Tensor:
@@ -78,7 +86,11 @@ def prepare_images(frames: Tensor, spec: ImageSpec, cfg: AugmentConfig, train: b
                    gen: torch.Generator | None) -> Tensor:
     """uint8 (B, h, H, W, 3) on the device -> float (B, h, 3, S, S) for the backbone."""
     b, h = frames.shape[:2]
-    x = frames.flatten(0, 1).permute(0, 3, 1, 2).float().div_(255)  # (B*h, 3, H, W)
+    x = frames.flatten(0, 1).permute(0, 3, 1, 2)  # (B*h, 3, H, W) uint8
+    if spec.crop is not None:
+        top, left, ch, cw = spec.crop
+        x = x[..., top:top + ch, left:left + cw]
+    x = x.contiguous().float().div_(255)  # channels-last strides make the convolutions crawl
     if tuple(x.shape[-2:]) != tuple(spec.size):
         down = x.shape[-2] > spec.size[0] or x.shape[-1] > spec.size[1]
         x = F.interpolate(x, size=spec.size, mode="bilinear", align_corners=False, antialias=down)
@@ -95,13 +107,18 @@ class BatchPreparer:
     """Moves a loader batch to the device and turns it into (Observation, Targets)."""
 
     def __init__(self, spec: DataSpec, image_specs: dict[str, ImageSpec], cfg: AugmentConfig,
-                 device: torch.device, *, discrete: bool, use_state: bool = True):
+                 device: torch.device, *, discrete: bool, use_state: bool = True,
+                 sequence_head=None, language=None, teacher_bins: bool = False):
         self.spec, self.image_specs, self.cfg, self.device = spec, image_specs, cfg, device
         self.discrete, self.use_state = discrete, use_state and spec.state_dim > 0
         self.arm = torch.tensor(spec.arm_dims, dtype=torch.long, device=device)
         self.state_index = (torch.tensor(spec.state_index, dtype=torch.long, device=device)
                             if spec.state_index else None)
-        if discrete:  # token id -> bin, for any injective layout: sort the ids of the bins
+        self.teacher_bins = teacher_bins  # the bins as Observation.action_tokens (VLM LM head)
+        self.language = language  # a vlatrain.language.LanguageAugmenter (training only)
+        self.sequence = sequence_head  # an AutoregressiveHead: builds its target sequences
+        self.sequence_bins = sequence_head is not None and sequence_head.eos is None
+        if discrete or self.sequence_bins:  # token id -> bin, for any injective layout: sort ids
             ids = torch.tensor(spec.token_ids, dtype=torch.long, device=device)
             self.sorted_ids, self.order = torch.sort(ids)
         self.checks_left = 3  # the first batches' tokens are checked against the layout
@@ -133,6 +150,38 @@ class BatchPreparer:
     def __call__(self, batch: dict, *, train: bool, gen: torch.Generator | None = None,
                  ) -> tuple[Observation, Targets]:
         dev, nb = self.device, self.device.type == "cuda"
+        obs = self.observation(batch, train=train, gen=gen)
+        action = batch["action"].to(dev, non_blocking=nb).float()  # (B, h, c, A)
+        mask = batch["action_mask"].to(dev, non_blocking=nb) & obs.mask[..., None]  # (B, h, c)
+        if train and self.cfg.action_noise and len(self.spec.arm_dims):
+            noise = torch.randn(action[..., self.arm].shape, generator=gen, device=dev)
+            action = action.clone()
+            action[..., self.arm] = (action[..., self.arm] + self.cfg.action_noise * noise).clamp(-1, 1)
+        bins = None
+        if self.discrete or self.sequence_bins:
+            bins = self.to_bins(batch[ACTION_TOKENS].to(dev, non_blocking=nb).long(), mask)
+        tokens = token_mask = None
+        if self.teacher_bins:  # (B, h, c*A): teacher forcing of an autoregressive VLM LM head
+            obs.action_tokens = bins.flatten(2)
+        if self.sequence is not None:
+            if self.sequence_bins:
+                tokens, token_mask = self.sequence.targets(bins, mask, obs.mask)
+            else:
+                tokens, token_mask = self.sequence.targets(
+                    batch[FAST].to(dev, non_blocking=nb).long(),
+                    batch[FAST_MASK].to(dev, non_blocking=nb), obs.mask)
+            obs.action_tokens = tokens
+        if nb:
+            self.copies.append(torch.cuda.Event())
+            self.copies[-1].record()
+        return obs, Targets(action=action, mask=mask, bins=bins, tokens=tokens,
+                            token_mask=token_mask)
+
+    def observation(self, batch: dict, *, train: bool, gen: torch.Generator | None = None,
+                    ) -> Observation:
+        """The observation part of a batch (images, obs_mask, state, language) on the device:
+        what a policy runtime prepares from its own history windows (``train=False``)."""
+        dev, nb = self.device, self.device.type == "cuda"
         images = {cam: prepare_images(batch[IMAGE_PREFIX + cam].to(dev, non_blocking=nb),
                                       self.image_specs[cam], self.cfg, train, gen)
                   for cam in self.spec.cameras}
@@ -143,21 +192,11 @@ class BatchPreparer:
             if self.state_index is not None:
                 state = state.index_select(-1, self.state_index)
         lang = batch.get("language.embedding")
+        lang = None if lang is None else lang.to(dev, non_blocking=nb)
         lmask = batch.get("language_mask")
-        obs = Observation(images=images, mask=obs_mask, state=state,
-                          language=None if lang is None else lang.to(dev, non_blocking=nb),
-                          language_mask=None if lmask is None else lmask.to(dev, non_blocking=nb),
-                          instruction=list(batch.get("instruction") or []))
-        action = batch["action"].to(dev, non_blocking=nb).float()  # (B, h, c, A)
-        mask = batch["action_mask"].to(dev, non_blocking=nb) & obs_mask[..., None]  # (B, h, c)
-        if train and self.cfg.action_noise and len(self.spec.arm_dims):
-            noise = torch.randn(action[..., self.arm].shape, generator=gen, device=dev)
-            action = action.clone()
-            action[..., self.arm] = (action[..., self.arm] + self.cfg.action_noise * noise).clamp(-1, 1)
-        bins = None
-        if self.discrete:
-            bins = self.to_bins(batch[ACTION_TOKENS].to(dev, non_blocking=nb).long(), mask)
-        if nb:
-            self.copies.append(torch.cuda.Event())
-            self.copies[-1].record()
-        return obs, Targets(action=action, mask=mask, bins=bins)
+        instruction = list(batch.get("instruction") or [])
+        if train and self.language is not None:  # another phrasing of the same task
+            instruction, lang = self.language(batch, lang, gen)
+        return Observation(images=images, mask=obs_mask, state=state, language=lang,
+                           language_mask=None if lmask is None else lmask.to(dev, non_blocking=nb),
+                           instruction=instruction)

@@ -4,6 +4,7 @@ A run directory holds::
 
     <out>/checkpoints/step_0000500.pt   the last ``train.keep_last`` step checkpoints
     <out>/checkpoints/best.pt           a copy of the one with the best ``eval.best_metric``
+                                        (lowest, or highest for a success rate: ``eval.best_mode``)
 
 Each file is one dict of tensors and plain containers (no pickled objects)::
 
@@ -187,19 +188,28 @@ class CheckpointManager:
     """Writes step checkpoints, keeps the last ``keep_last`` and a copy of the best."""
 
     def __init__(self, directory: str | Path, keep_last: int, metric: str,
-                 best_value: float | None = None, best_step: int | None = None):
+                 best_value: float | None = None, best_step: int | None = None,
+                 mode: str = "min"):
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         self.dir = Path(directory)
-        self.keep_last, self.metric = keep_last, metric
+        self.keep_last, self.metric, self.mode = keep_last, metric, mode
         self.best_value, self.best_step = best_value, best_step
 
     def best_state(self) -> dict:
         return {"metric": self.metric, "value": self.best_value, "step": self.best_step}
 
     def is_better(self, metrics: dict | None) -> bool:
+        """Whether ``metrics[metric]`` beats the best so far (lower for ``min``, higher for
+        ``max``; the first finite value always does)."""
         if not metrics or self.metric not in metrics:
             return False
         v = float(metrics[self.metric])
-        return np.isfinite(v) and (self.best_value is None or v < self.best_value)
+        if not np.isfinite(v):
+            return False
+        if self.best_value is None:
+            return True
+        return v < self.best_value if self.mode == "min" else v > self.best_value
 
     def save(self, step: int, payload: dict, metrics: dict | None = None) -> Path:
         """Save step ``step``; update best.pt if ``metrics[metric]`` improved; prune old steps."""

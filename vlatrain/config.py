@@ -26,9 +26,9 @@ from vladata.errors import ConfigError
 from vlatrain.typed import apply_overrides, build, choice, parse_overrides
 from vlatrain.vlm.config import HISTORY_MODES, VLMConfig
 
-__all__ = ["AugmentConfig", "DataConfig", "ModelConfig", "OptimConfig", "TrainConfig",
-           "EvalConfig", "LogConfig", "Config", "ConfigError", "load_config", "parse_overrides",
-           "apply_overrides"]
+__all__ = ["AugmentConfig", "DataConfig", "ViewConfig", "ModelConfig", "OptimConfig",
+           "TrainConfig", "RolloutConfig", "EvalConfig", "LogConfig", "Config", "ConfigError",
+           "load_config", "parse_overrides", "apply_overrides"]
 
 
 @dataclass
@@ -77,6 +77,9 @@ class DataConfig:
     ``data.mixture=[{path: A, weight: 1.0}, {path: B, weight: 2.0}]`` on the command line, the
     same YAML list in a config file; an entry may also be a bare path (weight 1).
     ``balance`` multiplies each weight by the store's window count (OXE's balancing).
+    ``val_fraction`` (one store): a store without a validation split validates on a fixed
+    fraction of its ``train_split`` episodes, held out from training (``vlatrain.data.held_out``);
+    ``val_split`` then names that held-out part (a split of that name in the store is not used).
     """
 
     path: Optional[str] = None     # the store (directory or fsspec URL); this or mixture to train
@@ -89,8 +92,14 @@ class DataConfig:
     over: str = field(default="segments", metadata=choice("segments", "episodes"))
     train_split: str = "train"
     val_split: str = "validation"
+    val_fraction: Optional[float] = None  # validate on this fraction of train_split's episodes
+                                   # (held out from training, chosen by episode) instead of val_split
     batch_size: int = 32           # per process, per micro-step
     num_workers: int = 2
+    # the token sequence of token heads: the stored bins (action.tokens) or FAST tokens of each
+    # chunk (the store's meta/fast_tokenizer.json, `vladata stats --fast`; model.head=autoregressive)
+    action_tokens: str = field(default="bins", metadata=choice("bins", "fast"))
+    language_augmentation: float = 0.0  # train: P(instruction -> another phrasing of its task)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> list[str]:
@@ -100,6 +109,15 @@ class DataConfig:
                 errs.append(f"{k}: must be >= 1, got {getattr(self, k)}")
         if self.num_workers < 0:
             errs.append(f"num_workers: must be >= 0, got {self.num_workers}")
+        if self.val_fraction is not None:
+            if not 0 < self.val_fraction < 1:
+                errs.append(f"val_fraction: must be in (0, 1) or null, got {self.val_fraction}")
+            if self.val_split == self.train_split:
+                errs.append(f"val_split: names the held-out episodes under val_fraction; it "
+                            f"must differ from train_split ({self.train_split!r})")
+            if self.mixture is not None:
+                errs.append("val_fraction: holds out episodes of one store (data.path); a "
+                            "mixture validates on each store's data.val_split")
         if self.cameras is not None and not self.cameras:
             errs.append("cameras: an empty list leaves no images; use null for every camera")
         if self.state_dims is not None and (not self.state_dims or min(self.state_dims) < 0
@@ -115,8 +133,14 @@ class DataConfig:
                 errs += [f"mixture[{i}].{x}" for x in e.validate()]
             if self.mixture and not sum(e.weight for e in self.mixture) > 0:
                 errs.append("mixture: the weights are all 0")
+            if self.action_tokens == "fast":
+                errs.append("action_tokens: FAST tokens are served for one store (data.path), "
+                            "not for a mixture")
         elif self.balance:
             errs.append("balance: only applies to data.mixture")
+        if not 0 <= self.language_augmentation <= 1:
+            errs.append(f"language_augmentation: a probability in [0, 1], got "
+                        f"{self.language_augmentation}")
         return errs + [f"augment.{e}" for e in self.augment.validate()]
 
     def stores(self) -> list[tuple[str, float]]:
@@ -127,36 +151,80 @@ class DataConfig:
 
 
 @dataclass
+class ViewConfig:
+    """How one camera's stored frames reach the tiny backbone (``model.views`` entries): a fixed
+    crop (``[top, left, height, width]`` in stored pixels) and the size the crop (or the whole
+    frame) is resized to. Applied on the device in training and in the policy runtime alike: a
+    small target keeps its pixels when only the workspace is kept, and a camera that needs little
+    detail costs less at a smaller size."""
+
+    camera: str = ""               # short camera name (corner2 for observation.images.corner2)
+    crop: Optional[list[int]] = None  # [top, left, height, width]; null: the whole frame
+    size: Optional[int] = None     # square side after the resize; null: model.image_size
+
+    def validate(self) -> list[str]:
+        errs = [] if self.camera else ["camera: expected a camera name"]
+        if self.crop is not None and (len(self.crop) != 4 or min(self.crop[:2]) < 0
+                                      or min(self.crop[2:]) < 1):
+            errs.append(f"crop: expected [top >= 0, left >= 0, height >= 1, width >= 1], "
+                        f"got {self.crop}")
+        if self.size is not None and self.size < 1:
+            errs.append(f"size: must be >= 1, got {self.size}")
+        return errs
+
+
+@dataclass
 class ModelConfig:
     """Backbone + policy head. ``backbone`` names an entry of ``vlatrain.model.BACKBONES``."""
 
     backbone: str = "tiny"         # tiny = the embedded small vision-language encoder
     path: Optional[str] = None     # local weights directory, for backbones that load pretrained weights
-    head: str = field(default="gpt", metadata=choice("fc", "lstm", "gpt", "discrete", "lm"))
+    head: str = field(default="gpt", metadata=choice("fc", "lstm", "gpt", "discrete", "lm",
+                                                     "autoregressive"))
     history: str = field(default="one-step", metadata=choice(*HISTORY_MODES))
     language: str = field(default="embedding", metadata=choice("embedding", "text", "none"))
     use_state: bool = True         # feed observation.state (normalised with the store's stats)
     image_size: int = 64           # frames are resized to image_size x image_size on the device
+    views: Optional[list[ViewConfig]] = None  # per camera: [{camera, crop, size}] (tiny backbone)
     width: int = 128               # F: the feature width the backbone hands to the head
     hidden: int = 256              # head hidden width
     layers: int = 2                # head depth (MLP layers / LSTM layers / transformer blocks)
     heads: int = 4                 # attention heads of the GPT head
     dropout: float = 0.0
     discrete_trunk: str = field(default="fc", metadata=choice("fc", "lstm", "gpt"))
+    # autoregressive head: constrained = only tokens that keep the chunk decodable; greedy = argmax
+    decoding: str = field(default="constrained", metadata=choice("constrained", "greedy"))
     vlm: VLMConfig = field(default_factory=VLMConfig)  # pretrained-VLM options (docs/vlm.md)
 
     def validate(self) -> list[str]:
         errs = [f"{k}: must be >= 1, got {getattr(self, k)}" for k in
                 ("image_size", "width", "hidden", "layers", "heads") if getattr(self, k) < 1]
         errs += [f"vlm.{e}" for e in self.vlm.validate()]
+        for i, v in enumerate(self.views or []):
+            errs += [f"views[{i}].{e}" for e in v.validate()]
+        cams = [v.camera for v in self.views or []]
+        if len(set(cams)) != len(cams):
+            errs.append(f"views: one entry per camera, got {cams}")
+        if self.views and self.backbone != "tiny":
+            errs.append("views: only the tiny backbone takes per-camera views (a VLM uses its "
+                        "processor's)")
         if self.backbone == "tiny" and self.head == "lm":
             errs.append("head: 'lm' reads a VLM's own logits; the tiny backbone has none "
                         "(use discrete)")
+        if self.vlm.autoregressive and self.head != "lm":
+            errs.append("vlm.autoregressive: decodes the LM head's action tokens; it needs "
+                        f"model.head=lm, not {self.head!r}")
+        if self.vlm.autoregressive and self.history == "interleaved":
+            errs.append("vlm.autoregressive: not with history=interleaved (a later step would "
+                        "read the earlier steps' target tokens); use one-step or history")
         if self.backbone == "tiny" and self.history == "interleaved":
             errs.append("history: 'interleaved' needs a VLM backbone (use history)")
         if not 0 <= self.dropout < 1:
             errs.append(f"dropout: must be in [0, 1), got {self.dropout}")
-        if self.head == "gpt" or (self.head == "discrete" and self.discrete_trunk == "gpt"):
+        if self.head == "autoregressive" and self.hidden % self.heads:
+            errs.append(f"hidden: {self.hidden} is not divisible by heads={self.heads} (the "
+                        f"autoregressive decoder)")
+        elif self.head == "gpt" or (self.head == "discrete" and self.discrete_trunk == "gpt"):
             if self.heads >= 1 and self.hidden % self.heads:
                 errs.append(f"hidden: {self.hidden} is not divisible by heads={self.heads}")
         return errs
@@ -232,17 +300,66 @@ class TrainConfig:
         return errs
 
 
+ROLLOUT_ENVS = ("metaworld",)  # as vlatrain.rollout.ENVS (not imported: no simulator code here)
+
+
+@dataclass
+class RolloutConfig:
+    """Closed-loop evaluation during training (``eval.rollout``, ``vlatrain.sim_eval``): at
+    evaluation steps, the policy is rolled out in a simulator as ``vlatrain rollout`` does, and
+    the success rate per task and its mean are logged (``rollout/success``: the mean over tasks,
+    which ``eval.best_metric`` may name)."""
+
+    env: Optional[str] = None      # metaworld; null: no rollouts
+    tasks: str = "mt10"            # mt10, mt50 or a comma list of tasks
+    episodes: int = 5              # held-out episodes per task
+    every: int = 0                 # steps between rollouts (a multiple of eval.every or
+    #                                train.checkpoint_every); 0: after the last step only
+    workers: int = 1               # processes, each with its own simulator
+    batch: int = 1                 # environments per process acting in lockstep
+    seed: int = 0
+    max_steps: int = 300
+    image_size: Optional[int] = None  # rendered camera size; null: the store's
+    execute: Optional[int] = None  # chunk execution rule (vlatrain.policy.chunking)
+    ensemble: Optional[float] = None
+
+    def validate(self) -> list[str]:
+        errs = [f"{k}: must be >= 1, got {getattr(self, k)}" for k in
+                ("episodes", "workers", "batch", "max_steps") if getattr(self, k) < 1]
+        if self.every < 0:
+            errs.append(f"every: must be >= 0, got {self.every}")
+        if self.env not in (None, *ROLLOUT_ENVS):
+            errs.append(f"env: expected one of {', '.join(ROLLOUT_ENVS)} or null, got {self.env!r}")
+        if self.image_size is not None and self.image_size < 1:
+            errs.append(f"image_size: must be >= 1 or null, got {self.image_size}")
+        if self.execute is not None and self.ensemble is not None:
+            errs.append("execute: choose one chunk execution rule, execute or ensemble")
+        return errs
+
+
 @dataclass
 class EvalConfig:
-    """Offline evaluation on the validation split (``vlatrain.evaluate``)."""
+    """Offline evaluation on the validation split (``vlatrain.evaluate``) and rollouts."""
 
     every: int = 100               # steps between evaluations (0 = only at the end)
     batches: Optional[int] = 20    # validation batches per evaluation (null = the whole split)
     batch_size: int = 64
-    best_metric: str = "val/arm_mae"  # the metric that picks best.pt (lower is better)
+    best_metric: str = "val/arm_mae"  # the metric that picks best.pt
+    best_mode: str = field(default="auto", metadata=choice("auto", "min", "max"))  # auto: max
+    #                                for success rates and accuracies, min for everything else
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+
+    def mode(self) -> str:
+        """``min`` or ``max``: whether a lower or a higher ``best_metric`` is better."""
+        if self.best_mode != "auto":
+            return self.best_mode
+        last = self.best_metric.rsplit("/", 1)[-1]
+        higher = ("success" in self.best_metric.split("/")[:2] or "success" in last
+                  or last.endswith("_acc") or last == "acc")
+        return "max" if higher else "min"
 
     def validate(self) -> list[str]:
-        errs = []
+        errs = [f"rollout.{e}" for e in self.rollout.validate()]
         if self.every < 0:
             errs.append(f"every: must be >= 0, got {self.every}")
         if self.batches is not None and self.batches < 1:
@@ -301,8 +418,21 @@ class Config:
                 and len(self.train.history_weights) != self.data.history):
             errs.append(f"train.history_weights: expected {self.data.history} weights "
                         f"(one per history step), got {len(self.train.history_weights)}")
+        if self.data.action_tokens == "fast" and self.model.head != "autoregressive":
+            errs.append(f"data.action_tokens: FAST tokens have a variable length; they need "
+                        f"model.head=autoregressive, not {self.model.head!r}")
         if self.train.precision == "fp16" and self.train.device == "cpu":
             errs.append("train.precision: fp16 needs a CUDA device; use bf16 on the CPU")
+        r = self.eval.rollout
+        if self.eval.best_metric.startswith("rollout/") and r.env is None:
+            errs.append(f"eval.best_metric: {self.eval.best_metric} needs rollouts during "
+                        f"training: set eval.rollout.env (e.g. metaworld)")
+        if r.env is not None and r.every and not (
+                (self.eval.every and r.every % self.eval.every == 0)
+                or r.every % self.train.checkpoint_every == 0):
+            errs.append(f"eval.rollout.every: {r.every} is not a multiple of eval.every "
+                        f"({self.eval.every}) or train.checkpoint_every "
+                        f"({self.train.checkpoint_every}): rollouts run at evaluation steps")
         return errs
 
     def to_dict(self) -> dict:

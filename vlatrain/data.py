@@ -24,6 +24,7 @@ a store without the split is skipped.
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -120,9 +121,36 @@ def check_stores(stores: list[tuple], cfg: DataConfig, parts=None) -> list[DataS
 
 def windows(ds, cfg: DataConfig, split: str, observation_norm=OBSERVATION_MODE):
     """The store's windows as ``cfg`` cuts them, observations normalised by ``observation_norm``
-    (a mode: the store's own statistics; or the :class:`ObservationNormalizer` of a checkpoint)."""
+    (a mode: the store's own statistics; or the :class:`ObservationNormalizer` of a checkpoint).
+
+    With ``data.val_fraction``, ``split`` = ``data.val_split`` means the held-out episodes of
+    ``data.train_split`` and ``data.train_split`` the rest (:func:`held_out`)."""
+    episodes = None
+    if cfg.val_fraction is not None and split in (cfg.train_split, cfg.val_split):
+        train, val = held_out(ds, cfg)
+        episodes = val if split == cfg.val_split else train
+        split = cfg.train_split
     return ds.windows(history=cfg.history, chunk=cfg.chunk, cameras=cfg.cameras, split=split,
-                      over=cfg.over, normalize_observations=observation_norm)
+                      over=cfg.over, normalize_observations=observation_norm,
+                      fast_tokens=cfg.action_tokens == "fast", episodes=episodes)
+
+
+def held_out(ds, cfg: DataConfig) -> tuple[list[int], list[int]]:
+    """(training, validation) episode indices of ``data.train_split`` under ``data.val_fraction``.
+
+    ``round(fraction * n)`` episodes (at least 1, leaving at least 1 to train on) are held out,
+    picked by a hash of the episode index: the same episodes for the same store whatever the
+    seed, the worker count or the order the store was written in.
+    """
+    eps = [i for i, s in enumerate(ds.episodes["split"].to_list()) if s == cfg.train_split]
+    if len(eps) < 2:
+        raise StoreError(f"{ds.path}: data.val_fraction needs at least 2 episodes in split "
+                         f"{cfg.train_split!r} (one to train on, one to validate on); it has "
+                         f"{len(eps)}")
+    n_val = min(max(1, round(cfg.val_fraction * len(eps))), len(eps) - 1)
+    order = sorted(eps, key=lambda i: (zlib.crc32(str(i).encode()), i))
+    val = sorted(order[:n_val])
+    return [i for i in eps if i not in set(val)], val
 
 
 def spec_from_store(ds, cfg: DataConfig, win=None) -> DataSpec:
@@ -162,13 +190,41 @@ def spec_from_store(ds, cfg: DataConfig, win=None) -> DataSpec:
         token_ids = tuple(int(i) for i in t.id_of_bin(np.arange(t.bins)))
         centres = tuple(float(c) for c in t.centres())
     norm = win.observation_norm
+    fast = getattr(win, "fast", None)
+    tokens = {"action_tokens": cfg.action_tokens, **({"fast": fast.to_json()} if fast else {})}
+    extra = {"source": ds.info.get("source"), "tokenizer": tok,
+             "normalization": ds.info["normalization"], **deployment_facts(ds, win), **tokens}
     return DataSpec(cameras=cams, image_shapes=shapes, state_dim=state_dim, action_dim=a_dim,
                     action_names=names, gripper_dims=grip,
                     language_dim=int(win.embeddings.shape[1]), history=cfg.history,
                     chunk=cfg.chunk, token_ids=token_ids, bin_centers=centres, state_index=index,
-                    extra={"source": ds.info.get("source"), "tokenizer": tok,
-                           "normalization": ds.info["normalization"]},
+                    extra=extra,
                     observation_norm={} if norm is None else norm.to_dict())
+
+
+def deployment_facts(ds, win) -> dict:
+    """What a policy runtime needs of the store beyond the spec's shapes (``DataSpec.extra``):
+
+    - ``action_stats``: the action statistics ``action.norm`` was made with (only those the
+      normalisation uses), to put predictions back into the dataset's units;
+    - ``features``: the action and state feature descriptions (names, units);
+    - ``language``: ``{"instructions": [...], "embeddings": [[...]]}``, the stored sentence
+      embedding of every distinct instruction (when the store has embeddings): a model conditioned
+      on ``language.embedding`` looks a live instruction up here.
+    """
+    norm = Normalization.from_dict(ds.info["normalization"])
+    stats = ds.stats.get(ACTION) or {}
+    facts = {"action_stats": {k: np.asarray(stats[k], np.float64).ravel().tolist()
+                              for k in norm.required_stats() if k in stats},
+             "features": {k: ds.info["features"][k] for k in (ACTION, STATE)
+                          if k in ds.info["features"]}}
+    if win.embeddings.shape[1]:
+        table: dict[str, list[float]] = {}
+        for text, row in zip(win.instructions, win.embeddings):
+            if text and text not in table and np.any(row):
+                table[text] = row.astype(np.float32).tolist()
+        facts["language"] = {"instructions": list(table), "embeddings": list(table.values())}
+    return facts
 
 
 def check_compatible(spec: DataSpec, trained: DataSpec, path: str, what: str = "the policy's"
@@ -180,6 +236,8 @@ def check_compatible(spec: DataSpec, trained: DataSpec, path: str, what: str = "
              if getattr(spec, k) != getattr(trained, k)]
     if trained.token_ids and spec.token_ids != trained.token_ids:
         diffs.append(f"token layout: the store's tokenizer differs from {what}")
+    if trained.extra.get("fast") and spec.extra.get("fast") != trained.extra["fast"]:
+        diffs.append(f"FAST tokens: the store's FAST tokenizer differs from {what}")
     if diffs:
         raise StoreError(f"{path}: this store does not match {what} data: " + "; ".join(diffs))
 
@@ -237,6 +295,7 @@ class ValSet:
     loader: object
     restart: Callable[[], None]
     units: ActionUnits
+    windows: int = 0     # validation windows
 
 
 def val_sets(stores: list[tuple], cfg: Config, device: torch.device, *, pin_memory: bool = False
@@ -249,7 +308,8 @@ def val_sets(stores: list[tuple], cfg: Config, device: torch.device, *, pin_memo
             continue
         loader, restart = val_loader(ds, cfg, pin_memory=pin_memory)
         sets.append(ValSet("val" if j == 0 else f"val{j}", ds.path, loader, restart,
-                           action_units(ds, device)))
+                           action_units(ds, device),
+                           len(windows(ds, cfg.data, cfg.data.val_split))))
     if not sets:
         raise StoreError(f"no store of the mixture has a {cfg.data.val_split!r} split to "
                          f"validate on; set data.val_split")

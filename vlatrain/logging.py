@@ -116,3 +116,19 @@ class RunLogger(NullLogger):
         self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def run_header(*, device, precision: str, params: tuple[int, int], windows: dict[str, int],
+               batches_per_epoch: int, batch_size: int, steps: int, run_dir: str | Path,
+               tensorboard: bool) -> str:
+    """What ``vlatrain run`` says before step 1: where it runs, how big, where it writes."""
+    trainable, total = params
+    lines = [f"device     {device} | precision {precision}",
+             f"parameters {trainable:,} trainable / {total:,} total",
+             "windows    " + " | ".join(f"{k} {v:,}" for k, v in windows.items()),
+             f"batches    {batches_per_epoch:,} per epoch of batch {batch_size} "
+             f"({steps:,} steps = {steps / max(batches_per_epoch, 1):.1f} epochs)",
+             f"run dir    {run_dir}"]
+    if tensorboard:
+        lines.append(f"tensorboard --logdir {Path(run_dir) / 'tensorboard'}")
+    return "\n".join(lines)

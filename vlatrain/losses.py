@@ -75,6 +75,10 @@ def make_loss(cfg, policy, device: torch.device):
     spec, t = policy.spec, cfg.train
     weights = (torch.tensor(t.history_weights, dtype=torch.float32, device=device)
                if t.history_weights is not None else None)
+    if getattr(policy, "autoregressive", False):
+        from vlatrain.model.autoregressive import sequence_loss
+        return lambda out, tgt: sequence_loss(out, tgt.tokens, tgt.token_mask,
+                                              step_weights=weights)
     if policy.discrete:
         return lambda out, tgt: discrete_loss(out, tgt.bins, tgt.mask, step_weights=weights)
     arm, grip = list(spec.arm_dims), list(spec.gripper_dims)

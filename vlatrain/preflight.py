@@ -1,21 +1,24 @@
 """Before step 1: can the stores feed what the config (or a checkpoint) asks for?
 
 ``vlatrain run`` and ``vlatrain eval`` call these on the opened stores before building windows,
-a policy or a loader, so a store lacking a camera, state dimensions, a split, statistics or the
-token layout gives ONE :class:`StoreMismatchError` listing every mismatch of every store, each
+a policy or a loader, so a store lacking a camera, state dimensions, a split, statistics, the
+token layout or windows enough for one batch gives ONE :class:`StoreMismatchError` listing every mismatch of every store, each
 naming the store and the config key -- not a ``KeyError`` from deep inside the loader, then the
 next mismatch on the next attempt.
 """
 
 from __future__ import annotations
 
+from vladata.errors import VladataError
+from vladata.windows import Ranges
+from vlatrain.data import held_out
 from vlatrain.errors import StoreMismatchError
 
 IMAGE_PREFIX = "observation.images."
 STATE_KEY = "observation.state"
 
 
-def check_run(stores: list[tuple], cfg) -> None:
+def check_run(stores: list[tuple], cfg, world_size: int = 1) -> None:
     """Raise if any store of ``[(Dataset, weight)]`` cannot feed training as ``cfg`` says."""
     errors = []
     for ds, _ in stores:
@@ -23,18 +26,63 @@ def check_run(stores: list[tuple], cfg) -> None:
                                cameras=cfg.data.cameras)
     val = cfg.data.val_split
     having = [ds.path for ds, _ in stores if val in _splits(ds)]
-    if len(stores) == 1 and not having:
-        errors += _split_errors(stores[0][0], {"data.val_split": val})
-    elif not having:
+    if cfg.data.val_fraction is None and len(stores) == 1 and not having:
+        errors += [e + "; or hold out episodes with data.val_fraction=0.1"
+                   for e in _split_errors(stores[0][0], {"data.val_split": val})]
+    elif cfg.data.val_fraction is None and not having:
         errors.append(f"data.val_split: no store of the mixture has a {val!r} split to validate "
                       f"on (splits: {', '.join(f'{ds.path}: {sorted(_splits(ds))}' for ds, _ in stores)})")
+    errors += window_errors(stores, cfg, world_size)
     if errors:
         raise StoreMismatchError(errors)
 
 
+def window_errors(stores: list[tuple], cfg, world_size: int = 1) -> list[str]:
+    """Too few training windows for one batch per process, or no validation window (splits a
+    store lacks are reported by :func:`check_run` and not counted here)."""
+    d = cfg.data
+    feeding = [ds for ds, _ in stores if d.train_split in _splits(ds)]
+    if not feeding:
+        return []
+    train_eps = val_eps = None
+    if d.val_fraction is not None:
+        try:
+            train_eps, val_eps = held_out(feeding[0], d)
+        except VladataError as e:
+            return [f"data.val_fraction: {e}"]
+    n_train = sum(window_count(ds, d, d.train_split, train_eps) for ds in feeding)
+    hint = ""
+    if d.over == "segments" and any(ds.segments.height == 0 for ds, _ in stores):
+        hint = " (a store has no language segments: set data.over=episodes)"
+    errors = []
+    if n_train // world_size < d.batch_size:
+        errors.append(f"data.batch_size: split {d.train_split!r} has {n_train} training windows, "
+                      f"{n_train // world_size} per process: fewer than one batch of "
+                      f"{d.batch_size}; lower data.batch_size{hint}")
+    if d.val_fraction is not None:
+        where, n_val = "the held-out episodes", window_count(feeding[0], d, d.train_split, val_eps)
+    else:
+        having = [ds for ds, _ in stores if d.val_split in _splits(ds)]
+        where = f"split {d.val_split!r}"
+        n_val = window_count(having[0], d, d.val_split) if having else None
+    if n_val == 0:
+        errors.append(f"data.val_split: {where} give no validation window{hint}")
+    return errors
+
+
+def window_count(ds, d, split: str, episodes=None) -> int:
+    """How many windows ``split`` (and ``episodes``) of ``ds`` gives as ``d`` (DataConfig) cuts them."""
+    eps, seg = ds.episodes, ds.segments
+    return len(Ranges(eps["start"].to_numpy(), eps["length"].to_numpy(), eps["split"].to_list(),
+                      seg["episode_index"].to_numpy(), seg["start"].to_numpy(),
+                      seg["end"].to_numpy(), split=split, over=d.over, min_history=1,
+                      where=ds.path, episodes=episodes))
+
+
 def check_eval(ds, cfg, trained) -> None:
     """Raise if the store ``ds`` cannot feed the policy built for the DataSpec ``trained``."""
-    errors = store_errors(ds, cfg, splits={"--split / data.val_split": cfg.data.val_split},
+    split = cfg.data.train_split if cfg.data.val_fraction else cfg.data.val_split
+    errors = store_errors(ds, cfg, splits={"--split / data.val_split": split},
                           cameras=list(trained.cameras))
     feats = ds.info["features"]
     if trained.state_dim and STATE_KEY in feats:
@@ -91,6 +139,20 @@ def store_errors(ds, cfg, *, splits: dict[str, str], cameras) -> list[str]:
     if cfg.model.head in ("discrete", "lm") and not ds.info.get("tokenizer"):
         errors.append(f"model.head: {cfg.model.head} needs the store's action tokenizer "
                       f"(info['tokenizer']); {path} records none")
+    if (cfg.model.head == "autoregressive" and cfg.data.action_tokens == "bins"
+            and not ds.info.get("tokenizer")):
+        errors.append(f"data.action_tokens: bins need the store's action tokenizer "
+                      f"(info['tokenizer']); {path} records none")
+    if cfg.data.action_tokens == "fast":
+        from vladata.fast import load_settings
+        fast = load_settings(path)
+        if fast is None:
+            errors.append(f"data.action_tokens: {path} has no FAST tokenizer; fit one with "
+                          f"`vladata stats {path} --fast --fast-chunk {cfg.data.chunk}`")
+        elif fast.chunk != cfg.data.chunk:
+            errors.append(f"data.chunk: {cfg.data.chunk}, but the FAST tokenizer of {path} encodes "
+                          f"{fast.chunk}-step chunks (refit with `vladata stats {path} --fast "
+                          f"--fast-chunk {cfg.data.chunk}`)")
     if cfg.model.backbone == "tiny":  # what the embedded backbone needs (vlatrain.model.backbone)
         if cfg.model.language == "embedding" and not _has_embeddings(ds):
             errors.append(f"model.language: 'embedding' but {path} has no language embeddings; "

@@ -5,10 +5,13 @@
 each own their environment and renderer. The policy is anything with ``reset(instruction)`` and
 ``act(obs) -> (A,)`` (:class:`vlaenv.base.Policy`); workers build it from a picklable
 :class:`PolicySpec`: ``expert`` (Meta-World's scripted expert, which reads the simulator's
-privileged state -- the only policy allowed to), ``random`` (uniform actions) or ``checkpoint``
-(:func:`load_policy`). No torch model is imported here. With ``batch > 1`` each process steps
-that many environments in lockstep, and a checkpoint policy acts for all of them at once
-(``reset_batch`` / ``act_batch``, see :class:`vlaenv.base.Policy`).
+privileged state -- the only policy allowed to), ``random`` (uniform actions), ``checkpoint``
+(:func:`load_policy`: the policy runtime, ``vlatrain.policy``) or ``remote`` (a policy served by
+``vlatrain serve``, through :class:`vlatrain.serving.client.RemotePolicy`: the same actions as the
+checkpoint in process). No torch model is imported here until a checkpoint is loaded. With
+``batch > 1`` each process steps that many environments in lockstep, and a checkpoint (or remote)
+policy acts for all of them at once (``reset_batch`` / ``act_batch``, see
+:class:`vlaenv.base.Policy`).
 
 Videos: the first ``videos_per_task`` episodes of each task are written to ``video_dir`` as MP4
 (H.264 via PyAV), cameras side by side under a caption with the instruction and the outcome.
@@ -30,16 +33,16 @@ from tqdm.auto import tqdm
 from vladata.errors import EnvError, PolicyUnavailableError
 
 ENVS = ("metaworld",)
-POLICIES = ("expert", "random", "checkpoint")
+POLICIES = ("expert", "random", "checkpoint", "remote")
 
 
-def load_policy(checkpoint: str, device: str | None = None):
-    """The policy runtime hook: a trained checkpoint as a ``reset``/``act`` policy.
-
-    Replaced by ``vlatrain.policy.Policy.load`` once the runtime exists.
-    """
-    raise PolicyUnavailableError(f"{checkpoint}: the policy runtime (vlatrain.policy) is not "
-                                   "available yet: roll out --policy expert or --policy random")
+def load_policy(checkpoint: str, device: str | None = None, *, execute: int | None = None,
+                ensemble: float | None = None):
+    """A trained checkpoint as a ``reset``/``act`` (and ``reset_batch``/``act_batch``) policy:
+    :meth:`vlatrain.policy.Policy.load`, with its chunk execution rule (``execute=k`` or
+    ``ensemble=m``; neither: re-plan at every step)."""
+    from vlatrain.policy import Policy
+    return Policy.load(checkpoint, device, execute=execute, ensemble=ensemble)
 
 
 def wilson(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -55,17 +58,29 @@ def wilson(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float,
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """Which policy a worker builds: ``expert``, ``random`` or ``checkpoint`` (path)."""
+    """Which policy a worker builds: ``expert``, ``random``, ``checkpoint`` (path) or ``remote``
+    (``url`` of a ``vlatrain serve`` server, with its ``token``)."""
 
     kind: str
     checkpoint: str | None = None
     seed: int = 0
+    execute: int | None = None      # checkpoint: chunk execution rule (vlatrain.policy.chunking)
+    ensemble: float | None = None
+    threads: int = 1                # checkpoint: torch intra-op threads per rollout process
+    url: str | None = None          # remote: ws://HOST:PORT
+    token: str | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.kind not in POLICIES:
             raise ValueError(f"unknown policy {self.kind!r}; known: {', '.join(POLICIES)}")
         if (self.kind == "checkpoint") != (self.checkpoint is not None):
             raise ValueError("a checkpoint path goes with policy 'checkpoint' only")
+        if (self.kind == "remote") != (self.url is not None):
+            raise ValueError("a server URL goes with policy 'remote' only")
+
+    @property
+    def name(self) -> str:
+        return self.checkpoint or self.url or self.kind
 
     def build(self, env, episode_seed: int):
         """The policy for one episode: built afresh (expert, random), or loaded once per process."""
@@ -75,12 +90,30 @@ class PolicySpec:
             return env.expert()
         if self.kind == "random":  # seeded by the episode: the same actions whatever --workers
             return RandomPolicy(env.spec.action.shape[0], [self.seed, episode_seed])
-        if self.checkpoint not in _LOADED:
-            _LOADED[self.checkpoint] = load_policy(self.checkpoint)
-        return _LOADED[self.checkpoint]
+        if self.kind == "remote":  # one connection per process; its session "0" per episode
+            key = (self.url, self.token)
+            if key not in _LOADED:
+                try:
+                    from vlatrain.serving.client import RemotePolicy
+                except ImportError as e:
+                    raise PolicyUnavailableError(f"{e}: the policy server's client is not "
+                                                 'installed: pip install -e ".[serve]"') from None
+                _LOADED[key] = RemotePolicy(self.url, self.token)
+            return _LOADED[key]
+        key = (self.checkpoint, self.execute, self.ensemble)
+        if key not in _LOADED:
+            _LOADED[key] = load_policy(self.checkpoint, execute=self.execute,
+                                       ensemble=self.ensemble)
+        return _LOADED[key]
 
 
-_LOADED: dict = {}  # checkpoint -> policy, per process
+_LOADED: dict = {}  # (checkpoint, execute, ensemble) or (URL, token) -> policy, per process
+
+
+def forget(checkpoint: str) -> None:
+    """Drop this process's cached policies of ``checkpoint`` (a file rewritten or removed)."""
+    for key in [k for k in _LOADED if k[0] == checkpoint]:
+        del _LOADED[key]
 
 
 class RandomPolicy:
@@ -224,7 +257,7 @@ def run(policy: PolicySpec, tasks, *, env: EnvConfig | None = None, episodes: in
             task=t, instruction=rs[0]["instruction"], episodes=len(rs), successes=k,
             mean_length=float(np.mean([r["length"] for r in rs])), ci95=wilson(k, len(rs)),
             runs=[{key: r[key] for key in ("index", "seed", "success", "length")} for r in rs]))
-    return Report(env=env.name, policy=policy.checkpoint or policy.kind, seed=seed, tasks=per_task,
+    return Report(env=env.name, policy=policy.name, seed=seed, tasks=per_task,
                   steps=sum(r["length"] for r in results), seconds=time.perf_counter() - t0,
                   videos=sorted(r["video"] for r in results if r.get("video")))
 
@@ -232,20 +265,32 @@ def run(policy: PolicySpec, tasks, *, env: EnvConfig | None = None, episodes: in
 def _play(env_cfg: EnvConfig, spec: PolicySpec, task: str, indices: list[int], seed: int,
           video_dir: str | None, videos_per_task: int, batch: int = 1,
           report=None) -> list[dict]:
-    """Episodes ``indices`` of ``task`` in this process, ``batch`` environments at a time."""
+    """Episodes ``indices`` of ``task`` in this process, ``batch`` environments at a time.
+
+    A checkpoint policy runs with ``spec.threads`` torch threads meanwhile (restored after): a
+    one-frame forward gains nothing from more, and on a busy machine their spinning threads cost
+    ~40x (measured: 2.5 vs 99 ms per act on 2 loaded cores; BENCHMARKS.md).
+    """
     envs, out = [], []
+    threads = None
+    if spec.kind == "checkpoint":
+        import torch
+        threads = torch.get_num_threads()
+        torch.set_num_threads(spec.threads)
     try:
         for lo in range(0, len(indices), batch):
             ks = indices[lo:lo + batch]
             while len(envs) < len(ks):
                 envs.append(env_cfg.make(task))
             out += _episodes(envs[:len(ks)], spec, task, ks, seed, video_dir, videos_per_task,
-                             batched=batch > 1 and spec.kind == "checkpoint")
+                             batched=batch > 1 and spec.kind in ("checkpoint", "remote"))
             if report is not None:
                 report(len(ks))
     finally:
         for env in envs:
             env.close()
+        if threads is not None:
+            torch.set_num_threads(threads)
     return out
 
 
@@ -265,7 +310,7 @@ def _episodes(envs: list, spec: PolicySpec, task: str, ks: list[int], seed: int,
     policies = [spec.build(env, s) for env, s in zip(envs, seeds)]
     if batched:
         if not hasattr(policies[0], "act_batch"):
-            raise PolicyUnavailableError(f"{spec.checkpoint}: the policy has no act_batch: run "
+            raise PolicyUnavailableError(f"{spec.name}: the policy has no act_batch: run "
                                          "with --batch 1")
         policies[0].reset_batch([env.instruction for env in envs])
     else:

@@ -214,3 +214,30 @@ def test_s3_streaming_against_a_local_s3_server(stores, tmp_path, monkeypatch):
         assert n == st.num_batches == len(w) // 8
     finally:
         server.stop()
+
+
+def test_stream_loader_takes_what_the_window_loader_takes(stores, tmp_path):
+    """``WindowStream.loader(batch_size=..., shuffle=..., seed=..., rank=..., world_size=...)``
+    as ``WindowDataset.loader``: the same batches as a stream built with those settings."""
+    export_wds(stores["raw"], tmp_path / "wds", samples=40, shard_size=100_000, context=4)
+    url = str(tmp_path / "wds")
+
+    def batches(loader):
+        out = [(b["index"].clone(), b["action"].clone()) for b in loader]
+        loader.close()
+        return out
+
+    built = WindowStream(url, history=H, chunk=C, split=None, batch_size=5, seed=3, rank=1,
+                         world_size=2)
+    base = WindowStream(url, history=H, chunk=C, split=None)  # batch_size 32, seed 0, rank 0
+    want = batches(built.loader(num_workers=0))
+    got = batches(base.loader(batch_size=5, seed=3, rank=1, world_size=2, num_workers=0,
+                              prefetch=1, drop_last=True))
+    assert len(got) == built.num_batches and all(len(i) == 5 for i, _ in got)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, want))
+    assert base.batch_size == 32 and base.rank == 0  # the stream itself is unchanged
+    # the same call works on the store's windows (the API is symmetric)
+    stores["raw"].windows(history=H, chunk=C, split=None).loader(
+        batch_size=5, seed=3, rank=1, world_size=2, num_workers=0, prefetch=1, drop_last=True).close()
+    with pytest.raises(ValueError, match="whole batches"):
+        base.loader(batch_size=5, drop_last=False)

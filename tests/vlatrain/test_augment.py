@@ -92,3 +92,37 @@ def test_tokens_map_to_bins_under_any_layout():
     bad["action.tokens"][0, 0, 0, 0] = 5
     with pytest.raises(ValueError, match="outside the store's token layout"):
         preparer(spec, discrete=True)(bad, train=False)
+
+
+def test_a_view_crops_the_stored_frame_before_the_resize():
+    frames = torch.randint(0, 256, (2, 3, 40, 48, 3), dtype=torch.uint8)
+    spec = ImageSpec((16, 16), crop=(4, 8, 32, 24))
+    got = prepare_images(frames, spec, AugmentConfig(), train=False, gen=None)
+    manual = prepare_images(frames[:, :, 4:36, 8:32].contiguous(), ImageSpec((16, 16)),
+                            AugmentConfig(), train=False, gen=None)
+    assert got.shape == (2, 3, 3, 16, 16) and torch.equal(got, manual)
+    native = prepare_images(frames, ImageSpec((32, 24), crop=(4, 8, 32, 24)), AugmentConfig(),
+                            train=False, gen=None)  # a crop at the model's size: no resize
+    assert torch.equal(native[0, 0], (frames[0, 0, 4:36, 8:32].permute(2, 0, 1) / 255 - 0.5) / 0.25)
+
+
+def test_views_are_checked():
+    from vladata.errors import ConfigError
+    from vlatrain.config import load_config
+    from vlatrain.model import TinyBackbone
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["model.views=[{camera: a, crop: [0, 0, 8]}, {camera: a, size: 0}]"])
+    msg = str(e.value)
+    assert "model.views[0].crop: expected [top >= 0, left >= 0, height >= 1, width >= 1]" in msg
+    assert "model.views[1].size: must be >= 1" in msg and "one entry per camera" in msg
+    spec = make_spec()
+    cam = spec.cameras[0]
+    h, w = spec.image_shapes[cam][:2]
+    cfg = load_config(None, [f"model.views=[{{camera: {cam}, crop: [1, 0, {h}, {w}]}}]"])
+    with pytest.raises(ValueError, match=f"the crop \\[1, 0, {h}, {w}\\] of '{cam}' leaves"):
+        TinyBackbone(cfg.model, spec)
+    cfg = load_config(None, ["model.views=[{camera: nose, size: 8}]"])
+    with pytest.raises(ValueError, match="camera 'nose' is not one of the policy's cameras"):
+        TinyBackbone(cfg.model, spec)
+    cfg = load_config(None, [f"model.views=[{{camera: {cam}, crop: [0, 1, 4, 5], size: 8}}]"])
+    assert TinyBackbone(cfg.model, spec).image_spec(cam) == ImageSpec((8, 8), crop=(0, 1, 4, 5))

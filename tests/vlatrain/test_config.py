@@ -45,7 +45,7 @@ def test_every_error_is_reported_at_once(tmp_path):
         load_config(p, ["train.steps=-1", "eval.every=often", "log.nope=1", "model.dropout=2"])
     msg = str(e.value)
     for expected in ["data.batch_sise: unknown key (did you mean 'batch_size'?)",
-                     "model.head: expected one of fc, lstm, gpt, discrete, lm, got 'transformer'",
+                     "model.head: expected one of fc, lstm, gpt, discrete, lm, autoregressive, got 'transformer'",
                      "optim.lr: expected float, got 'fast'",
                      "trian: unknown key (did you mean 'train'?)",
                      "eval.every: expected int, got 'often'", "log.nope: unknown key",

@@ -92,7 +92,7 @@ def test_batched_environments_give_the_same_episodes(monkeypatch):
             self.calls.append(("act", len(observations)))
             return np.zeros((len(observations), 7), np.float32)
 
-    monkeypatch.setattr(rollout, "load_policy", lambda checkpoint: Batched())
+    monkeypatch.setattr(rollout, "load_policy", lambda checkpoint, **rule: Batched())
     monkeypatch.setattr(rollout, "_LOADED", {})
     r = rollout.run(PolicySpec("checkpoint", checkpoint="ckpt.pt"), "reach", episodes=3,
                     batch=2, progress=False, env=rollout.EnvConfig(image_size=16, max_steps=5))
@@ -119,7 +119,7 @@ def test_refusals_are_clean(tmp_path):
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(b"")
     r = CliRunner().invoke(main, ["rollout", str(ckpt), "--tasks", "reach"])
-    assert r.exit_code == 1 and "policy runtime (vlatrain.policy) is not available yet" in r.output
+    assert r.exit_code == 1 and "model.pt: not a readable checkpoint" in r.output
     r = CliRunner().invoke(main, ["rollout", "--tasks", "reach"])
     assert r.exit_code == 2 and "CHECKPOINT or --policy" in r.output
     pytest.importorskip("metaworld")

@@ -22,6 +22,9 @@ A store is one Zarr v3 group, readable by any Zarr v3 reader (``zarr.open_group(
       meta/segments.parquet      segment_index, episode_index, start, end (inclusive, offsets within
                                  the episode), instruction, task, embedding (list<float32> or null)
       meta/stats.json            per-feature, per-dimension statistics (schemas/stats.schema.json)
+      meta/fast.json, meta/fast_tokenizer.json   optional FAST action tokenizer: settings and
+                                 BPE (`vladata stats --fast`; vladata.fast)
+      meta/paraphrases.json      optional, user-written: more phrasings per task (vlatrain.language)
       meta/manifest.json         written LAST: its presence is what makes a store complete; lists
                                  every other file with its size and CRC32C (vladata/store/manifest.py)
       .vlakit-conversion         written FIRST, removed after the manifest: marks an unfinished

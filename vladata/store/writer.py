@@ -254,7 +254,7 @@ def _marker(out: Path, k: int) -> Path:
 
 def _run_parts(job: _PartJob, parts, todo, *, engine, total: int, already: int,
                progress: bool) -> None:
-    bar = tqdm(total=total, initial=already, unit="frame", unit_scale=True, disable=not progress,
+    bar = tqdm(total=total, initial=already, unit=" frames", unit_scale=False, disable=not progress,
                desc="convert", smoothing=0.1, dynamic_ncols=True)
     try:
         engine.run(_write_part, job, parts, todo, bar)

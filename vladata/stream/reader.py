@@ -3,6 +3,8 @@ and checks (see :mod:`vladata.stream` for the layout and the window and epoch se
 
 from __future__ import annotations
 
+import copy
+
 import json
 
 import fsspec
@@ -290,12 +292,38 @@ class WindowStream(torch.utils.data.IterableDataset):
         state["_gen"] = None
         return state
 
-    def loader(self, *, num_workers: int = 2, prefetch: int = 2, pin_memory: bool = False,
-               multiprocessing_context: str | None = None, timeout: float = 300.0):
-        """The batch loader: ``batch_size`` windows per batch, ``num_batches`` per epoch per rank."""
-        return batch_loader(self, _StreamPlan(self), self.batch_size, num_workers=num_workers,
-                            prefetch=prefetch, pin_memory=pin_memory,
-                            multiprocessing_context=multiprocessing_context, timeout=timeout)
+    def loader(self, batch_size: int | None = None, *, shuffle: bool | None = None,
+               seed: int | None = None, rank: int | None = None, world_size: int | None = None,
+               drop_last: bool = True, **options):
+        """The batch loader: ``batch_size`` windows per batch, ``num_batches`` per epoch per rank.
+
+        Takes what ``WindowDataset.loader`` takes: ``batch_size``, ``shuffle``, ``seed``,
+        ``rank``, ``world_size`` (None: this stream's own) and the ``options`` of
+        :func:`vladata.windows.batch_loader` (num_workers, prefetch, pin_memory,
+        multiprocessing_context, timeout). A stream serves whole batches only: ``drop_last``
+        must stay True.
+        """
+        if not drop_last:
+            raise ValueError("a WindowStream serves whole batches only (drop_last=True); read "
+                             "the store itself for every window of a split")
+        given = {"batch_size": batch_size, "shuffle": shuffle, "seed": seed, "rank": rank,
+                 "world_size": world_size}
+        stream = self._with(**{k: v for k, v in given.items() if v is not None})
+        return batch_loader(stream, _StreamPlan(stream), stream.batch_size, **options)
+
+    def _with(self, **changes) -> "WindowStream":
+        """This stream with other batch settings (a copy; the plan rebuilt), or itself."""
+        if all(getattr(self, k) == v for k, v in changes.items()):
+            return self
+        if changes.get("batch_size", 1) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {changes['batch_size']}")
+        out = copy.copy(self)
+        for k, v in changes.items():
+            setattr(out, k, type(getattr(self, k))(v))
+        out.plan = WindowSampler(len(out.ranges), out.batch_size, shuffle=False, rank=out.rank,
+                                 world_size=out.world_size, drop_last=True)
+        out._gen = None
+        return out
 
 
 def _weights(pool) -> np.ndarray:

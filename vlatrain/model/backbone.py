@@ -35,11 +35,13 @@ from vlatrain.spec import DataSpec
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """How a backbone wants its frames: (height, width) and per-channel mean/std on [0, 1] pixels."""
+    """How a backbone wants its frames: (height, width) and per-channel mean/std on [0, 1] pixels,
+    optionally after a fixed crop of the stored frame."""
 
     size: tuple[int, int]
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    crop: tuple[int, int, int, int] | None = None  # (top, left, height, width) of the stored frame
 
 
 @dataclass
@@ -52,6 +54,8 @@ class Observation:
     language: Tensor | None = None       # float (B, E): stored instruction embedding
     language_mask: Tensor | None = None  # bool (B,): an embedding exists
     instruction: list[str] | None = None  # (B,)
+    action_tokens: Tensor | None = None  # int64 (B, h, T): teacher-forcing input of an
+    #                                      autoregressive head (training/validation only)
 
 
 @dataclass
@@ -168,6 +172,15 @@ class TinyBackbone(nn.Module):
                                "embeddings; use model.language=text (a small text encoder) or none"])
         w = self.feature_dim = cfg.width
         self.size = cfg.image_size
+        self.views = {v.camera: v for v in cfg.views or []}
+        for cam, v in self.views.items():
+            if cam not in spec.cameras:
+                raise ValueError(f"model.views: camera {cam!r} is not one of the policy's "
+                                 f"cameras {list(spec.cameras)}")
+            hh, ww = spec.image_shapes[cam][:2]
+            if v.crop is not None and (v.crop[0] + v.crop[2] > hh or v.crop[1] + v.crop[3] > ww):
+                raise ValueError(f"model.views: the crop {v.crop} of {cam!r} leaves its stored "
+                                 f"{hh}x{ww} frame")
         self.language = cfg.language
         self.lang_proj = (nn.Sequential(nn.Linear(spec.language_dim, w), nn.GELU())
                           if cfg.language == "embedding" else None)
@@ -180,7 +193,11 @@ class TinyBackbone(nn.Module):
                                  nn.LayerNorm(w))
 
     def image_spec(self, camera: str) -> ImageSpec:
-        return ImageSpec((self.size, self.size))
+        v = self.views.get(camera)
+        if v is None:
+            return ImageSpec((self.size, self.size))
+        size = v.size or self.size
+        return ImageSpec((size, size), crop=None if v.crop is None else tuple(v.crop))
 
     def encode_language(self, obs: Observation, batch: int, device) -> Tensor | None:
         if self.lang_proj is not None:

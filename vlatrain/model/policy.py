@@ -6,10 +6,18 @@ maps ``model.head`` to ``(ModelConfig, feature_dim, DataSpec) -> PolicyHead`` th
 head reading the VLM's own logits registers as ``HEADS["lm"]``). The policy's
 output is the head's: continuous (B, h, c, A) or discrete logits (B, h, c, A, K);
 :meth:`Policy.decode` turns either into normalised actions with the gripper as -1/+1.
+
+An autoregressive head (``model.head=autoregressive``, :mod:`vlatrain.model.autoregressive`)
+is teacher forced when the observation carries the target tokens (``obs.action_tokens``, set by
+the trainer's batch preparation) and returns logits (B, h, T, V'); without them -- a deployed
+policy's observation -- ``forward`` generates the tokens (int64 (B, h, T)), and
+:meth:`Policy.decode` detokenizes them. So ``policy.decode(policy(obs))`` (or
+:meth:`Policy.predict`) gives actions for every head, with no special case in the caller.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
@@ -17,6 +25,7 @@ from torch import Tensor, nn
 
 from vladata.errors import ConfigError
 from vlatrain.config import ModelConfig
+from vlatrain.model.autoregressive import build_autoregressive_head
 from vlatrain.model.backbone import Backbone, Observation, TinyBackbone
 from vlatrain.model.heads import PolicyHead, build_head
 from vlatrain.spec import DataSpec
@@ -32,8 +41,15 @@ def _lm_head(cfg: ModelConfig, feature_dim: int, spec: DataSpec) -> PolicyHead:
     return build_lm_head(cfg, feature_dim, spec)
 
 
+def _autoregressive_head(cfg: ModelConfig, feature_dim: int, spec: DataSpec) -> PolicyHead:
+    """Tokens of ``data.action_tokens`` (recorded in ``spec.extra["action_tokens"]``) one by one."""
+    return build_autoregressive_head(cfg, feature_dim, spec,
+                                     spec.extra.get("action_tokens") or "bins")
+
+
 HEADS: dict[str, Callable[[ModelConfig, int, DataSpec], PolicyHead]] = {
-    **{name: build_head for name in ("fc", "lstm", "gpt", "discrete")}, "lm": _lm_head}
+    **{name: build_head for name in ("fc", "lstm", "gpt", "discrete")}, "lm": _lm_head,
+    "autoregressive": _autoregressive_head}
 
 
 class Policy(nn.Module):
@@ -43,16 +59,41 @@ class Policy(nn.Module):
         super().__init__()
         self.backbone, self.head, self.spec = backbone, head, spec
         self.discrete = bool(head.discrete)
+        self.autoregressive = bool(getattr(head, "autoregressive", False))
+        self.decodable = None  # autoregressive: (B, h) bool of the last decode (FAST fallback)
         self.register_buffer("bin_centers", torch.tensor(spec.bin_centers or [0.0],
                                                          dtype=torch.float32), persistent=False)
 
     def forward(self, obs: Observation) -> Tensor:
+        if self.autoregressive:
+            return self.head(self.backbone(obs), obs.action_tokens)
         return self.head(self.backbone(obs))
 
     @torch.no_grad()
+    def generate(self, obs: Observation) -> Tensor:
+        """Autoregressive heads: generated token ids (B, h, T) for ``obs`` (its targets ignored)."""
+        if not self.autoregressive:
+            raise ValueError("generate: this policy's head is not autoregressive")
+        return self.head(self.backbone(obs))
+
+    @torch.no_grad()
+    def predict(self, obs: Observation) -> Tensor:
+        """Normalised actions (B, h, c, A) for ``obs``: ``decode(forward(obs))`` without its
+        target tokens, so autoregressive heads and LM heads generate (never teacher forced)."""
+        return self.decode(self(dataclasses.replace(obs, action_tokens=None)))
+
+    @torch.no_grad()
     def decode(self, pred: Tensor) -> Tensor:
-        """Head output -> normalised actions (B, h, c, A): arm in [-1, 1], gripper -1 or +1."""
-        if self.discrete:
+        """Head output -> normalised actions (B, h, c, A): arm in [-1, 1], gripper -1 or +1.
+
+        Autoregressive heads: generated ids (B, h, T), or teacher-forced logits (B, h, T, V')
+        whose argmax is taken; :attr:`decodable` then holds which chunks decoded (the others
+        took the FAST fallback)."""
+        if getattr(self, "autoregressive", False):
+            ids = pred if not pred.is_floating_point() else pred.argmax(-1)
+            act, self.decodable = self.head.detokenize(ids)
+            grip = act
+        elif self.discrete:
             act = self.bin_centers[pred.argmax(-1)]  # (B, h, c, A)
             grip = act
         else:

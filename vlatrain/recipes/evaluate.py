@@ -34,6 +34,7 @@ def evaluate_checkpoint(path: str | Path, data_path: str, *, split: str | None =
                  "train.device": device}
     if split is not None:
         overrides["data.val_split"] = split
+        overrides["data.val_fraction"] = "null"  # a named split, not the run's held-out episodes
     if batch_size is not None:
         overrides["eval.batch_size"] = str(batch_size)
     try:
@@ -55,7 +56,9 @@ def evaluate_checkpoint(path: str | Path, data_path: str, *, split: str | None =
     checkpoint.load_weights(policy, ckpt["model"], path)
     prep = BatchPreparer(trained, {c: policy.backbone.image_spec(c) for c in trained.cameras},
                          cfg.data.augment, dev, discrete=policy.discrete,
-                         use_state=cfg.model.use_state)
+                         use_state=cfg.model.use_state,
+                         sequence_head=policy.head if policy.autoregressive else None,
+                         teacher_bins=getattr(policy.backbone, "autoregressive", False))
     loader, _ = data.val_loader(ds, cfg, pin_memory=dev.type == "cuda", observation_norm=obs_norm)
     units = data.action_units(ds, dev)
     with torch.no_grad():

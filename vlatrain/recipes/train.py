@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 
-from vlatrain import checkpoint, data, distributed, preflight, rundir
+from vlatrain import checkpoint, data, distributed, preflight, rundir, sim_eval
 from vlatrain.augment import BatchPreparer
 from vlatrain.config import Config, ConfigError, dump_config, load_config
-from vlatrain.evaluate import evaluate
-from vlatrain.logging import NullLogger, RunLogger
+from vlatrain.evaluate import evaluate, format_report
+from vlatrain.language import LanguageAugmenter
+from vlatrain.logging import NullLogger, RunLogger, run_header
 from vlatrain.loop import TrainState, train
 from vlatrain.losses import make_loss
 from vlatrain.model import build_policy
@@ -36,8 +37,8 @@ from vlatrain.prefetch import Prefetcher
 from vlatrain.seeding import seed_everything
 
 FROZEN_ON_RESUME = ("model", "data.history", "data.chunk", "data.cameras", "data.batch_size",
-                    "data.train_split", "data.over", "data.balance", "train.seed",
-                    "train.grad_accum")
+                    "data.train_split", "data.val_fraction", "data.over", "data.balance",
+                    "train.seed", "train.grad_accum")
 
 
 def resume_config(run_dir: str | Path, overrides: dict[str, str] | None = None) -> Config:
@@ -77,6 +78,12 @@ def resume_config(run_dir: str | Path, overrides: dict[str, str] | None = None) 
     return cfg
 
 
+def _val_name(cfg: Config) -> str:
+    if cfg.data.val_fraction is not None:
+        return f"({cfg.data.val_fraction:g} of {cfg.data.train_split!r} held out)"
+    return repr(cfg.data.val_split)
+
+
 @contextlib.contextmanager
 def preserved_rng(gen: torch.Generator | None):
     """Run a block (evaluation, loader start-up) without disturbing any RNG of the training."""
@@ -108,7 +115,7 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
         return out  # at or past train.steps: nothing is trained or written
     seed_everything(cfg.train.seed)
     stores = data.open_stores(cfg.data)  # [(store, weight)]: one, or a mixture's
-    preflight.check_run(stores, cfg)  # every mismatch of config and stores at once, before step 1
+    preflight.check_run(stores, cfg, info.world_size)  # every mismatch of config and stores at once, before step 1
     ds = stores[0][0]
     win = data.train_windows(stores, cfg.data)
     spec = data.spec_from_stores(stores, cfg.data, win)  # records the observation normalisation
@@ -124,7 +131,11 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
                                           pin_memory=pin, win=win))
     image_specs = {c: policy.backbone.image_spec(c) for c in spec.cameras}
     prep = BatchPreparer(spec, image_specs, cfg.data.augment, dev, discrete=policy.discrete,
-                         use_state=cfg.model.use_state)
+                         use_state=cfg.model.use_state,
+                         sequence_head=policy.head if policy.autoregressive else None,
+                         teacher_bins=getattr(policy.backbone, "autoregressive", False),
+                         language=(LanguageAugmenter.from_stores(stores, cfg.data.language_augmentation)
+                                   if cfg.data.language_augmentation > 0 else None))
     loss_fn = make_loss(cfg, policy, dev)
     st = TrainState(cfg=cfg, model=model, policy=policy, optimizer=optimizer, scaler=scaler,
                     loader=loader, prep=prep, loss_fn=loss_fn, gen=gen, dist=info,
@@ -138,10 +149,20 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
                               tensorboard=cfg.log.tensorboard, progress=cfg.log.progress)
         ckpts = checkpoint.CheckpointManager(out / "checkpoints", cfg.train.keep_last,
                                              cfg.eval.best_metric, best.get("value"),
-                                             best.get("step"))
+                                             best.get("step"), mode=cfg.eval.mode())
         vals, skipped = data.val_sets(stores, cfg, dev, pin_memory=dev.type == "cuda")
         for text in skipped:
             st.logger.message(text)
+        sizes = {f"train {cfg.data.train_split!r}": len(win)}
+        sizes.update({f"{v.prefix} {v.path}" if len(vals) > 1 else
+                      f"validation {_val_name(cfg)}": v.windows for v in vals})
+        st.logger.message(run_header(
+            device=dev, precision=cfg.train.precision,
+            params=(sum(p.numel() for p in policy.parameters() if p.requires_grad),
+                    sum(p.numel() for p in policy.parameters())),
+            windows=sizes, batch_size=cfg.data.batch_size * info.world_size,
+            batches_per_epoch=len(win) // (cfg.data.batch_size * info.world_size),
+            steps=cfg.train.steps, run_dir=out, tensorboard=cfg.log.tensorboard))
 
         def evaluate_fn():  # each store's validation split, in its units (val/, val1/, ...)
             metrics = {}
@@ -152,6 +173,10 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
                         policy, v.loader, prep, loss_fn, to_units=v.units.to_units,
                         mean_action=v.units.mean, mean_action_norm=v.units.mean_norm,
                         max_batches=cfg.eval.batches, autocast=st.autocast), v.prefix))
+            if cfg.eval.rollout.env is not None and sim_eval.due(cfg, st.step):
+                with preserved_rng(gen):  # closed loop in a simulator (eval.rollout)
+                    metrics.update(sim_eval.rollout_metrics(policy, spec, cfg, st.step, out,
+                                                            st.logger))
             return metrics
 
         st.evaluate = evaluate_fn
@@ -167,6 +192,7 @@ def _run(cfg: Config, info: distributed.DistInfo, resume: bool) -> Path:
         if final:
             st.logger.message("final validation: " + ", ".join(
                 f"{k}={v:.4g}" for k, v in final.items() if k.count("/") == 1))
+            st.logger.message(format_report(final, spec.action_names))
     finally:
         st.logger.close()
         loader.close()

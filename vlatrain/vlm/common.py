@@ -15,7 +15,13 @@ The learnable action token (RoboVLMs) is appended after the prompt; its last hid
 what the policy head reads, so F is the LM's hidden size. With ``model.head=lm`` the backbone
 also returns ``lm_logits``: c*A learnable action-query tokens follow the action token and the
 LM's own output layer scores each of them over the K action-token ids (parallel decoding of the
-whole chunk). Only the K columns are computed -- the full vocabulary would be
+whole chunk). With ``model.vlm.autoregressive`` the queries become a causal token sequence:
+query j's input is its learnable embedding plus the LM's embedding of action token j-1, so its
+logits predict token j from the tokens before it. Training is teacher forced (the target bins
+come as ``Observation.action_tokens`` (B, h, c*A)); without them the backbone generates
+greedily, one token per language-model pass (the frames are encoded once; no KV cache: the
+adapters' language models are called whole), and returns the logits each token was chosen
+from, so their argmax is the generated chunk. Only the K columns are computed -- the full vocabulary would be
 B*h*c*A*V floats -- so ``lm_logits`` is (B, h, c*A, K), class k being bin k.
 
 Which vocabulary ids are the action tokens: the store's recorded layout when it is one that
@@ -87,6 +93,7 @@ class VLMBackbone(nn.Module, abc.ABC):
             nn.init.normal_(self.state_proj.weight, std=std / spec.state_dim ** 0.5)
             nn.init.zeros_(self.state_proj.bias)
         self.predicts_tokens = cfg.head == "lm"
+        self.autoregressive = self.predicts_tokens and self.vcfg.autoregressive
         self.n_slots = spec.chunk * spec.action_dim if self.predicts_tokens else 0
         if self.predicts_tokens:
             self.register_buffer("action_ids", self._action_ids(spec), persistent=False)
@@ -191,9 +198,14 @@ class VLMBackbone(nn.Module, abc.ABC):
         pixels = torch.stack([obs.images[c][steps[:, 0], steps[:, 1]] for c in self.cameras],
                              dim=1).flatten(0, 1)  # (S*cams, 3, H, W), frame s*cams + c
         media = self.encode_frames(pixels)
-        embeds = self.embed(layout, media, obs, steps)
-        hidden = self.run_language_model(embeds, layout, media)  # (R, L, D)
         flat = steps[:, 0] * h + steps[:, 1]  # (S,) index of each step in (B*h)
+        teacher = None
+        if self.autoregressive and obs.action_tokens is not None:
+            teacher = obs.action_tokens[steps[:, 0], steps[:, 1]].long()  # (S, c*A) bins
+        elif self.autoregressive:
+            return self.generate(layout, media, obs, steps, flat, b, h)
+        embeds = self.embed(layout, media, obs, steps, teacher)
+        hidden = self.run_language_model(embeds, layout, media)  # (R, L, D)
         r, c = layout.where(ACTION)
         feats = hidden.new_zeros(b * h, hidden.shape[-1]).index_put(
             (flat[layout.ref[r, c]],), hidden[r, c])
@@ -203,9 +215,33 @@ class VLMBackbone(nn.Module, abc.ABC):
                 b, h, self.n_slots, -1)
         return out
 
+    @torch.no_grad()
+    def generate(self, layout: Layout, media, obs: Observation, steps: Tensor, flat: Tensor,
+                 b: int, h: int) -> BackboneOutput:
+        """Greedy autoregressive decoding of the action tokens: one LM pass per token; the
+        returned ``lm_logits`` hold, for each query, the logits its token was chosen from."""
+        tokens = torch.zeros(len(steps), self.n_slots, dtype=torch.long, device=obs.mask.device)
+        chosen = None
+        for j in range(self.n_slots):
+            hidden = self.run_language_model(self.embed(layout, media, obs, steps, tokens),
+                                             layout, media)
+            logits = self.action_logits(hidden, layout, flat, b * h)   # (B*h, c*A, K)
+            if chosen is None:
+                chosen = logits.clone()
+                r, c = layout.where(ACTION)
+                feats = hidden.new_zeros(b * h, hidden.shape[-1]).index_put(
+                    (flat[layout.ref[r, c]],), hidden[r, c])
+            chosen[:, j] = logits[:, j]
+            tokens[:, j] = logits[flat, j].argmax(-1)
+        out = BackboneOutput(features=feats.view(b, h, -1).float(), mask=obs.mask)
+        out.lm_logits = chosen.view(b, h, self.n_slots, -1)
+        return out
+
     # ---------------------------------------------------------------- pieces
-    def embed(self, layout: Layout, media, obs: Observation, steps: Tensor) -> Tensor:
-        """(R, L, D) input embeddings: text ids, then every other kind put in its place."""
+    def embed(self, layout: Layout, media, obs: Observation, steps: Tensor,
+              teacher: Tensor | None = None) -> Tensor:
+        """(R, L, D) input embeddings: text ids, then every other kind put in its place;
+        ``teacher`` (S, c*A): the bins whose embeddings enter the next action queries."""
         emb = self.input_embeddings()(layout.ids)
         dt = emb.dtype
         r, c = layout.where(IMAGE)
@@ -222,7 +258,13 @@ class VLMBackbone(nn.Module, abc.ABC):
         emb = emb.index_put((r, c), self.action_token.to(dt).expand(len(r), -1))
         if self.predicts_tokens:
             r, c = layout.where(SLOT)
-            emb = emb.index_put((r, c), self.slots[layout.sub[r, c]].to(dt))
+            sub = layout.sub[r, c]
+            x = self.slots[sub]
+            if teacher is not None:  # query j also reads the embedding of token j-1
+                prev = teacher[layout.ref[r, c], (sub - 1).clamp(min=0)]
+                tok = self.input_embeddings()(self.action_ids[prev]).to(x.dtype)
+                x = x + torch.where((sub > 0)[:, None], tok, torch.zeros_like(tok))
+            emb = emb.index_put((r, c), x.to(dt))
         return emb
 
     def action_logits(self, hidden: Tensor, layout: Layout, flat: Tensor, n: int) -> Tensor:

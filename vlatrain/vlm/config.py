@@ -39,6 +39,9 @@ class VLMConfig:
     dtype: str = "float32"             # dtype the pretrained weights are loaded in (bfloat16 halves them)
     attn_implementation: Optional[str] = None  # sdpa | eager | flash_attention_2 (None: transformers')
     lr_scale: float = 1.0              # learning-rate multiplier of the pretrained parameters
+    # model.head=lm: predict the action tokens one by one (teacher forced in training, greedy
+    # generation at inference) instead of every action query in parallel
+    autoregressive: bool = False
     # Flamingo-style backbone only (the new layers between a vision encoder and a causal LM).
     cross_attn_every: int = 4          # a gated cross-attention layer before every n-th LM layer
     resampler_depth: int = 6

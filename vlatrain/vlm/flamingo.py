@@ -122,8 +122,8 @@ class FlamingoBackbone(VLMBackbone):
     def image_pieces(self, frames, step):
         return [Piece(MEDIA, 1, ref=step)]
 
-    def embed(self, layout, media, obs, steps):
-        emb = super().embed(layout, media, obs, steps)
+    def embed(self, layout, media, obs, steps, teacher=None):
+        emb = super().embed(layout, media, obs, steps, teacher)
         r, c = layout.where(MEDIA)
         return emb.index_put((r, c), self.media_token.to(emb.dtype).expand(len(r), -1))
 

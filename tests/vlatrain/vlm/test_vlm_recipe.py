@@ -15,16 +15,18 @@ def registered(monkeypatch):
     monkeypatch.setattr(policy, "BACKBONES", register(dict(policy.BACKBONES)))
 
 
-@pytest.mark.parametrize("name, history", [("kosmos2", 1), ("qwen2vl", 2)])
+@pytest.mark.parametrize("name, history, head", [
+    ("kosmos2", 1, ["model.head=lstm"]), ("qwen2vl", 2, ["model.head=lstm"]),
+    ("llava", 1, ["model.head=lm", "model.vlm.autoregressive=true"])])
 def test_train_and_evaluate_a_vlm_policy(calvin_store, tiny_dirs, tmp_path, registered, name,
-                                         history):
+                                         history, head):
     from vlatrain import checkpoint
     from vlatrain.recipes.evaluate import evaluate_checkpoint
     from vlatrain.recipes.train import run
     cfg = load_config(None, [
         f"out={tmp_path}", f"data.path={calvin_store}", f"data.history={history}",
         "data.chunk=2", "data.batch_size=2", "data.num_workers=0",
-        f"model.backbone={name}", f"model.path={tiny_dirs[name]}", "model.head=lstm",
+        f"model.backbone={name}", f"model.path={tiny_dirs[name]}", *head,
         f"model.history={'one-step' if history == 1 else 'history'}", "model.image_size=16",
         "model.hidden=16", "model.layers=1", "train.steps=2", "train.checkpoint_every=2",
         "eval.every=0", "eval.batches=1", "eval.batch_size=2", "log.every=1",
