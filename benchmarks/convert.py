@@ -1,6 +1,7 @@
 """Conversion speed: `vladata convert calvin` against the floor of reading every source file once.
 
     python benchmarks/convert.py [--frames 10000] [--workdir /tmp/vlakit-bench-convert]
+    python benchmarks/convert.py --engine ray [--frames 6144] [--workers 2]   (convert_ray.py)
 
 Generates a CALVIN-layout dataset at the real image sizes (200x200 static, 84x84 gripper), then,
 in the same run and on the same files (page cache warm for all):
@@ -78,6 +79,11 @@ def run_convert(raw: Path, out: Path, workers: int, codec: str = "raw"
 
 
 def main() -> None:
+    if "--engine" in sys.argv[1:]:  # the Ray engine against the local one: convert_ray.py
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from convert_ray import main as engine_main
+        engine_main(sys.argv[1:])
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=10000, help="frames in the base dataset")
     ap.add_argument("--workdir", default="/tmp/vlakit-bench-convert")

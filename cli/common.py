@@ -105,6 +105,13 @@ def convert_options(f):
                      help="Worker processes, each writing its own parts of the store."),
         click.option("--resume", is_flag=True,
                      help="Finish an interrupted conversion: redo only the unfinished parts."),
+        click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
+                     show_default=True,
+                     help="Where the parts run: local processes, or Ray tasks (pip install "
+                          "'vlakit[ray]'; see docs/scale-out.md)."),
+        click.option("--address", default=None, metavar="ADDR",
+                     help="With --engine ray: the Ray cluster to join (HOST:PORT, ray://..., "
+                          "auto); default: start a Ray on this machine."),
         click.option("--overwrite", is_flag=True, help="Replace whatever is at OUT."),
         *image_codec_options(),
         click.option("--part-frames", type=int, default=None,
@@ -159,6 +166,7 @@ def image_codec_options():
 
 
 def run_convert(source, out: str, *, workers=1, resume=False, overwrite=False, image_codec="raw",
+                engine="local", address=None,
                 jpeg_quality=90, part_frames=None, quantiles=None, image_stats=False, fmt="zarr",
                 as_json=False, token_layout=None, vocab_size=None, n_special=None,
                 bins=256, allow_outside=False, fast_chunk=None, gop=None, crf=None,
@@ -168,6 +176,7 @@ def run_convert(source, out: str, *, workers=1, resume=False, overwrite=False, i
     from vladata.store.writer import convert
     try:
         summary = convert(source, out, workers=workers, resume=resume, overwrite=overwrite,
+                          engine=engine, address=address,
                           image_codec=image_codec, jpeg_quality=jpeg_quality,
                           part_frames=part_frames, quantiles=parse_quantiles(quantiles),
                           image_stats=image_stats, progress=not as_json, gop=gop, crf=crf,

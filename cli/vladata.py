@@ -11,6 +11,17 @@ from cli.common import (CODEC_HELP, RecordsArgs, convert_options, fails_cleanly,
                         tokenizer_options)
 
 
+class StorePath(click.ParamType):
+    """A store: an existing local path, or an fsspec URL (``s3://bucket/name.vla``)."""
+
+    name = "path"
+
+    def convert(self, value, param, ctx):
+        if "://" in str(value) and not str(value).startswith("file://"):
+            return value
+        return click.Path(exists=True).convert(value, param, ctx)
+
+
 def tokenizer_flags(f):
     for opt in reversed(tokenizer_options()):
         f = opt(f)
@@ -74,7 +85,7 @@ def sample_calvin(out, train_segments, val_segments, frames, image_size, seed):
 
 
 @main.command()
-@click.argument("path", type=click.Path(exists=True))
+@click.argument("path", type=StorePath())
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @fails_cleanly
 def inspect(path, as_json):
@@ -90,7 +101,7 @@ def inspect(path, as_json):
 
 
 @main.command()
-@click.argument("path", type=click.Path(exists=True))
+@click.argument("path", type=StorePath())
 @click.option("--quantiles", default=None, metavar="'[Q,...]'",
               help="Quantiles, e.g. '[0.05,0.95]' (quote it: the shell globs [...]); 0.01 and "
                    "0.99 are always computed too.")
@@ -140,7 +151,7 @@ def stats(path, quantiles, as_json, fast, fast_chunk, fast_scale, fast_vocab, **
 
 
 @main.command()
-@click.argument("path", type=click.Path(exists=True))
+@click.argument("path", type=StorePath())
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @fails_cleanly
 def verify(path, quiet):

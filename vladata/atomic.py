@@ -17,7 +17,14 @@ TMP_SUFFIX = ".tmp"
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Replace ``path`` by ``data`` atomically and durably (see the module docstring)."""
+    """Replace ``path`` by ``data`` atomically and durably (see the module docstring).
+
+    A remote path (an fsspec URL, :mod:`vladata.store.fs`) is written in one PUT, atomic on
+    object storage without a rename."""
+    if "://" in str(path) and not str(path).startswith("file://"):
+        from vladata.store.fs import to_path
+        to_path(path).write_bytes(data)
+        return
     path = Path(path)
     tmp = path.with_name(path.name + TMP_SUFFIX)
     try:

@@ -19,7 +19,7 @@ import zarr
 
 from vladata.episode import FeatureSpec
 from vladata.errors import IncompleteStoreError, SelectionError, StoreError
-from vladata.store import layout
+from vladata.store import fs, layout
 
 
 def open(path: str | os.PathLike) -> "Dataset":  # noqa: A001 -- mirrors zarr.open / builtins.open
@@ -29,7 +29,7 @@ def open(path: str | os.PathLike) -> "Dataset":  # noqa: A001 -- mirrors zarr.op
     edited metadata file, or arrays whose length disagrees with the episodes table, raise
     :class:`StoreError` naming the file. ``vladata verify`` checks every byte.
     """
-    p = Path(path)
+    p = fs.to_path(path)  # a local Path, or a UPath for a URL (s3://...): vladata.store.fs
     if not (p / "zarr.json").exists():
         raise StoreError(f"{p}: not a vlakit store (no zarr.json)")
     if not (p / layout.MANIFEST).exists():
@@ -49,7 +49,7 @@ class Dataset:
 
     def __init__(self, path: Path):
         self.path = str(path)
-        self.root = zarr.open_group(path, mode="r")
+        self.root = zarr.open_group(fs.zarr_path(path), mode="r")
         attrs = self.root.attrs.get("vlakit")
         if not attrs:
             raise StoreError(f"{path}: zarr.json carries no 'vlakit' attributes")
@@ -63,11 +63,11 @@ class Dataset:
     # -- tables and statistics -----------------------------------------------------------------
     @cached_property
     def episodes(self) -> pl.DataFrame:
-        return pl.read_parquet(Path(self.path) / layout.EPISODES)
+        return fs.read_parquet(fs.to_path(self.path) / layout.EPISODES)
 
     @cached_property
     def segments(self) -> pl.DataFrame:
-        return pl.read_parquet(Path(self.path) / layout.SEGMENTS)
+        return fs.read_parquet(fs.to_path(self.path) / layout.SEGMENTS)
 
     @cached_property
     def stats(self) -> dict[str, dict[str, np.ndarray]]:

@@ -12,6 +12,7 @@ an internal bug keeps its traceback. Subclasses defined beside the code that rai
     ├── StoreError ── IncompleteStoreError, ShardFormatError, stream.StreamFormatError
     ├── SelectionError     a split, camera or feature the data does not have
     ├── StatsError ── NonFiniteError
+    ├── store.engines.EngineError   parts that could not be run (Ray workers or nodes lost)
     ├── ConfigError ── NormalizationError, sources.mapping.MappingError
     ├── ImageDecodeError, SamplerStateError, batching.LoaderError
     └── vlatrain.errors.VlatrainError ── CheckpointError, RunDirError, StoreMismatchError,

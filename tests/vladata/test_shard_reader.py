@@ -201,6 +201,8 @@ def test_multi_row_chunks_sharded_and_compressed(group):
     np.testing.assert_array_equal(r.read(1000, 2100), np.arange(9000).reshape(3000, 3)[1000:2100])
 
 
-def test_remote_urls_are_refused_with_a_pointer():
-    with pytest.raises(Exception, match="vladata.stream"):
-        StoreReader("s3://bucket/calvin.vla")
+def test_remote_urls_are_read_through_fsspec():
+    """A URL is kept as is (read by ranged GETs: tests/vladata/test_remote_store.py); file:// is
+    a local path."""
+    assert StoreReader("s3://bucket/calvin.vla").root == "s3://bucket/calvin.vla"
+    assert StoreReader("file:///data/calvin.vla").root == "/data/calvin.vla"

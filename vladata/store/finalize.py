@@ -25,11 +25,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import zarr
 
 import vladata.atomic as atomic
@@ -39,7 +37,7 @@ from vladata.normalization import GripperConvention, Normalization, normalize
 from vladata.stats import (ImageStatsAccumulator, StatsAccumulator, locate_nonfinite,
                            stats_from_json, stats_to_json)
 from vladata.stats.exact import parse_quantiles
-from vladata.store import layout, manifest
+from vladata.store import fs, layout, manifest
 from vladata.tokenize import ActionTokenizer
 
 NORM_KEY, TOKENS_KEY = layout.ACTION_NORM, layout.ACTION_TOKENS
@@ -103,7 +101,8 @@ def save_accumulators(path: Path, accs: dict) -> None:
 
 
 def load_accumulators(path: Path) -> dict:
-    with np.load(path, allow_pickle=False) as z:
+    src = io.BytesIO(fs.to_path(path).read_bytes()) if fs.is_remote(path) else path
+    with np.load(src, allow_pickle=False) as z:
         grouped: dict[str, dict] = {}
         for key in z.files:
             name, _, k = key.rpartition("/")
@@ -146,7 +145,7 @@ def recompute(path: str | os.PathLike, quantiles=(0.01, 0.99),
     Refuses a store whose conversion is not complete; repairs one a previous run left
     half-committed.
     """
-    out = Path(path)
+    out = fs.to_path(path)
     quantiles = with_required_quantiles(quantiles)
     if not (out / layout.MANIFEST).is_file():
         raise StoreError(f"{out}: not a complete store (no {layout.MANIFEST}); finish its "
@@ -154,10 +153,10 @@ def recompute(path: str | os.PathLike, quantiles=(0.01, 0.99),
     problems = manifest.missing_data(out)
     if problems:  # zarr-python would read a missing chunk as zeros
         raise StoreError(f"{problems[0]}; run `vladata verify {out}`")
-    root = zarr.open_group(out, mode="r")
+    root = zarr.open_group(fs.zarr_path(out), mode="r")
     attrs = dict(root.attrs["vlakit"])
     features = {k: FeatureSpec.from_dict(v) for k, v in attrs["features"].items()}
-    eps = pl.read_parquet(out / layout.EPISODES)
+    eps = fs.read_parquet(out / layout.EPISODES)
     starts, lengths = eps["start"].to_numpy(), eps["length"].to_numpy()
     splits = eps["split"].to_list()
     stats_split = "train" if "train" in splits else "all"
@@ -184,7 +183,7 @@ def _finish(out: Path, features, merged: dict, mask: np.ndarray, stats_split: st
             source_info: dict, images: dict | None = None,
             tokenizer: ActionTokenizer | None = None) -> dict:
     quantiles = with_required_quantiles(quantiles)
-    root = zarr.open_group(out, mode="r")
+    root = zarr.open_group(fs.zarr_path(out), mode="r")
     stats: dict[str, dict[str, np.ndarray]] = {}
     image_stats = dict(images or {})
     for name, acc in merged.items():
@@ -204,7 +203,7 @@ def _finish(out: Path, features, merged: dict, mask: np.ndarray, stats_split: st
     action = features.get(layout.ACTION)
     try:
         if layout.ACTION in stats and action.kind == "lowdim" and len(action.shape) == 1:
-            stage = zarr.open_group(out / STAGING, mode="w-")
+            stage = zarr.open_group(fs.zarr_path(out / STAGING), mode="w-")
             norm, tok = write_action_arrays(root[layout.DATA][layout.ACTION], stage, action,
                                             stats[layout.ACTION], source_info,
                                             tokenizer or ActionTokenizer())
@@ -234,8 +233,8 @@ def _commit(out: Path, staged: list[str], attrs: dict, doc: dict) -> None:
     for name in staged:
         old = out / STAGING / f"{name}.old"
         if (data / name).exists():
-            os.replace(data / name, old)
-        os.replace(out / STAGING / name, data / name)
+            fs.move(data / name, old)
+        fs.move(out / STAGING / name, data / name)
     group = json.loads((out / "zarr.json").read_text())  # the root group's metadata (Zarr v3)
     group.setdefault("attributes", {})["vlakit"] = attrs
     atomic.write_json(out / "zarr.json", group)  # zarr-python would rewrite it in place
@@ -248,7 +247,7 @@ def _commit(out: Path, staged: list[str], attrs: dict, doc: dict) -> None:
 
 def _clear_staging(out: Path) -> None:
     if (out / STAGING).exists():
-        shutil.rmtree(out / STAGING)
+        fs.rmtree(out / STAGING)
 
 
 def action_normalization(dim: int, source_info: dict) -> Normalization:
@@ -318,7 +317,7 @@ def _old_image_stats(out: Path) -> dict:
 
 def load_stats(path: str | os.PathLike) -> tuple[dict, dict]:
     """``meta/stats.json`` of a store -> (stats, meta)."""
-    p = Path(path) / layout.STATS
+    p = fs.to_path(path) / layout.STATS
     if not p.exists():
         raise StatsError(f"{path}: the store has no meta/stats.json (run `vladata stats {path}`)")
     return stats_from_json(json.loads(p.read_text()))

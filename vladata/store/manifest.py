@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 import vladata.atomic as atomic
 from vladata.errors import StoreError
-from vladata.store import layout
+from vladata.store import fs, layout
 
 _BLOCK = 16 << 20
 NORM = "action.norm"
@@ -48,33 +48,33 @@ def is_chunk_file(rel: str) -> bool:
 
 def file_crc32c(path: str | os.PathLike) -> str:
     crc = 0
-    with open(path, "rb") as f:
+    with (fs.to_path(path).open("rb") if fs.is_remote(path) else open(path, "rb")) as f:
         while block := f.read(_BLOCK):
             crc = google_crc32c.extend(crc, block)
     return f"{crc:08x}"
 
 
 def _walk(root: Path):
-    """The store's own files: ``zarr.json``, ``data/``, ``meta/`` (not e.g. an export beside them)."""
+    """The store's own files: ``zarr.json``, ``data/``, ``meta/`` (not e.g. an export beside
+    them), as ``(relative path, path, size)``; the size is None where listing does not give it
+    (locally: a stat is as cheap), known on object storage (one listing, no request per file)."""
     if (root / "zarr.json").is_file():
-        yield "zarr.json", root / "zarr.json"
+        top = root / "zarr.json"
+        yield "zarr.json", top, top.stat().st_size if fs.is_remote(root) else None
     for top in (layout.DATA, layout.META):
-        for dirpath, _, names in os.walk(root / top):
-            for name in names:
-                p = Path(dirpath) / name
-                rel = p.relative_to(root).as_posix()
-                if (rel in (layout.MANIFEST, layout.RESTATS) or name.endswith(_SKIP_SUFFIXES)
-                        or rel.startswith(layout.STAGING + "/")):
-                    continue
-                yield rel, p
+        for rel, p, size in fs.files(root, top):
+            if (rel in (layout.MANIFEST, layout.RESTATS) or p.name.endswith(_SKIP_SUFFIXES)
+                    or rel.startswith(layout.STAGING + "/")):
+                continue
+            yield rel, p, size
 
 
 def file_table(root: str | os.PathLike) -> dict[str, dict]:
     """``{relative path: {"size": n[, "crc32c": hex]}}`` of every file of the store."""
-    root = Path(root)
+    root = fs.to_path(root)
     table = {}
-    for rel, p in sorted(_walk(root)):
-        entry = {"size": p.stat().st_size}
+    for rel, p, size in sorted(_walk(root), key=lambda x: x[0]):
+        entry = {"size": size if size is not None else p.stat().st_size}
         if not is_chunk_file(rel):
             entry["crc32c"] = file_crc32c(p)
         table[rel] = entry
@@ -83,7 +83,7 @@ def file_table(root: str | os.PathLike) -> dict[str, dict]:
 
 def write(root: str | os.PathLike, doc: dict) -> None:
     """Write the manifest ``doc`` plus the file table, atomically (temporary name, then rename)."""
-    root = Path(root)
+    root = fs.to_path(root)
     doc = {**doc, "files": file_table(root)}
     atomic.write_json(root / layout.MANIFEST, doc)
 
@@ -96,7 +96,7 @@ def refresh(root: str | os.PathLike) -> None:
 
 
 def read(root: str | os.PathLike) -> dict:
-    path = Path(root) / layout.MANIFEST
+    path = fs.to_path(root) / layout.MANIFEST
     doc = _load_json(path)
     if not isinstance(doc, dict) or doc.get("complete") is not True:
         raise StoreError(f"{path}: not a vlakit manifest (expected an object with complete: true)")
@@ -114,18 +114,20 @@ def _load_json(path: Path):
 
 def missing_data(root: str | os.PathLike) -> list[str]:
     """Listed chunk files that are absent or of another size (a stat each, no reading)."""
-    root = Path(root)
+    root = fs.to_path(root)
     files = read(root).get("files") or {}
     return [p for rel, e in files.items() if is_chunk_file(rel)
             for p in [_check_file(root, rel, e, crc=False)] if p]
 
 
-def _check_file(root: Path, rel: str, entry: dict, *, crc: bool) -> str | None:
-    """A problem with one listed file, or None."""
+def _check_file(root: Path, rel: str, entry: dict, *, crc: bool,
+                listed: dict | None = None) -> str | None:
+    """A problem with one listed file, or None. ``listed``: the sizes of the files found by one
+    listing (for object storage), instead of a request per file."""
     p = root / rel
     try:
-        size = p.stat().st_size
-    except FileNotFoundError:
+        size = listed[rel] if listed is not None else p.stat().st_size
+    except (FileNotFoundError, KeyError):
         return f"{p}: missing (listed in {layout.MANIFEST})"
     if size != entry.get("size"):
         return (f"{p}: {size} bytes, {layout.MANIFEST} records {entry.get('size')} (the file was "
@@ -138,7 +140,7 @@ def _check_file(root: Path, rel: str, entry: dict, *, crc: bool) -> str | None:
 
 def check_open(root: str | os.PathLike) -> tuple[dict, dict]:
     """The cheap checks of an opened store; -> (manifest, store attributes). Raises StoreError."""
-    root = Path(root)
+    root = fs.to_path(root)
     man = read(root)
     for rel, entry in (man.get("files") or {}).items():
         if not is_chunk_file(rel):
@@ -159,7 +161,6 @@ def check_open(root: str | os.PathLike) -> tuple[dict, dict]:
 
 def _structure(root: Path) -> list[str]:
     """Metadata parses; every array's length and the episodes table agree with num_frames."""
-    import polars as pl
     top = root / "zarr.json"
     meta = _load_json(top)
     attrs = meta.get("attributes", {}).get("vlakit") if isinstance(meta, dict) else None
@@ -181,7 +182,7 @@ def _structure(root: Path) -> list[str]:
             problems.append(f"{p}: shape {shape}, but the store has {n} frames ({top})")
     eps_path = root / layout.META / "episodes.parquet"
     try:
-        eps = pl.read_parquet(eps_path, columns=["start", "length"])
+        eps = fs.read_parquet(eps_path, columns=["start", "length"])
     except Exception as e:  # noqa: BLE001 -- polars/arrow raise many types for a damaged file
         return problems + [f"{eps_path}: unreadable ({type(e).__name__}: {e})"]
     starts, lengths = eps["start"].to_numpy(), eps["length"].to_numpy()
@@ -203,7 +204,7 @@ def _structure(root: Path) -> list[str]:
 def verify(root: str | os.PathLike, *, progress: bool = True) -> list[str]:
     """Every check there is (see the module docstring); -> the problems found, [] if none."""
     from vladata.store.shard_reader import ArrayReader
-    root = Path(root)
+    root = fs.to_path(root)
     try:
         man = read(root)
         problems = _structure(root)
@@ -211,12 +212,14 @@ def verify(root: str | os.PathLike, *, progress: bool = True) -> list[str]:
         return [str(e)]
     files = man.get("files")
     if files is not None:
+        found = list(_walk(root))
+        listed = ({rel: size for rel, _, size in found} if fs.is_remote(root) else None)
         for rel, entry in files.items():
-            problem = _check_file(root, rel, entry, crc=True)
+            problem = _check_file(root, rel, entry, crc=True, listed=listed)
             if problem:
                 problems.append(problem)
         problems += [f"{root / rel}: not listed in {layout.MANIFEST} (a stray or stale file)"
-                     for rel, _ in _walk(root) if rel not in files and is_chunk_file(rel)]
+                     for rel, _, _ in found if rel not in files and is_chunk_file(rel)]
     if problems:
         return problems
     attrs = _load_json(root / "zarr.json")["attributes"]["vlakit"]

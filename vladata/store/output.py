@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import vladata.atomic as atomic
 from vladata.errors import IncompleteStoreError, StoreError
-from vladata.store import layout
+from vladata.store import fs, layout
 
 MARKER = ".vlakit-conversion"
 ENTRIES = (MARKER, "zarr.json", layout.DATA, layout.META, "wds")  # all a store's top level holds
@@ -101,7 +100,8 @@ def begin(out: Path, decision: str) -> str:
         remove_temporary(out)
         return "resume"
     if decision == "new":
-        out.mkdir(parents=True, exist_ok=True)
+        if not fs.is_remote(out):  # object storage has no directories to make
+            out.mkdir(parents=True, exist_ok=True)
         _write_marker(out)
     return decision
 
@@ -112,7 +112,10 @@ def finish(out: Path) -> None:
 
 
 def check_apart(out: Path, inputs) -> None:
-    """Refuse an output equal to, inside or containing one of ``inputs`` (symlinks resolved)."""
+    """Refuse an output equal to, inside or containing one of ``inputs`` (symlinks resolved).
+    An output at a URL (object storage) is apart from the local inputs of every source."""
+    if fs.is_remote(out):
+        return
     o = out.resolve()
     for src in inputs:
         s = Path(src).resolve()
@@ -136,7 +139,10 @@ def source_inputs(source) -> list[str]:
 
 
 def remove_temporary(out: Path) -> None:
-    """Delete the ``*.tmp`` files an interrupted run of ours left in ``data/`` and ``meta/``."""
+    """Delete the ``*.tmp`` files an interrupted run of ours left in ``data/`` and ``meta/``
+    (on object storage every file is one PUT: there are none)."""
+    if fs.is_remote(out):
+        return
     for sub in (layout.DATA, layout.META):
         for p in (out / sub).rglob(f"*{atomic.TMP_SUFFIX}*"):
             if p.is_file() and (atomic.is_temporary(p) or p.name.endswith(".tmp.npz")):
@@ -160,7 +166,7 @@ def _clear(out: Path) -> None:
         if p.is_symlink() or p.is_file():
             p.unlink()
         elif p.is_dir():
-            shutil.rmtree(p)
+            fs.rmtree(p)
 
 
 def _write_marker(out: Path) -> None:

@@ -49,6 +49,7 @@ import numpy as np
 from numcodecs import blosc
 
 from vladata.errors import StoreError
+from vladata.store import fs
 
 EMPTY = 2**64 - 1
 _INDEX_ENTRY = 16  # (offset, nbytes) as two little-endian uint64
@@ -94,6 +95,14 @@ class _Maps:
             buf = self._maps.get(key, False)
             if buf is not False:
                 self._maps.move_to_end(key)
+                return buf
+            if fs.is_remote(path):  # ranged GETs, or a map of the read-through cache's copy
+                buf = fs.buffer(path)
+                if buf is None:
+                    return None
+                self._maps[key] = buf
+                while len(self._maps) > self.capacity:
+                    self._maps.popitem(last=False)
                 return buf
             try:
                 with open(path, "rb") as f:
@@ -168,10 +177,16 @@ class ArrayReader:
         self.chunk_cache_bytes = chunk_cache_bytes
         meta_path = os.path.join(self.path, "zarr.json")
         try:
-            with open(meta_path) as f:
-                st = os.fstat(f.fileno())
-                meta = json.load(f)
-            self._identity = f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+            if fs.is_remote(meta_path):  # identity: the object's ETag (changes with its bytes)
+                p = fs.to_path(meta_path)
+                info = p.fs.info(p.path)
+                meta = json.loads(p.read_bytes())
+                self._identity = f"{info.get('ETag') or info.get('mtime')}:{info['size']}"
+            else:
+                with open(meta_path) as f:
+                    st = os.fstat(f.fileno())
+                    meta = json.load(f)
+                self._identity = f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
         except FileNotFoundError:
             raise StoreError(f"{meta_path}: no such array (expected a Zarr v3 array directory)")
         except (OSError, ValueError) as e:
@@ -384,7 +399,7 @@ class ArrayReader:
             arr = np.empty((self.rows_per_chunk, *self.shape[1:]), dtype=self.dtype)
             self._fill(arr)
         else:
-            data = fbuf if entries is None else _slice(fbuf, off, int(entries[0, 1]), path)
+            data = fbuf[:] if entries is None else _slice(fbuf, off, int(entries[0, 1]), path)
             arr = self._decode_chunk(self._payload(data, path, c), path).copy()  # off the map
         if not self.sharded:
             self._chunks[c] = arr
@@ -510,10 +525,10 @@ def _np_dtype(name: str) -> np.dtype:
 
 
 class StoreReader:
-    """The arrays of a local store's ``data/`` group, each opened once: ``reader[name]``.
+    """The arrays of a store's ``data/`` group, each opened once: ``reader[name]``.
 
-    Stores at other fsspec URLs are read with zarr-python (``vladata.open``'s ``array()``) or
-    streamed from their WebDataset form (:mod:`vladata.stream`).
+    A store at an fsspec URL (``s3://...``) is read through ranged GETs, or a local read-through
+    cache (:func:`vladata.store.fs.buffer`).
     """
 
     def __init__(self, root: str, *, verify: bool | None = None):
@@ -521,10 +536,7 @@ class StoreReader:
         self.verify = verify
         if root.startswith("file://"):
             root = root[len("file://"):]
-        if "://" in root:
-            raise StoreError(f"{root}: the direct reader needs a local store directory; stream "
-                             "remote data with vladata.stream (export it with `vladata export`)")
-        self.root = root
+        self.root = root  # a local directory, or a URL read through ranged GETs (vladata.store.fs)
         self._arrays: dict[str, ArrayReader] = {}
 
     def __getitem__(self, name: str) -> ArrayReader:

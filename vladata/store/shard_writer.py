@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import os
 import struct
-from pathlib import Path
 
 import google_crc32c
 import numpy as np
 import zarr
 from numcodecs import Blosc
 
-from vladata.atomic import TMP_SUFFIX
+from vladata.store import fs
 
 MISSING = np.uint64(2**64 - 1)
 
@@ -57,7 +56,7 @@ class ShardWriter:
     """Writes frames ``[r, r + shard_frames)`` of one array as one shard file."""
 
     def __init__(self, arr: zarr.Array, array_dir: str | os.PathLike):
-        self.dir = Path(array_dir)
+        self.dir = fs.to_path(array_dir)
         cfg = arr.metadata.to_dict()["codecs"][0]["configuration"]
         self.shard_frames = int(arr.metadata.to_dict()["chunk_grid"]["configuration"]
                                 ["chunk_shape"][0])
@@ -89,14 +88,8 @@ class ShardWriter:
         index_bytes = index.tobytes()
         crc = struct.pack("<I", google_crc32c.value(index_bytes))
         path = self.dir.joinpath("c", str(k), *(["0"] * (self.ndim - 1)))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + TMP_SUFFIX)  # a resumed conversion deletes it
-        with open(tmp, "wb") as f:
-            for c in chunks:
-                f.write(c)
-            f.write(index_bytes)
-            f.write(crc)
-        os.replace(tmp, path)
+        # locally under a temporary name (a resumed conversion deletes it), remotely in one PUT
+        fs.write_file(path, [*chunks, index_bytes, crc])
 
     def _encode(self, frame) -> bytes:
         if self.kind == "vlen-bytes":

@@ -6,9 +6,9 @@ The store's tree is documented in :mod:`vladata.store.layout`. Conversion runs i
    the arrays are created at full size, ``meta/episodes.parquet`` and ``meta/segments.parquet``
    are written, and ``meta/plan.json`` records a fingerprint of the plan and the settings.
 2. **parts** -- rows are cut into parts aligned to shard files; each part is written by one
-   worker process (``workers=N``), which also accumulates first-pass statistics of the training
-   rows. A part is done when ``meta/parts/part-NNNNN.json`` exists (written after its data and
-   its statistics state). ``resume=True`` re-plans, checks the fingerprint and redoes only the
+   worker process (``workers=N``) or Ray task (``engine="ray"``: :mod:`vladata.store.engines`),
+   which also accumulates first-pass statistics of the training rows. A part is done when
+   ``meta/parts/part-NNNNN.json`` exists (written after its data and its statistics state). ``resume=True`` re-plans, checks the fingerprint and redoes only the
    parts without a marker.
 3. **finalize** -- exact statistics (:mod:`vladata.store.finalize`), normalised and tokenised
    actions, then ``meta/manifest.json``, written last: a store without it is incomplete and
@@ -20,19 +20,17 @@ marker, put there first and removed with the manifest, or by the vlakit attribut
 ``zarr.json``); never into or around the source. ``overwrite=True`` deletes only a vlakit
 store's own entries; ``resume=True`` on a complete store does nothing and says so
 (``Summary.already_complete``). Metadata files are written atomically (:mod:`vladata.atomic`);
-a resumed run deletes the ``*.tmp`` files an interrupted one left.
+a resumed run deletes the ``*.tmp`` files an interrupted one left. ``out`` may be an fsspec URL
+(``s3://...``): every file is then one PUT, in the same order (:mod:`vladata.store.fs`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
-import queue as queue_mod
 import time
-from concurrent.futures import (FIRST_EXCEPTION, Future, ProcessPoolExecutor, ThreadPoolExecutor,
-                                wait)
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,14 +40,11 @@ import zarr
 from tqdm.auto import tqdm
 
 import vladata.atomic as atomic
-import vladata.workers as workers_mod
 from vladata.episode import EpisodeInfo, FeatureSpec, Source, check_frames, concat_frames
 from vladata.errors import NonFiniteError, SourceFormatError, StoreError
 from vladata.jsonable import jsonable
-from vladata.store import encode, finalize, layout, manifest, output
+from vladata.store import encode, engines, finalize, fs, layout, manifest, output
 from vladata.store.shard_writer import ShardWriter, can_write
-
-_progress_queue = None  # set in worker processes
 
 
 @dataclass
@@ -92,7 +87,8 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
             overwrite: bool = False, image_codec: str = "raw", part_frames: int | None = None,
             quantiles: tuple[float, ...] = (0.01, 0.99), jpeg_quality: int = 90,
             image_stats: bool = False, tokenizer=None, progress: bool = True,
-            inputs=None, gop: int | None = None, crf: int | None = None) -> Summary:
+            inputs=None, gop: int | None = None, crf: int | None = None, engine="local",
+            address: str | None = None) -> Summary:
     """Write ``source`` to a store at ``out``; see the module docstring. Returns a summary.
 
     ``image_codec``: ``raw``, ``lz4``, ``jpeg`` (a source with ``read_encoded`` hands over its
@@ -103,10 +99,15 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
     ``tokenizer`` (a :class:`vladata.tokenize.ActionTokenizer`) sets the token-id layout of the
     stored ``action.tokens``; the default is 256 bins, ids ``bin + 10``. ``inputs`` are the paths
     the output must stay apart from (default: the source's ``root``/``path``/``src_dir``/
-    ``mapping_file``).
+    ``mapping_file``). ``engine`` runs the parts in local processes (``"local"``, ``workers``
+    of them) or as Ray tasks (``"ray"``, on the cluster at ``address`` or a Ray started here),
+    or is an engine object (``.run(write_part, job, parts, todo, bar)``): see
+    :mod:`vladata.store.engines`.
     """
     t0 = time.perf_counter()
-    out = Path(out)
+    runner = (engine if hasattr(engine, "run")
+              else engines.make(engine, workers=workers, address=address))
+    out = fs.to_path(out)  # a local Path, or a UPath for a URL (s3://...): see vladata.store.fs
     decision = output.check(out, inputs=output.source_inputs(source) if inputs is None
                             else inputs, resume=resume, overwrite=overwrite)
     plan = source.plan()
@@ -157,7 +158,7 @@ def convert(source: Source, out: str | os.PathLike, *, workers: int = 1, resume:
                                         for ep in plan]),
                    features=features, storage=storage, jpeg_quality=jpeg_quality,
                    image_stats=image_stats, passthrough=passthrough)
-    _run_parts(job, parts, todo, workers=workers, total=n,
+    _run_parts(job, parts, todo, engine=runner, total=n,
                already=sum(parts[k][1] - parts[k][0] for k in done), progress=progress)
     encode.record_video_quality(out, storage, [_marker(out, k) for k in range(len(parts))])
 
@@ -207,7 +208,7 @@ def _fingerprint(source: Source, plan: list[EpisodeInfo], features: dict[str, Fe
 def _create_store(out: Path, source: Source, plan: list[EpisodeInfo],
                   features: dict[str, FeatureSpec], storage: dict, starts: np.ndarray,
                   n: int) -> None:
-    root = zarr.open_group(out, mode="a")  # not "w": it would empty the directory, marker included
+    root = zarr.open_group(fs.zarr_path(out), mode="a")  # not "w": it would empty the directory
     root.attrs["vlakit"] = {
         "format_version": layout.FORMAT_VERSION, "source": source.name,
         "source_info": jsonable(source.describe()), "fps": float(source.fps),
@@ -218,8 +219,8 @@ def _create_store(out: Path, source: Source, plan: list[EpisodeInfo],
     for name, spec in features.items():
         layout.create_array(data, name, spec, n, storage[name])
     (out / layout.PARTS).mkdir(parents=True, exist_ok=True)
-    episode_table(plan, starts).write_parquet(out / layout.EPISODES)
-    segment_table(plan).write_parquet(out / layout.SEGMENTS)
+    fs.write_parquet(episode_table(plan, starts), out / layout.EPISODES)
+    fs.write_parquet(segment_table(plan), out / layout.SEGMENTS)
 
 
 def episode_table(plan: list[EpisodeInfo], starts: np.ndarray) -> pl.DataFrame:
@@ -270,51 +271,14 @@ def _marker(out: Path, k: int) -> Path:
     return out / layout.PARTS / f"part-{k:05d}.json"
 
 
-def _run_parts(job: _PartJob, parts, todo, *, workers: int, total: int, already: int,
+def _run_parts(job: _PartJob, parts, todo, *, engine, total: int, already: int,
                progress: bool) -> None:
     bar = tqdm(total=total, initial=already, unit=" frames", unit_scale=False, disable=not progress,
                desc="convert", smoothing=0.1, dynamic_ncols=True)
     try:
-        if workers <= 1 or len(todo) <= 1:
-            for k in todo:
-                _write_part(job, k, parts[k], report=bar.update)
-            return
-        ctx = mp.get_context("spawn")
-        pool = None
-        try:
-            with workers_mod.spawning():  # workers leave Ctrl-C to this process
-                q = ctx.Queue()
-                pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
-                                           initializer=_init_worker, initargs=(q, os.getpid()))
-                pending = {pool.submit(_write_part, job, k, parts[k]) for k in todo}
-            while pending:
-                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
-                _drain(q, bar)
-                for f in finished:
-                    if f.exception() is not None:
-                        raise f.exception()
-            _drain(q, bar)
-        except BaseException:  # a failed part, or Ctrl-C: stop the others now
-            if pool is not None:
-                workers_mod.terminate(pool)
-            raise
-        pool.shutdown()
+        engine.run(_write_part, job, parts, todo, bar)
     finally:
         bar.close()
-
-
-def _init_worker(q, parent_pid: int) -> None:
-    global _progress_queue
-    workers_mod.init_worker(parent_pid)
-    _progress_queue = q
-
-
-def _drain(q, bar) -> None:
-    while True:
-        try:
-            bar.update(q.get_nowait())
-        except queue_mod.Empty:
-            return
 
 
 def _write_part(job: _PartJob, k: int, rows: tuple[int, int], report=None) -> None:
@@ -323,11 +287,11 @@ def _write_part(job: _PartJob, k: int, rows: tuple[int, int], report=None) -> No
     Reading the source (decompression, decoding) and writing shard files overlap: shards go to
     a writer thread, at most two in flight.
     """
-    report = report or (_progress_queue.put if _progress_queue is not None else (lambda n: None))
+    report = report or (lambda n: None)
     lo, hi = rows
-    out = Path(job.out)
+    out = fs.to_path(job.out)
     with zarr.config.set(layout.WRITE_EMPTY):  # a missing chunk must mean damage, not zeros
-        data = zarr.open_group(out / layout.DATA, mode="r+")
+        data = zarr.open_group(fs.zarr_path(out / layout.DATA), mode="r+")
         arrays = {name: data[name] for name in job.features}
     shard_writers = {name: ShardWriter(arr, out / layout.DATA / name)
                      for name, arr in arrays.items()
@@ -406,9 +370,9 @@ def _read_rows(job: _PartJob, r: int, r2: int) -> tuple[dict[str, np.ndarray], n
 
 
 
-def _du(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*")
-               if p.is_file() and not p.name.endswith(".stats.npz"))
+def _du(path) -> int:
+    return sum(size if size is not None else p.stat().st_size
+               for _, p, size in fs.files(path, "") if not p.name.endswith(".stats.npz"))
 
 
 __all__ = ["convert", "Summary", "episode_table", "segment_table", "NonFiniteError"]
