@@ -33,6 +33,7 @@ from vladata.errors import SourceFormatError, VladataError  # noqa: E402
 from vladata.samples.calvin import write_sample  # noqa: E402
 from vladata.sources.calvin import CalvinSource  # noqa: E402
 from vladata.store.engines import EngineError, init_ray  # noqa: E402
+from tests.helpers.s3 import loopback_s3  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
@@ -118,25 +119,8 @@ def s3():
     """A loopback S3 server (moto), named by AWS_* variables that the Ray nodes inherit."""
     pytest.importorskip("s3fs")
     pytest.importorskip("upath")
-    from moto.server import ThreadedMotoServer
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    mp = pytest.MonkeyPatch()
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1",
-                 "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
-        mp.setenv(k, v)
-    import fsspec
-    fs = fsspec.filesystem("s3", skip_instance_cache=True, use_listings_cache=False)
-    fs.mkdir("ray-bucket")
-    try:
+    with loopback_s3("ray-bucket") as fs:
         yield fs
-    finally:
-        mp.undo()
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ the way a user would, through ``AWS_*`` variables (``AWS_ENDPOINT_URL`` names th
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from vladata.samples.calvin import write_sample  # noqa: E402
 from vladata.sources.calvin import CalvinSource  # noqa: E402
 from vladata.store import fs as store_fs  # noqa: E402
 from vladata.store.manifest import verify  # noqa: E402
+from tests.helpers.s3 import loopback_s3  # noqa: E402
 
 BUCKET = "vla-stores"
 PART = 1024
@@ -32,27 +32,8 @@ PART = 1024
 
 @pytest.fixture(scope="module")
 def s3():
-    from moto.server import ThreadedMotoServer
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    mp = pytest.MonkeyPatch()
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1",
-                 "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
-        mp.setenv(k, v)
-    mp.delenv(store_fs.CACHE_ENV, raising=False)
-    import fsspec
-    fsspec.filesystem("s3").clear_instance_cache()
-    fs = fsspec.filesystem("s3", skip_instance_cache=True, use_listings_cache=False)
-    fs.mkdir(BUCKET)
-    try:
+    with loopback_s3(BUCKET, unset=(store_fs.CACHE_ENV,)) as fs:
         yield fs
-    finally:
-        mp.undo()
-        server.stop()
 
 
 @pytest.fixture(scope="module")
