@@ -160,9 +160,17 @@ class MetaWorldSource:
                 "noise_std": self.noise_std, "val_fraction": self.val_fraction,
                 "env": make_spec(self.image_size, max_steps=self.max_steps).describe(),
                 "gripper": "1/-1",
-                "gripper_meaning": "+1 = close, -1 = open (grab effort; experts also emit 0..1)",
+                "gripper_threshold": GRIPPER_THRESHOLD,
+                "gripper_meaning": "+1 = close, -1 = open (grab effort; experts also emit 0..1: "
+                                   "an effort above 0.3 counts as closing -- the experts relax "
+                                   "at 0 with the fingers open and close with 0.6 or 1)",
                 "action": "expert's clean action: xyz mocap delta (x 1 cm), rotation 0, gripper",
                 "action.executed": "what the simulator received (noise on xyz in noisy episodes)"}
+
+
+#: Efforts above it are "close": Meta-World's experts emit 0 (relaxed, fingers stay open) while
+#: approaching and 0.6 or 1 to grasp; the midpoint 0 would make every relaxed step a close.
+GRIPPER_THRESHOLD = 0.3
 
 
 def run_expert(env, seed: int, noisy: bool, noise_std: float, *, render_from: int = 0,

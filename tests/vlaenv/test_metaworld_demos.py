@@ -68,6 +68,11 @@ def test_store_frames_equal_what_the_env_produced(collected):
         [INSTRUCTIONS["drawer-close-v3"]] * 2
     assert (seg["end"] + 1).to_list() == ds.episodes["length"].to_list()
     assert ds.info["source_info"]["gripper"] == "1/-1"
+    # the experts relax the gripper at effort 0 while approaching: that is open, not closed
+    assert ds.info["normalization"]["gripper"]["threshold"] == 0.3
+    raw, norm = ds.array("action")[:, 6], ds.array("action.norm")[:, 6]
+    assert (raw == 0).any() and np.all(norm[raw == 0] == 1.0)  # canonical +1 = open
+    assert np.array_equal(norm, np.where(raw > 0.3, -1.0, 1.0).astype(np.float32))
     jsonschema = pytest.importorskip("jsonschema")
     schemas = os.path.join(os.path.dirname(__file__), "..", "..", "schemas")
     with open(os.path.join(schemas, "store.schema.json")) as f:

@@ -254,14 +254,17 @@ def action_normalization(dim: int, source_info: dict) -> Normalization:
     """Quantile normalisation of every dimension but the gripper (last, for 7-d EEF actions).
 
     The gripper's convention is what the source records (``source_info["gripper"]``: "-1/1" or
-    "0/1"); it is converted to -1 = closed / +1 = open. A source that records no gripper
+    "0/1"); it is converted to -1 = closed / +1 = open, binarised at the midpoint or at
+    ``source_info["gripper_threshold"]`` when the source records one. A source that records no gripper
     convention gets every dimension normalised.
     """
     convention = source_info.get("gripper")
     if not convention or convention == "unknown" or dim < 2:
         return Normalization()
-    return Normalization.for_action(dim=dim, gripper=GripperConvention(source=convention,
-                                                                       target="-1/1", dim=dim - 1))
+    threshold = source_info.get("gripper_threshold")  # where open ends, if not the midpoint
+    return Normalization.for_action(dim=dim, gripper=GripperConvention(
+        source=convention, target="-1/1", dim=dim - 1,
+        threshold=None if threshold is None else float(threshold)))
 
 
 def write_action_arrays(src: zarr.Array, group: zarr.Group, spec: FeatureSpec, stats: dict,
