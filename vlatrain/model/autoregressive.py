@@ -38,22 +38,14 @@ from torch import Tensor, nn
 from vladata.errors import ConfigError
 from vlatrain.config import ModelConfig
 from vlatrain.model.backbone import BackboneOutput
-from vlatrain.model.heads import TRUNKS
+from vlatrain.model.heads import TRUNKS, Block
 from vlatrain.spec import DataSpec
 
 SEQUENCES = ("bins", "fast")
 
 
-class CachedBlock(nn.Module):
-    """A pre-norm causal self-attention block that can extend a key/value cache."""
-
-    def __init__(self, dim: int, heads: int, dropout: float):
-        super().__init__()
-        self.heads, self.dropout = heads, dropout
-        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim),
-                                 nn.Dropout(dropout))
+class CachedBlock(Block):
+    """The trunk's pre-norm block (same layers), run causally so it can extend a key/value cache."""
 
     def forward(self, x: Tensor, cache: tuple[Tensor, Tensor] | None = None
                 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
