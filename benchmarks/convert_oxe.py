@@ -12,7 +12,7 @@ cache warm for all):
 - conversion with --workers 1 and --workers 2 (raw images), each in a fresh subprocess whose
   peak RSS (largest process) is reported; its time includes the plan scan;
 - the same with ``--image-codec jpeg``: the JPEG pass-through (the records' bytes stored after one
-  validating decode) and, for comparison, the decode + re-encode (q90) path a source without
+  validating decode: header size checked, whole stream decoded at 1/8 scale) and, for comparison, the decode + re-encode (q90) path a source without
   ``read_encoded`` takes. The pass-through target is >= 0.8x floor B.
 Each case runs ``--repeat`` times and the fastest run counts. Besides frames per wall second it
 prints frames per CPU second (user + sys of every process of the case), which a busy, shared

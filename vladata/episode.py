@@ -244,15 +244,19 @@ class EncodedFrames:
 
     def validate(self, *, keep: bool = True) -> np.ndarray | None:
         """Decode every frame into uint8 ``shape``; -> the pixels if ``keep`` (kept for later
-        ``np.asarray``), else None (frames decoded one by one into one buffer)."""
+        ``np.asarray``), else None (each frame's header checked and its whole stream decoded by
+        :func:`~vladata.images.check_jpeg`, without full-size pixels)."""
         if self._pixels is not None or self._valid and not keep:
             return self._pixels
-        from vladata.images import ImageDecodeError, decode_jpeg
-        out = np.empty(self.shape if keep else (1, *self.frame_shape), np.uint8)
+        from vladata.images import ImageDecodeError, check_jpeg, decode_jpeg
+        out = np.empty(self.shape, np.uint8) if keep else None
         for j, data in enumerate(self.items):
             try:
-                decode_jpeg(data, out[j if keep else 0], channels=self.frame_shape[-1],
-                            bgr=self.channel_order == "bgr")
+                if keep:
+                    decode_jpeg(data, out[j], channels=self.frame_shape[-1],
+                                bgr=self.channel_order == "bgr")
+                else:  # the whole stream decoded, no full-size pixels made (check_jpeg)
+                    check_jpeg(data, self.frame_shape)
             except ImageDecodeError as e:
                 raise SourceFormatError(f"JPEG frame does not decode to {self.frame_shape}: "
                                         f"{e}", **self.where[j]) from None

@@ -65,12 +65,32 @@ def decode_jpeg(data: bytes, out: np.ndarray | None = None, *, channels: int = 3
     return img
 
 
+def check_jpeg(data: bytes, shape: tuple[int, ...], *, where: str = "") -> None:
+    """Validate JPEG bytes for frames of ``shape`` (H, W, channels) without keeping pixels: the
+    header must give H x W, and the whole entropy-coded stream is decoded (strict: a corrupt or
+    truncated stream is an error) at 1/8 scale, which skips the full-size inverse DCT and colour
+    upsampling that only produce pixels (a pass-through conversion never needs them)."""
+    if not data:
+        raise ImageDecodeError(f"{where or 'frame'}: no JPEG bytes (the frame was never written)")
+    try:
+        h, w = _header(data)
+        if (h, w) != tuple(shape[:2]):
+            raise ImageDecodeError(f"{where or 'frame'}: JPEG of {h}x{w} does not fit the "
+                                   f"expected frame shape {tuple(shape)}")
+        simplejpeg.decode_jpeg(data, colorspace="GRAY" if shape[-1] == 1 else "RGB",
+                               min_height=1, min_width=1, min_factor=8, strict=True)
+    except ValueError as e:
+        if isinstance(e, ImageDecodeError):
+            raise
+        raise ImageDecodeError(f"{where or 'frame'}: not a decodable JPEG ({e})") from e
+
+
 def _header(data: bytes) -> tuple[int, int]:
     h, w = simplejpeg.decode_jpeg_header(data)[:2]
     return int(h), int(w)
 
 
-__all__ = ["encode_jpeg", "decode_jpeg", "ImageDecodeError"]
+__all__ = ["encode_jpeg", "decode_jpeg", "check_jpeg", "ImageDecodeError"]
 
 
 def decode_image(buf: bytes | np.ndarray, encoding: str, channel_order: str = "rgb") -> np.ndarray:

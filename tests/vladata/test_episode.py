@@ -68,3 +68,36 @@ def test_episode_validate_is_check_frames():
     ep.frames["img"] = np.zeros((2, 2, 2, 3), np.int16)
     ep.validate(FEATS)
     assert ep.frames["img"].dtype == np.uint8 and ep.frames["a"].dtype == np.float32
+
+
+def _jpegs(n=3, shape=(24, 40, 3)):
+    from vladata.images import encode_jpeg
+    rng = np.random.default_rng(0)
+    return [encode_jpeg(rng.integers(0, 255, shape, dtype=np.uint8), quality=90)
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.parametrize("damage, says", [
+    (lambda b: b[:len(b) // 2], "frame 7.*not a decodable JPEG"),  # header intact, stream cut
+    (lambda b: b"", "frame 7.*no JPEG bytes"),
+    (lambda b: _jpegs(1, (24, 48, 3))[0], "frame 7.*24x48 does not fit"),
+])
+def test_encoded_frames_validate_finds_the_same_bad_frame_with_or_without_pixels(keep, damage,
+                                                                                  says):
+    from vladata.episode import EncodedFrames
+    items = _jpegs()
+    items[2] = damage(items[2])
+    frames = EncodedFrames(items, (24, 40, 3), file="f", episode=1, key="cam", first=5)
+    with pytest.raises(SourceFormatError, match=says):
+        frames.validate(keep=keep)
+
+
+def test_encoded_frames_validated_without_pixels_still_decode_to_the_source_pixels():
+    from vladata.episode import EncodedFrames
+    from vladata.images import decode_jpeg
+    items = _jpegs()
+    frames = EncodedFrames(items, (24, 40, 3))
+    assert frames.validate(keep=False) is None
+    np.testing.assert_array_equal(np.asarray(frames), np.stack([decode_jpeg(b) for b in items]))
+    assert frames.items == items
