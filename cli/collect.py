@@ -22,6 +22,10 @@ def command():
               help="Seeds the initial states (disjoint from `vlatrain rollout`'s).")
 @click.option("--image-size", type=click.IntRange(16, 1024), default=128, show_default=True,
               help="Square camera images, pixels.")
+@click.option("--cameras", default="corner2,gripperPOV", show_default=True,
+              help="Comma list of cameras to record: topview, corner, corner2, corner3, corner4, "
+                   "behindGripper, gripperPOV (the MT10 recipe adds topview to triangulate the "
+                   "goal; docs/simulation.md).")
 @click.option("--max-steps", type=click.IntRange(1), default=300, show_default=True,
               help="Episode step limit; the expert must succeed within it.")
 @click.option("--noise-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True,
@@ -35,7 +39,7 @@ def command():
               show_default=True, help="Last fraction of each task's episodes split 'validation'.")
 @convert_options
 @fails_cleanly
-def collect_metaworld(out, tasks, episodes_per_task, seed, image_size, max_steps, noise_fraction,
+def collect_metaworld(out, tasks, episodes_per_task, seed, image_size, cameras, max_steps, noise_fraction,
                       noise_std, val_fraction, **opts):
     """Run Meta-World's scripted experts and write their episodes to the store OUT."""
     try:
@@ -45,7 +49,7 @@ def collect_metaworld(out, tasks, episodes_per_task, seed, image_size, max_steps
         raise click.ClickException('Meta-World is not installed: pip install -e ".[sim]"') from None
     from vlaenv.metaworld_demos import MetaWorldSource
     source = MetaWorldSource(tasks=tasks, episodes_per_task=episodes_per_task, seed=seed,
-                             image_size=image_size, max_steps=max_steps,
+                             image_size=image_size, cameras=cameras, max_steps=max_steps,
                              noise_fraction=noise_fraction, noise_std=noise_std,
                              val_fraction=val_fraction, workers=opts["workers"],
                              progress=not opts["as_json"])

@@ -39,7 +39,9 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 FPS = 80.0  # Meta-World's control rate: frame_skip 5 x timestep 0.0025 s
 STATE_NAMES = ("hand_x", "hand_y", "hand_z", "gripper_opening")
-CAMERAS = ("corner2", "gripperPOV")
+CAMERAS = ("corner2", "gripperPOV")  # the default pair; any of KNOWN_CAMERAS may be chosen
+KNOWN_CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper",
+                 "gripperPOV")  # the cameras every v3 task's model defines
 ROTATE_180 = frozenset({"corner", "corner2", "corner3", "corner4"})  # render upside down
 GRIPPER = "+1 = close, -1 = open (Meta-World grab effort)"
 MAX_STEPS = 300  # the scripted experts need at most ~290 steps from random initial states
@@ -125,6 +127,18 @@ def resolve_tasks(text: str | list | tuple) -> tuple[str, ...]:
     if not out:
         raise UnknownTaskError(f"no Meta-World task in {text!r}")
     return tuple(dict.fromkeys(out))
+
+
+def resolve_cameras(text: str | list | tuple) -> tuple[str, ...]:
+    """``"corner2,topview,gripperPOV"`` (or a sequence) -> camera names, checked against
+    :data:`KNOWN_CAMERAS`."""
+    items = list(text) if isinstance(text, (list, tuple)) else str(text).split(",")
+    names = tuple(dict.fromkeys(str(c).strip() for c in items if str(c).strip()))
+    bad = [c for c in names if c not in KNOWN_CAMERAS]
+    if bad or not names:
+        raise EnvError(f"unknown Meta-World camera(s) {bad or text!r}; known: "
+                       f"{', '.join(KNOWN_CAMERAS)}")
+    return names
 
 
 def episode_seed(purpose: str, seed: int, task: str, index: int) -> int:

@@ -43,6 +43,7 @@ class MetaWorldSource:
     episodes_per_task: int = 50
     seed: int = 0
     image_size: int = 128
+    cameras: tuple[str, ...] = ("corner2", "gripperPOV")
     max_steps: int = 300
     noise_fraction: float = 0.0
     noise_std: float = 0.1
@@ -56,8 +57,9 @@ class MetaWorldSource:
     _envs: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        from vlaenv.metaworld import resolve_tasks
+        from vlaenv.metaworld import resolve_cameras, resolve_tasks
         self.tasks = resolve_tasks(self.tasks)
+        self.cameras = resolve_cameras(self.cameras)
         if self.episodes_per_task < 1:
             raise ValueError(f"episodes_per_task must be >= 1, got {self.episodes_per_task}")
         if not 0.0 <= self.noise_fraction <= 1.0 or not 0.0 <= self.val_fraction < 1.0:
@@ -125,7 +127,7 @@ class MetaWorldSource:
     # -- features ----------------------------------------------------------------------------------
     def features(self) -> dict[str, FeatureSpec]:
         from vlaenv.metaworld import make_spec
-        spec = make_spec(self.image_size, max_steps=self.max_steps)
+        spec = make_spec(self.image_size, self.cameras, max_steps=self.max_steps)
         feats = dict(spec.features)
         feats["action"] = spec.action
         feats["action.executed"] = FeatureSpec("float32", (7,), names=spec.action.names,
@@ -142,7 +144,8 @@ class MetaWorldSource:
             from vlaenv.metaworld import MetaWorldEnv
             self.close()  # one renderer at a time (OSMesa needs it)
             self._envs = {info.metadata["task"]: MetaWorldEnv(
-                info.metadata["task"], image_size=self.image_size, max_steps=self.max_steps)}
+                info.metadata["task"], image_size=self.image_size, cameras=self.cameras,
+                max_steps=self.max_steps)}
             env = self._envs[info.metadata["task"]]
         frames = run_expert(env, info.metadata["seed"], info.metadata["noisy"], self.noise_std,
                             render_from=lo, stop=hi)
@@ -158,7 +161,8 @@ class MetaWorldSource:
                 "tasks": list(self.tasks), "episodes_per_task": self.episodes_per_task,
                 "seed": self.seed, "noise_fraction": self.noise_fraction,
                 "noise_std": self.noise_std, "val_fraction": self.val_fraction,
-                "env": make_spec(self.image_size, max_steps=self.max_steps).describe(),
+                "env": make_spec(self.image_size, self.cameras,
+                                 max_steps=self.max_steps).describe(),
                 "gripper": "1/-1",
                 "gripper_threshold": GRIPPER_THRESHOLD,
                 "gripper_meaning": "+1 = close, -1 = open (grab effort; experts also emit 0..1: "

@@ -136,13 +136,22 @@ class EnvConfig:
     name: str = "metaworld"
     image_size: int = 128
     max_steps: int = 300
+    cameras: tuple[str, ...] | None = None  # None: the environment's default cameras
 
     def make(self, task: str, render: bool = True):
         if self.name != "metaworld":
             raise EnvError(f"unknown environment {self.name!r}; known: {', '.join(ENVS)}")
-        from vlaenv.metaworld import MetaWorldEnv
+        from vlaenv.metaworld import CAMERAS, MetaWorldEnv
         return MetaWorldEnv(task, image_size=self.image_size, max_steps=self.max_steps,
-                            render=render)
+                            cameras=tuple(self.cameras or CAMERAS), render=render)
+
+    def for_policy(self, policy: "PolicySpec") -> "EnvConfig":
+        """This config rendering the cameras a checkpoint policy was trained on (unless cameras
+        were chosen)."""
+        if self.cameras is not None or policy.kind != "checkpoint":
+            return self
+        cams = tuple(policy.build(None, 0).spec.cameras)
+        return EnvConfig(self.name, self.image_size, self.max_steps, cams)
 
     def tasks(self, text) -> tuple[str, ...]:
         if self.name != "metaworld":
@@ -222,7 +231,7 @@ def run(policy: PolicySpec, tasks, *, env: EnvConfig | None = None, episodes: in
     ``batch`` environments per process step in lockstep (a checkpoint policy then acts for all
     of them with one ``act_batch`` call).
     """
-    env = env or EnvConfig()
+    env = (env or EnvConfig()).for_policy(policy)
     tasks = env.tasks(tasks)
     if episodes < 1 or workers < 1 or batch < 1:
         raise ValueError(f"episodes, workers and batch must be >= 1, got {episodes}, {workers} "

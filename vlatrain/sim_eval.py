@@ -41,7 +41,8 @@ def rollout_metrics(policy, spec, cfg: Config, step: int, out: str | Path, logge
     who = rollout.PolicySpec("checkpoint", checkpoint=str(path), execute=r.execute,
                              ensemble=r.ensemble)
     try:
-        report = rollout.run(who, r.tasks, env=rollout.EnvConfig(r.env, size, r.max_steps),
+        report = rollout.run(who, r.tasks, env=rollout.EnvConfig(r.env, size, r.max_steps,
+                                                                tuple(spec.cameras)),
                              episodes=r.episodes, seed=r.seed, workers=r.workers, batch=r.batch,
                              progress=False)
     finally:

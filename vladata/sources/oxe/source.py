@@ -40,7 +40,8 @@ from vladata.sources.oxe.standardize import (DEFAULT_EMBEDDING, DEFAULT_LANGUAGE
 from vladata.sources.oxe.tfds import DatasetInfo, Leaf, parse_dataset_info, parse_features
 from vladata.sources.oxe.tfrecord import RecordError, RecordRef, read_record
 
-POOL_MIN_BYTES = 64 << 20  # scan serially below this much data (a pool costs ~1 s to start)
+POOL_MIN_BYTES = 2 << 30  # scan serially below this much data: a spawned pool costs ~1 CPU-s
+#                            to start, a serial scan runs at ~27,000 frames/s (BENCHMARKS.md)
 
 
 class OxeSource:
