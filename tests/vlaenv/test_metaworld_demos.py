@@ -113,3 +113,25 @@ def test_unknown_task_is_refused_cleanly(tmp_path):
                                   "--tasks", "reach,juggle"])
     assert r.exit_code == 1 and "unknown Meta-World task 'juggle'" in r.output
     assert not (tmp_path / "x.vla").exists()
+
+
+def test_chosen_cameras_are_recorded_and_unknown_ones_refused(tmp_path):
+    out = tmp_path / "top.vla"
+    r = CliRunner().invoke(main, ["collect", "metaworld", str(out), "--tasks", "reach",
+                                  "--episodes-per-task", "1", "--image-size", "16",
+                                  "--cameras", "topview,gripperPOV", "--val-fraction", "0"])
+    assert r.exit_code == 0, r.output
+    ds = vladata.open(out)
+    assert sorted(k for k in ds.features if k.startswith("observation.images.")) == [
+        "observation.images.gripperPOV", "observation.images.topview"]
+    env = MetaWorldEnv("reach", image_size=16, cameras=("topview", "gripperPOV"))
+    try:
+        want = run_expert(env, MetaWorldSource(("reach",), episodes_per_task=1).episode(
+            "reach-v3", 0)[0], False, 0.1)
+    finally:
+        env.close()
+    assert np.array_equal(ds.array("observation.images.topview")[:], want["observation.images.topview"])
+    r = CliRunner().invoke(main, ["collect", "metaworld", str(tmp_path / "x.vla"), "--tasks",
+                                  "reach", "--cameras", "corner2,fisheye"])
+    assert r.exit_code == 1 and "unknown Meta-World camera(s) ['fisheye']" in r.output
+    assert "topview" in r.output and not (tmp_path / "x.vla").exists()

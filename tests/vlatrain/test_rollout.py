@@ -125,3 +125,26 @@ def test_refusals_are_clean(tmp_path):
     pytest.importorskip("metaworld")
     r = CliRunner().invoke(main, ["rollout", "--policy", "random", "--tasks", "reach,levitate"])
     assert r.exit_code == 1 and "unknown Meta-World task 'levitate'" in r.output
+
+
+def test_a_checkpoint_is_rolled_out_with_the_cameras_it_was_trained_on(tmp_path):
+    """A policy trained on `topview` (not a default camera) gets topview frames in rollouts."""
+    pytest.importorskip("metaworld")
+    from vladata.store.writer import convert
+    from vlaenv.metaworld_demos import MetaWorldSource
+    from vlatrain.config import load_config
+    from vlatrain.recipes.train import run
+    from tests.helpers.runs import TINY
+    source = MetaWorldSource(("reach",), episodes_per_task=2, image_size=24, cameras=("topview",),
+                             val_fraction=0.5, max_steps=120, progress=False)
+    try:
+        convert(source, tmp_path / "top.vla", progress=False)
+    finally:
+        source.close()
+    out = tmp_path / "run"
+    run(load_config(None, [f"data.path={tmp_path / 'top.vla'}", f"out={out}", *TINY,
+                           "train.steps=2", "data.chunk=4", "data.over=episodes",
+                           "model.language=text", "model.head=fc"]))
+    report = _rollout(str(out / "checkpoints" / "step_0000002.pt"), "--tasks", "reach", "--episodes", "1",
+                      "--max-steps", "3", "--image-size", "24")
+    assert report["overall"]["episodes"] == 1 and report["tasks"][0]["runs"][0]["length"] == 3
