@@ -2,6 +2,7 @@
 
     python benchmarks/tokens.py [--chunk 10] [--scale 10] [--vocab 1024] [--repeat 3]
                                 [--stores calvin,oxe,hdf5,lerobot,rosbag] [--no-inference]
+                                [--no-vlm] [--vlm-batches 1,8] [--vlm-long 500]
 
 Part 1, per sample store (written by ``vladata sample <source>`` and converted by ``vladata
 convert <source>`` into a temporary folder): FAST is fitted on the train split's normalised
@@ -18,6 +19,15 @@ bins with and without its KV cache, and over FAST tokens (constrained). Printed:
 actions/s (one action = one step of a chunk) and the ratio to the parallel head, for the head
 alone (decoding from the backbone's features: the decoder's own speed) and for the whole policy
 step (backbone included, ``decode(policy(obs))``, the runtime's call).
+
+Part 3, on the CALVIN sample store: the VLM LM head (``model.head=lm``) of the tests' tiny
+random LLaVA (``tests/helpers/vlm_factories.py``: CLIP + Llama, hidden 32, 2 layers; every
+camera of the store at 16 px), the whole policy step ``decode(policy(obs))`` (frames encoded
+once): parallel action queries (one LM pass for the chunk), autoregressive with the key/value
+cache (``model.vlm.kv_cache``, the default) and without it (one whole pass per token); then
+again with ``--vlm-long`` filler words in the prompt (a sequence as long as a real VLM's, where a
+frame alone is 256-576 visual tokens). Printed: tokens/s, actions/s, the sequence length, the
+ratio to the uncached loop, and whether the cached and uncached loops generated the same tokens.
 """
 
 from __future__ import annotations
@@ -177,6 +187,77 @@ def inference(store: Path, args) -> None:
                   f"{full_s * spec.chunk:>13.0f}{full_s / base[1]:>12.3f}")
 
 
+def vlm_inference(store: Path, args) -> None:
+    import dataclasses
+
+    import torch
+
+    sys.path.insert(0, str(ROOT))  # the repository root: tests/helpers is a package under it
+    from tests.helpers.vlm_factories import make_llava
+    from vlatrain import data
+    from vlatrain.augment import BatchPreparer
+    from vlatrain.config import Config
+    from vlatrain.model import build_policy
+    from vlatrain.vlm import VLMConfig
+    torch.set_num_threads(args.threads)
+    cfg = Config()
+    cfg.data.path, cfg.data.chunk, cfg.data.num_workers = str(store), args.chunk, 0
+    ds = data.open_store(cfg.data.path)
+    spec = data.spec_from_store(ds, cfg.data)
+    variants = [("parallel queries", False, True), ("autoregressive, KV cache", True, True),
+                ("autoregressive, no cache", True, False)]
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        path = make_llava(Path(tmp) / "llava")
+        print(f"\nVLM LM head (tiny random LLaVA, {', '.join(spec.cameras)} at 16 px), CPU "
+              f"({args.threads} threads), chunk {spec.chunk} x {spec.action_dim}, the whole "
+              f"policy step decode(policy(obs))")
+        print(f"{'variant':<28}{'batch':>6}{'seq len':>8}{'tokens/chunk':>13}{'tokens/s':>10}"
+              f"{'actions/s':>11}{'vs no cache':>12}")
+        sizes = [(0, int(b)) for b in args.vlm_batches.split(",")]
+        sizes += [(args.vlm_long, int(b)) for b in args.vlm_batches.split(",") if args.vlm_long]
+        for filler, batch_size in sizes:
+            rows, generated = [], []
+            prompt = ("USER: {image}\n" + "the " * filler
+                      + "What action should the robot take to {instruction}? ASSISTANT:")
+            for name, ar, cache in variants:
+                torch.manual_seed(0)
+                model = dataclasses.replace(cfg.model, backbone="llava", path=str(path),
+                                            head="lm", image_size=16,
+                                            vlm=VLMConfig(autoregressive=ar, kv_cache=cache,
+                                                          prompt=prompt))
+                policy = build_policy(model, spec).eval()
+                win = data.windows(ds, cfg.data, "validation")
+                batch = next(iter(win.loader(batch_size=batch_size, shuffle=False,
+                                             num_workers=0, drop_last=False)))
+                prep = BatchPreparer(spec, {c: policy.backbone.image_spec(c) for c in spec.cameras},
+                                     cfg.data.augment, torch.device("cpu"),
+                                     discrete=policy.discrete)
+                obs, _ = prep(batch, train=False)
+                with torch.no_grad():
+                    if ar:
+                        generated.append(policy(obs).argmax(-1))
+                    t, _ = best(lambda: policy.decode(policy(obs)), args.repeat)
+                rows.append((name, batch_size / t))
+            same = torch.equal(*generated)
+            base = rows[-1][1]
+            tokens = spec.chunk * spec.action_dim
+            seq = vlm_sequence_length(policy.backbone, obs)
+            for name, chunks_s in rows:
+                print(f"{name:<28}{batch_size:>6}{seq:>8}{tokens:>13}{chunks_s * tokens:>10.0f}"
+                      f"{chunks_s * spec.chunk:>11.1f}{chunks_s / base:>12.2f}")
+            print(f"{'':<28}cached and uncached tokens identical: {'yes' if same else 'NO'}")
+
+
+def vlm_sequence_length(bb, obs) -> int:
+    """Tokens in the longest sequence the VLM runs for ``obs`` (prompt, frames, state, action
+    token, action queries)."""
+    from vlatrain.vlm.sequence import Layout, step_rows
+    rows = step_rows(obs.mask.bool().nonzero(), list(obs.instruction), len(bb.cameras),
+                     bb.prompt, bb.image_pieces, bb.state_proj is not None, bb.n_slots)
+    return int(Layout.build(rows, bb.placeholder).mask.sum(1).max())
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--chunk", type=int, default=10)
@@ -186,6 +267,10 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--stores", default=",".join(SOURCES))
     p.add_argument("--no-inference", action="store_true")
+    p.add_argument("--no-vlm", action="store_true", help="skip part 3 (the VLM LM head)")
+    p.add_argument("--vlm-batches", default="1,8", help="batch sizes of part 3")
+    p.add_argument("--vlm-long", type=int, default=500,
+                   help="part 3 again with this many filler words in the prompt (0: not)")
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,6 +286,8 @@ def main():
         print_table(rows)
         if not args.no_inference and "calvin" in args.stores.split(","):
             inference(Path(tmp) / "calvin.vla", args)
+        if not args.no_vlm and "calvin" in args.stores.split(","):
+            vlm_inference(Path(tmp) / "calvin.vla", args)
 
 
 if __name__ == "__main__":

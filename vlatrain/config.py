@@ -215,6 +215,9 @@ class ModelConfig:
         if self.vlm.autoregressive and self.head != "lm":
             errs.append("vlm.autoregressive: decodes the LM head's action tokens; it needs "
                         f"model.head=lm, not {self.head!r}")
+        if not self.vlm.kv_cache and not self.vlm.autoregressive:
+            errs.append("vlm.kv_cache: false only applies to vlm.autoregressive decoding; set "
+                        "model.vlm.autoregressive=true or leave kv_cache at its default")
         if self.vlm.autoregressive and self.history == "interleaved":
             errs.append("vlm.autoregressive: not with history=interleaved (a later step would "
                         "read the earlier steps' target tokens); use one-step or history")

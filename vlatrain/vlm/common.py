@@ -19,10 +19,13 @@ whole chunk). With ``model.vlm.autoregressive`` the queries become a causal toke
 query j's input is its learnable embedding plus the LM's embedding of action token j-1, so its
 logits predict token j from the tokens before it. Training is teacher forced (the target bins
 come as ``Observation.action_tokens`` (B, h, c*A)); without them the backbone generates
-greedily, one token per language-model pass (the frames are encoded once; no KV cache: the
-adapters' language models are called whole), and returns the logits each token was chosen
-from, so their argmax is the generated chunk. Only the K columns are computed -- the full vocabulary would be
-B*h*c*A*V floats -- so ``lm_logits`` is (B, h, c*A, K), class k being bin k.
+greedily (:mod:`vlatrain.vlm.decoding`) and returns the logits each token was chosen from, so
+their argmax is the generated chunk. The frames are encoded once; adapters with
+``supports_kv_cache`` (LLaVA, PaliGemma, Kosmos-2, Qwen2-VL: a transformers decoder called with
+a ``cache``) run the prompt once into a key/value cache and then one new token per step
+(``model.vlm.kv_cache``, on by default); Flamingo, whose gated cross-attention layers are not
+cache-aware, runs the whole sequence once per token. Only the K columns are computed -- the full
+vocabulary would be B*h*c*A*V floats -- so ``lm_logits`` is (B, h, c*A, K), class k being bin k.
 
 Which vocabulary ids are the action tokens: the store's recorded layout when it is one that
 overwrites the last ids of an LM vocabulary (``openvla``/``robovlms``, checked against this
@@ -43,6 +46,8 @@ from vladata.errors import ConfigError
 from vlatrain.model.backbone import BackboneOutput, ImageSpec, Observation
 from vlatrain.spec import DataSpec
 from vlatrain.vlm.vlm_config import history_mode, vlm_config
+from vlatrain.vlm.decoding import (generate_cached, generate_uncached, step_features,
+                                   trailing_queries)
 from vlatrain.vlm.interleaved import interleaved_rows
 from vlatrain.vlm.loading import load_model, load_tokenizer, weights_dir
 from vlatrain.vlm.sequence import (ACTION, IMAGE, SLOT, STATE, Layout, Piece, Prompt,
@@ -63,7 +68,9 @@ class VLMBackbone(nn.Module, abc.ABC):
     ``load(path)`` (sets ``self.model``, ``self.tokenizer``, ``self.spec_image``), ``hidden_size``,
     ``input_embeddings()``, ``output_embeddings()``, ``vision_tower()``, ``language_tower()``,
     ``encode_frames(pixels) -> (N, n, D)``, ``image_pieces(frames, step)`` and
-    ``run_language_model(embeds, layout, media) -> (R, L, D)``.
+    ``run_language_model(embeds, layout, media) -> (R, L, D)``. Adapters that set
+    ``supports_kv_cache`` also serve ``run_cached`` and ``positions`` (the cached decoding of
+    :mod:`vlatrain.vlm.decoding`).
     """
 
     default_prompt = "{bos}{image}{instruction}"
@@ -72,6 +79,8 @@ class VLMBackbone(nn.Module, abc.ABC):
     fuses_history = False
     new_layers: tuple[str, ...] = ()  # name parts of layers added inside the pretrained modules
     needs: tuple[str, ...] = ("config.json",)  # files model.path must hold
+    supports_kv_cache = False  # run_cached/positions serve autoregressive decoding with a cache
+    position_offset = 0        # position id of a row's first token (see ``positions``)
 
     def __init__(self, cfg, spec: DataSpec):
         super().__init__()
@@ -94,6 +103,7 @@ class VLMBackbone(nn.Module, abc.ABC):
             nn.init.zeros_(self.state_proj.bias)
         self.predicts_tokens = cfg.head == "lm"
         self.autoregressive = self.predicts_tokens and self.vcfg.autoregressive
+        self.kv_cache = self.autoregressive and self.supports_kv_cache and self.vcfg.kv_cache
         self.n_slots = spec.chunk * spec.action_dim if self.predicts_tokens else 0
         if self.predicts_tokens:
             self.register_buffer("action_ids", self._action_ids(spec), persistent=False)
@@ -152,6 +162,29 @@ class VLMBackbone(nn.Module, abc.ABC):
     def run_language_model(self, embeds: Tensor, layout: Layout, media) -> Tensor:
         """(R, L, D) input embeddings -> (R, L, D) last hidden states (after the final norm)."""
 
+    def run_cached(self, embeds: Tensor, mask: Tensor, positions: Tensor, cache,
+                   prefix: Tensor | None = None) -> Tensor:
+        """(R, n, D) embeddings of the next n tokens -> their (R, n, D) last hidden states, their
+        keys and values appended to ``cache``. ``mask`` (R, cached + n): every token so far (False:
+        padding); ``positions``: the n tokens' position ids, as ``positions`` gives them;
+        ``prefix`` (R, n): prompt tokens, given with the first call (PaliGemma's prefix-LM mask).
+        The default fits a transformers decoder stack (``language_tower``)."""
+        return self.language_tower()(inputs_embeds=embeds, attention_mask=mask.long(),
+                                     position_ids=positions, cache=cache,
+                                     use_cache=True).last_hidden_state
+
+    def positions(self, layout: Layout) -> Tensor:
+        """The position ids ``run_language_model`` gives the layout's tokens, (R, L) or the
+        model's own shape (Qwen2-VL: (3, R, L)): by default column + ``position_offset``."""
+        r, length = layout.ids.shape
+        pos = torch.arange(length, device=layout.ids.device) + self.position_offset
+        return pos.repeat(r, 1)
+
+    def new_cache(self):
+        """An empty key/value cache for ``run_cached`` (transformers' DynamicCache)."""
+        from transformers import DynamicCache
+        return DynamicCache(config=self.text_config())
+
     def unused(self) -> list[nn.Module]:
         """Pretrained modules this policy never runs into its outputs; they are frozen so that
         no optimiser state is kept for them and DDP needs no ``find_unused_parameters``. The
@@ -206,36 +239,21 @@ class VLMBackbone(nn.Module, abc.ABC):
             return self.generate(layout, media, obs, steps, flat, b, h)
         embeds = self.embed(layout, media, obs, steps, teacher)
         hidden = self.run_language_model(embeds, layout, media)  # (R, L, D)
-        r, c = layout.where(ACTION)
-        feats = hidden.new_zeros(b * h, hidden.shape[-1]).index_put(
-            (flat[layout.ref[r, c]],), hidden[r, c])
+        feats = step_features(hidden, layout, flat, b * h)
         out = BackboneOutput(features=feats.view(b, h, -1).float(), mask=obs.mask)
         if self.predicts_tokens:
             out.lm_logits = self.action_logits(hidden, layout, flat, b * h).view(
                 b, h, self.n_slots, -1)
         return out
 
-    @torch.no_grad()
     def generate(self, layout: Layout, media, obs: Observation, steps: Tensor, flat: Tensor,
                  b: int, h: int) -> BackboneOutput:
-        """Greedy autoregressive decoding of the action tokens: one LM pass per token; the
-        returned ``lm_logits`` hold, for each query, the logits its token was chosen from."""
-        tokens = torch.zeros(len(steps), self.n_slots, dtype=torch.long, device=obs.mask.device)
-        chosen = None
-        for j in range(self.n_slots):
-            hidden = self.run_language_model(self.embed(layout, media, obs, steps, tokens),
-                                             layout, media)
-            logits = self.action_logits(hidden, layout, flat, b * h)   # (B*h, c*A, K)
-            if chosen is None:
-                chosen = logits.clone()
-                r, c = layout.where(ACTION)
-                feats = hidden.new_zeros(b * h, hidden.shape[-1]).index_put(
-                    (flat[layout.ref[r, c]],), hidden[r, c])
-            chosen[:, j] = logits[:, j]
-            tokens[:, j] = logits[flat, j].argmax(-1)
-        out = BackboneOutput(features=feats.view(b, h, -1).float(), mask=obs.mask)
-        out.lm_logits = chosen.view(b, h, self.n_slots, -1)
-        return out
+        """Greedy autoregressive decoding of the action tokens, with the key/value cache when
+        ``self.kv_cache`` and the action queries end every row; the returned ``lm_logits`` hold,
+        for each query, the logits its token was chosen from."""
+        cached = self.kv_cache and trailing_queries(layout, self.n_slots)
+        run = generate_cached if cached else generate_uncached
+        return run(self, layout, media, obs, steps, flat, b, h)
 
     # ---------------------------------------------------------------- pieces
     def embed(self, layout: Layout, media, obs: Observation, steps: Tensor,
@@ -259,25 +277,36 @@ class VLMBackbone(nn.Module, abc.ABC):
         if self.predicts_tokens:
             r, c = layout.where(SLOT)
             sub = layout.sub[r, c]
-            x = self.slots[sub]
-            if teacher is not None:  # query j also reads the embedding of token j-1
+            prev = None
+            if teacher is not None:
                 prev = teacher[layout.ref[r, c], (sub - 1).clamp(min=0)]
-                tok = self.input_embeddings()(self.action_ids[prev]).to(x.dtype)
-                x = x + torch.where((sub > 0)[:, None], tok, torch.zeros_like(tok))
-            emb = emb.index_put((r, c), x.to(dt))
+            emb = emb.index_put((r, c), self.query_embeds(sub, prev).to(dt))
         return emb
 
-    def action_logits(self, hidden: Tensor, layout: Layout, flat: Tensor, n: int) -> Tensor:
-        """(n, c*A, K) float logits of the action queries over the K action-token ids."""
-        r, c = layout.where(SLOT)
+    def query_embeds(self, sub: Tensor, prev: Tensor | None) -> Tensor:
+        """(N, D) inputs of action queries ``sub`` (N,) (their index in the chunk); autoregressive:
+        ``prev`` (N,) the bin of the token before each, whose embedding query j > 0 also reads."""
+        x = self.slots[sub]
+        if prev is not None:
+            tok = self.input_embeddings()(self.action_ids[prev]).to(x.dtype)
+            x = x + torch.where((sub > 0)[:, None], tok, torch.zeros_like(tok))
+        return x
+
+    def head_logits(self, x: Tensor) -> Tensor:
+        """(N, D) last hidden states -> (N, K) float logits over the K action-token ids."""
         head = self.output_embeddings()
         w = head.weight[self.action_ids]  # (K, D)
         bias = head.bias[self.action_ids] if getattr(head, "bias", None) is not None else None
-        x = hidden[r, c]
         logits = F.linear(x, w.to(x.dtype), None if bias is None else bias.to(x.dtype)).float()
         cap = getattr(self.text_config(), "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def action_logits(self, hidden: Tensor, layout: Layout, flat: Tensor, n: int) -> Tensor:
+        """(n, c*A, K) float logits of the action queries over the K action-token ids."""
+        r, c = layout.where(SLOT)
+        logits = self.head_logits(hidden[r, c])
         out = logits.new_zeros(n, self.n_slots, logits.shape[-1])
         return out.index_put((flat[layout.ref[r, c]], layout.sub[r, c]), logits)
 

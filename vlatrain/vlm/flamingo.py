@@ -18,7 +18,9 @@ media marker before them. The token sequence carries one learned media marker pe
 
 The resampler, the cross-attention layers and the media marker are new (randomly initialised,
 gates at 0): they train even when ``freeze_vision``/``freeze_language`` freeze the pretrained
-towers, which is OpenFlamingo's and RoboFlamingo's recipe.
+towers, which is OpenFlamingo's and RoboFlamingo's recipe. Autoregressive decoding runs the whole
+sequence once per token (no ``supports_kv_cache``): the cross-attention layers are conditioned on
+the media index of every position of the sequence and keep no cache of their own.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ then the text; Kosmos-2 is prompted for grounded captions with ``<grounding>``::
 
     <s><image> [64 image embeddings] </image><grounding>An image of a robot {instruction} [ACTION]
 
-With several cameras each frame gets its own ``<image> ... </image>`` block.
+With several cameras each frame gets its own ``<image> ... </image>`` block. Autoregressive
+decoding uses the decoder's key/value cache (``supports_kv_cache``); its sinusoidal positions
+start at the padding index + 1, as the text model counts them itself.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from vlatrain.vlm.sequence import IMAGE, Piece, text
 class Kosmos2Backbone(VLMBackbone):
     default_prompt = "{bos}{image}<grounding>An image of a robot {instruction}"
     image_token = "<image>"
+    supports_kv_cache = True
 
     def load(self, path) -> None:
         from transformers import Kosmos2ForConditionalGeneration
@@ -32,6 +35,10 @@ class Kosmos2Backbone(VLMBackbone):
     @property
     def hidden_size(self) -> int:
         return self.model.config.text_config.embed_dim
+
+    @property
+    def position_offset(self) -> int:
+        return int(self.language_tower().embed_positions.padding_idx) + 1
 
     def vision_tower(self):
         return self.model.vision_model

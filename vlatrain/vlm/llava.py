@@ -7,7 +7,8 @@ the place of the prompt's ``<image>``. The default prompt is LLaVA-1.5's convers
     <s>USER: [576 visual tokens]\\nWhat action should the robot take to {instruction}? ASSISTANT: [ACTION]
 
 The tokenizer adds BOS itself, as with ``LlavaProcessor``; checkpoints fine-tuned on another
-chat format take ``model.vlm.prompt``.
+chat format take ``model.vlm.prompt``. Autoregressive decoding uses the Llama decoder's
+key/value cache (``supports_kv_cache``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from vlatrain.vlm.sequence import IMAGE, Piece
 class LlavaBackbone(VLMBackbone):
     default_prompt = "USER: {image}\nWhat action should the robot take to {instruction}? ASSISTANT:"
     add_special_tokens = True  # LlavaProcessor lets the tokenizer add BOS
+    supports_kv_cache = True
 
     def load(self, path) -> None:
         from transformers import LlavaForConditionalGeneration

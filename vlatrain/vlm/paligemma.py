@@ -7,6 +7,10 @@ state, action token, action queries, later steps) causally -- the model's prefix
 from ``token_type_ids`` exactly as for its own training::
 
     [256 visual tokens per camera]<bos>What action should the robot take to {instruction}?\\n [ACTION]
+
+Autoregressive decoding uses the key/value cache (``supports_kv_cache``): the prompt's
+prefix-LM mask applies to the first (prefix) call; the action queries after it attend causally
+to everything before them. PaliGemma counts positions from 1.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from vlatrain.vlm.sequence import IMAGE, Piece
 class PaliGemmaBackbone(VLMBackbone):
     default_prompt = "{image}{bos}What action should the robot take to {instruction}?\n"
     image_token = "<image>"
+    supports_kv_cache = True
+    position_offset = 1  # PaliGemmaModel's positions are 1-indexed
 
     def load(self, path) -> None:
         from transformers import PaliGemmaForConditionalGeneration
@@ -45,3 +51,9 @@ class PaliGemmaBackbone(VLMBackbone):
         return self.model.model(inputs_embeds=embeds, attention_mask=layout.mask.long(),
                                 token_type_ids=(~layout.prefix).long(),
                                 use_cache=False).last_hidden_state
+
+    def run_cached(self, embeds, mask, positions, cache, prefix=None):
+        types = None if prefix is None else (~prefix).long()  # the prefix-LM mask, first call
+        return self.model.model(inputs_embeds=embeds, attention_mask=mask.long(),
+                                position_ids=positions, token_type_ids=types, cache=cache,
+                                use_cache=True).last_hidden_state

@@ -10,7 +10,9 @@ position per token). Frames arrive at ``model.image_size`` (a multiple of 28), g
     <|im_end|>\\n<|im_start|>assistant\\n [ACTION]
 
 Positions follow the model's rule: text tokens count up; a frame's tokens sit on its merged
-(h, w) grid offset by the count so far, which then advances by max(h, w).
+(h, w) grid offset by the count so far, which then advances by max(h, w). Autoregressive
+decoding uses the decoder's key/value cache (``supports_kv_cache``), each new action query at
+its M-RoPE position in the whole sequence.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Qwen2VLBackbone(VLMBackbone):
                       "<|im_start|>user\n{image}What action should the robot take to "
                       "{instruction}?<|im_end|>\n<|im_start|>assistant\n")
     image_token = "<|image_pad|>"
+    supports_kv_cache = True
 
     def load(self, path) -> None:
         from transformers import Qwen2VLForConditionalGeneration
@@ -95,6 +98,9 @@ class Qwen2VLBackbone(VLMBackbone):
                 at += p.length
             pos[:, i, at:] = cur + np.arange(length - at)
         return torch.from_numpy(pos).to(layout.ids.device)
+
+    def positions(self, layout):
+        return self.mrope_positions(layout)
 
     def run_language_model(self, embeds, layout, media):
         return self.language_tower()(inputs_embeds=embeds, attention_mask=layout.mask.long(),

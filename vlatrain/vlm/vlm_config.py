@@ -42,6 +42,9 @@ class VLMConfig:
     # model.head=lm: predict the action tokens one by one (teacher forced in training, greedy
     # generation at inference) instead of every action query in parallel
     autoregressive: bool = False
+    # autoregressive decoding with the language model's key/value cache where the adapter has one
+    # (same tokens; false runs the whole sequence once per token, to compare)
+    kv_cache: bool = True
     # Flamingo-style backbone only (the new layers between a vision encoder and a causal LM).
     cross_attn_every: int = 4          # a gated cross-attention layer before every n-th LM layer
     resampler_depth: int = 6

@@ -38,3 +38,29 @@ def test_train_and_evaluate_a_vlm_policy(calvin_rgb_store, tiny_dirs, tmp_path, 
     assert any(k.startswith("backbone.model.") for k in state["model"])
     metrics, _ = evaluate_checkpoint(last, str(calvin_rgb_store), batches=1, device="cpu")
     assert math.isfinite(metrics["val/loss"])
+    if "model.vlm.autoregressive=true" in head:
+        acts_with_the_kv_cache(last, calvin_rgb_store)
+
+
+def acts_with_the_kv_cache(path, store):
+    """The policy runtime on an autoregressive checkpoint decodes through the key/value cache:
+    the prompt once, then one cached call per action token, never a whole-sequence pass."""
+    from unittest import mock
+
+    import numpy as np
+
+    import vladata
+    from vlatrain.policy import Policy
+    runtime = Policy.load(path, "cpu")
+    bb = runtime.model.backbone
+    assert bb.kv_cache
+    ds = vladata.open(store)
+    seg = ds.segments.row(0, named=True)
+    runtime.reset(seg["instruction"])
+    keys = list(runtime.spec.observations)
+    frame = {k: v[0] for k, v in ds.episode(seg["episode_index"], keys).items()}
+    with mock.patch.object(bb, "run_language_model", wraps=bb.run_language_model) as whole, \
+            mock.patch.object(bb, "run_cached", wraps=bb.run_cached) as cached:
+        action = runtime.act(frame)
+    assert action.shape == (7,) and np.isfinite(action).all()
+    assert whole.call_count == 0 and cached.call_count == 1 + bb.n_slots
