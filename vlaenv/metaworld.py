@@ -8,9 +8,10 @@ Mapping (see docs/simulation.md):
   ``mt10`` / ``mt50`` or a comma list; an unknown name is refused with the known ones listed.
 - **initial states**: ``reset(seed)`` seeds the task's own sampler (Meta-World's random reset
   space: object and goal positions), so every seed is a fresh, reproducible initial state.
-- **observations**: two cameras, ``corner2`` (rotated 180 degrees: it renders upside down) and
-  ``gripperPOV`` (on the wrist), uint8 HxWx3; ``observation.state`` = hand position (m, world
-  frame) + gripper opening (finger distance / 0.1 m, clipped to [0, 1]). Object and goal poses
+- **observations**: by default two cameras, ``corner2`` (rotated 180 degrees: it renders upside
+  down) and ``gripperPOV`` (on the wrist), or any of :data:`KNOWN_CAMERAS`, uint8 HxWx3;
+  ``observation.state`` = hand position (m, world frame) + gripper opening (finger distance /
+  0.1 m, clipped to [0, 1]). Object and goal poses
   are *not* observed: the policy finds them in the images. :meth:`MetaWorldEnv.privileged_state`
   returns Meta-World's full 39-D state for the scripted expert only.
 - **actions**: 7-D ``dx,dy,dz,droll,dpitch,dyaw,gripper`` in [-1, 1] (clipped); xyz moves the
