@@ -187,6 +187,12 @@ class ModelConfig:
     use_state: bool = True         # feed observation.state (normalised with the store's stats)
     image_size: int = 64           # frames are resized to image_size x image_size on the device
     views: Optional[list[ViewConfig]] = None  # per camera: [{camera, crop, size}] (tiny backbone)
+    # tiny backbone: each camera CNN's total stride; its spatial-softmax keypoints come from a
+    # (size/stride)^2 map: 8 (default) or 4 (4x the map, ~2.7x the CNN compute: finer positions)
+    encoder_stride: int = field(default=8, metadata=choice(8, 4))
+    # tiny backbone: what its spatial softmax reads: "relu" (the last block's ReLU output) or
+    # "learned" (a 1x1 convolution of the pre-ReLU output, learnable temperature)
+    keypoints: str = field(default="relu", metadata=choice("relu", "learned"))
     width: int = 128               # F: the feature width the backbone hands to the head
     hidden: int = 256              # head hidden width
     layers: int = 2                # head depth (MLP layers / LSTM layers / transformer blocks)

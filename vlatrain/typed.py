@@ -20,7 +20,7 @@ import yaml
 from vladata.errors import ConfigError
 
 
-def choice(*options: str) -> dict:
+def choice(*options) -> dict:
     """Field metadata: the value must be one of ``options``."""
     return {"choices": options}
 
@@ -90,7 +90,7 @@ _BAD = object()
 def _check_choice(f: dataclasses.Field, value, key: str, errors: list[str]) -> None:
     choices = f.metadata.get("choices")
     if choices and value not in choices:
-        errors.append(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+        errors.append(f"{key}: expected one of {', '.join(map(str, choices))}, got {value!r}")
 
 
 def _unknown(key: str, known: list[str]) -> str:

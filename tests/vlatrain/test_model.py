@@ -94,3 +94,25 @@ def test_interfaces_and_build_errors():
     no_tok = make_spec(bins=0)
     with pytest.raises(ValueError, match="needs the store's action tokenizer"):
         build_policy(ModelConfig(head="discrete", **SMALL), no_tok)
+
+
+@pytest.mark.parametrize("stride,keypoints", [(4, "relu"), (8, "learned")])
+def test_encoder_stride_and_learned_keypoints(stride, keypoints):
+    """encoder_stride=4 keeps a (size/4)^2 keypoint map; keypoints=learned adds a 1x1 conv and a
+    temperature, both trained."""
+    spec, policy, prep = setup("fc", 1, encoder_stride=stride, keypoints=keypoints)
+    enc = next(iter(policy.backbone.cams.values()))
+    maps = []
+    enc.pool.register_forward_pre_hook(lambda m, args: maps.append(args[0].shape[-2:]))
+    obs, tgt = prep(make_batch(spec), train=True, gen=torch.Generator().manual_seed(0))
+    out = policy(obs)
+    assert maps[0] == (16 // stride, 16 // stride)
+    make_loss(load_config(None, ["model.head=fc"]), policy, torch.device("cpu"))(out, tgt)[
+        "loss"].backward()
+    if keypoints == "learned":
+        assert enc.keypoints is not None and enc.pool.log_temperature.grad is not None
+        assert float(enc.pool.log_temperature.grad.abs()) > 0
+    else:
+        assert enc.keypoints is None and enc.pool.log_temperature is None
+    with pytest.raises(Exception, match="encoder_stride"):
+        load_config(None, ["model.encoder_stride=2"])

@@ -86,10 +86,20 @@ class Backbone(Protocol):
 
 
 class SpatialSoftmax(nn.Module):
-    """(N, C, H, W) -> (N, 2C): the expected (x, y) of each channel's softmax over pixels."""
+    """(N, C, H, W) -> (N, 2C): the expected (x, y) of each channel's softmax over pixels.
+
+    ``learned``: a learnable temperature divides the logits first (initially 1), so a channel
+    can sharpen its softmax around a small object instead of averaging towards the centre.
+    """
+
+    def __init__(self, learned: bool = False):
+        super().__init__()
+        self.log_temperature = nn.Parameter(torch.zeros(())) if learned else None
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
+        if self.log_temperature is not None:
+            x = x * torch.exp(-self.log_temperature)
         attn = torch.softmax(x.flatten(2), dim=-1).view(n, c, h, w)
         ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
         xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
@@ -101,21 +111,25 @@ class SpatialSoftmax(nn.Module):
 class ConvEncoder(nn.Module):
     """A small CNN with FiLM conditioning on the last blocks: (N, 3, S, S), (N, L) -> (N, F)."""
 
-    def __init__(self, width: int, cond_dim: int, channels=(16, 32, 64, 64)):
+    def __init__(self, width: int, cond_dim: int, channels=(16, 32, 64, 64), stride: int = 8,
+                 keypoints: str = "relu"):
         super().__init__()
         c1, c2, c3, c4 = channels
         self.stem = nn.Sequential(
             nn.Conv2d(3, c1, 5, stride=2, padding=2), nn.GroupNorm(4, c1), nn.ReLU(),
             nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.GroupNorm(8, c2), nn.ReLU())
         self.blocks = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.GroupNorm(8, c3)),
+            nn.Sequential(nn.Conv2d(c2, c3, 3, stride=stride // 4, padding=1), nn.GroupNorm(8, c3)),
             nn.Sequential(nn.Conv2d(c3, c4, 3, stride=1, padding=1), nn.GroupNorm(8, c4))])
         self.film = nn.ModuleList([nn.Linear(cond_dim, 2 * c) for c in (c3, c4)]) if cond_dim else None
         if self.film is not None:
             for lin in self.film:  # start as the identity: gamma = 1, beta = 0
                 nn.init.zeros_(lin.weight)
                 nn.init.zeros_(lin.bias)
-        self.pool = SpatialSoftmax()
+        # keypoints "relu": the softmax reads the last block's ReLU output (the original encoder);
+        # "learned": a 1x1 convolution of its pre-ReLU output, with a learnable temperature
+        self.keypoints = nn.Conv2d(c4, c4, 1) if keypoints == "learned" else None
+        self.pool = SpatialSoftmax(learned=keypoints == "learned")
         self.proj = nn.Linear(2 * c4, width)
 
     def forward(self, x: Tensor, cond: Tensor | None) -> Tensor:
@@ -125,6 +139,8 @@ class ConvEncoder(nn.Module):
             if self.film is not None and cond is not None:
                 gamma, beta = self.film[i](cond).chunk(2, dim=-1)  # (N, C) each
                 x = x * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+            if self.keypoints is not None and i == len(self.blocks) - 1:
+                return self.proj(self.pool(self.keypoints(x)))
             x = torch.relu(x)
         return self.proj(self.pool(x))
 
@@ -186,7 +202,9 @@ class TinyBackbone(nn.Module):
                           if cfg.language == "embedding" else None)
         self.text = HashedTextEncoder(w) if cfg.language == "text" else None
         cond = w if cfg.language != "none" else 0
-        self.cams = nn.ModuleDict({c: ConvEncoder(w, cond) for c in spec.cameras})
+        self.cams = nn.ModuleDict({c: ConvEncoder(w, cond, stride=cfg.encoder_stride,
+                                                  keypoints=cfg.keypoints)
+                                   for c in spec.cameras})
         self.state = (nn.Linear(spec.state_dim, w) if cfg.use_state and spec.state_dim else None)
         parts = len(self.cams) + (self.state is not None) + (cond > 0)
         self.mix = nn.Sequential(nn.Linear(parts * w, w), nn.GELU(), nn.Linear(w, w),
