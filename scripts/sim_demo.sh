@@ -15,7 +15,7 @@ ROLLOUTS=${ROLLOUTS:-5}       # held-out episodes per task
 rm -rf "$OUT"
 mkdir -p "$OUT"
 vladata collect metaworld "$OUT/demo.vla" --tasks "$TASKS" --episodes-per-task "$EPISODES" \
-    --workers 2 --noise-fraction 0.8 --val-fraction 0.2
+    --workers 2 --noise-fraction 0.8 --val-fraction 0.2 --cameras corner2,topview,gripperPOV
 vlatrain run configs/metaworld_mt10.yaml data.path="$OUT/demo.vla" out="$OUT/run" \
     train.steps="$STEPS" train.checkpoint_every="$STEPS" eval.every="$STEPS" optim.warmup_steps=20
 vlatrain rollout "$OUT/run/checkpoints/best.pt" --tasks "$TASKS" --episodes "$ROLLOUTS" \

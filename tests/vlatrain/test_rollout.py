@@ -127,20 +127,24 @@ def test_refusals_are_clean(tmp_path):
     assert r.exit_code == 1 and "unknown Meta-World task 'levitate'" in r.output
 
 
+def _collect(path, cameras, size):
+    from vladata.store.writer import convert
+    from vlaenv.metaworld_demos import MetaWorldSource
+    source = MetaWorldSource(("reach",), episodes_per_task=2, image_size=size, cameras=cameras,
+                             val_fraction=0.5, max_steps=120, progress=False)
+    try:
+        convert(source, path, progress=False)
+    finally:
+        source.close()
+
+
 def test_a_checkpoint_is_rolled_out_with_the_cameras_it_was_trained_on(tmp_path):
     """A policy trained on `topview` (not a default camera) gets topview frames in rollouts."""
     pytest.importorskip("metaworld")
-    from vladata.store.writer import convert
-    from vlaenv.metaworld_demos import MetaWorldSource
     from vlatrain.config import load_config
     from vlatrain.recipes.train import run
     from tests.helpers.runs import TINY
-    source = MetaWorldSource(("reach",), episodes_per_task=2, image_size=24, cameras=("topview",),
-                             val_fraction=0.5, max_steps=120, progress=False)
-    try:
-        convert(source, tmp_path / "top.vla", progress=False)
-    finally:
-        source.close()
+    _collect(tmp_path / "top.vla", ("topview",), 24)
     out = tmp_path / "run"
     run(load_config(None, [f"data.path={tmp_path / 'top.vla'}", f"out={out}", *TINY,
                            "train.steps=2", "data.chunk=4", "data.over=episodes",
@@ -148,3 +152,24 @@ def test_a_checkpoint_is_rolled_out_with_the_cameras_it_was_trained_on(tmp_path)
     report = _rollout(str(out / "checkpoints" / "step_0000002.pt"), "--tasks", "reach", "--episodes", "1",
                       "--max-steps", "3", "--image-size", "24")
     assert report["overall"]["episodes"] == 1 and report["tasks"][0]["runs"][0]["length"] == 3
+
+
+def test_the_mt10_recipe_trains_on_what_its_collect_command_records(tmp_path):
+    """configs/metaworld_mt10.yaml (cameras, crops, sizes) against a store collected with the
+    cameras its header names: two training steps and a rollout step, through the CLIs."""
+    pytest.importorskip("metaworld")
+    import re
+    from pathlib import Path
+    from cli.vlatrain import main
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "metaworld_mt10.yaml"
+    cams = re.search(r"--cameras (\S+)", recipe.read_text()).group(1)
+    _collect(tmp_path / "mt.vla", tuple(cams.split(",")), 128)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["run", str(recipe), f"data.path={tmp_path / 'mt.vla'}",
+                                  f"out={out}", "train.steps=2", "train.checkpoint_every=2",
+                                  "eval.every=2", "eval.batches=1", "data.num_workers=0",
+                                  "log.progress=false", "log.tensorboard=false"])
+    assert r.exit_code == 0, r.output
+    report = _rollout(str(out / "checkpoints" / "step_0000002.pt"), "--tasks", "reach",
+                      "--episodes", "1", "--max-steps", "2")
+    assert report["tasks"][0]["runs"][0]["length"] == 2
