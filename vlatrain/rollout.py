@@ -150,8 +150,10 @@ class EnvConfig:
         were chosen)."""
         if self.cameras is not None or policy.kind != "checkpoint":
             return self
-        cams = tuple(policy.build(None, 0).spec.cameras)
-        return EnvConfig(self.name, self.image_size, self.max_steps, cams)
+        cams = getattr(getattr(policy.build(None, 0), "spec", None), "cameras", None)
+        if not cams:  # a policy without a runtime spec gets the environment's default cameras
+            return self
+        return EnvConfig(self.name, self.image_size, self.max_steps, tuple(cams))
 
     def tasks(self, text) -> tuple[str, ...]:
         if self.name != "metaworld":
