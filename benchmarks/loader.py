@@ -143,6 +143,33 @@ def measure(it, batches: int, warmup: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def best_of_rounds(cases, rounds: int, first_pass: frozenset = frozenset()) -> dict:
+    """Windows/s of every case ``(name, workers, make, batches)``, best of ``rounds`` interleaved
+    rounds (the machine may be shared); each loader is made once and kept across rounds, then
+    closed. A case named in ``first_pass`` also records its first pass over the data."""
+    best: dict[tuple[str, int], float] = {}
+    live = {}
+    for rnd in range(rounds):
+        for name, w, make, batches in cases:
+            if (name, w) not in live:
+                obj = make()
+                live[(name, w)] = (obj, obj if isinstance(obj, Ceiling) else cycle(obj))
+                if name in first_pass:
+                    # the store's files are mapped lazily in each worker: the first pass over the
+                    # data pays the page-table faults, later epochs run at the mapped speed
+                    first = measure(live[(name, w)][1], len(obj) - 1, 0)
+                    best[(name + ", first pass over the data", w)] = first
+            obj, it = live[(name, w)]
+            time.sleep(0.3)  # let a loader's prefetching of the last case settle
+            v = it() if isinstance(it, Ceiling) else measure(it, batches, 2 * max(w, 1) + 1)
+            best[(name, w)] = max(best.get((name, w), 0.0), v)
+        print(f"round {rnd + 1}/{rounds} done", flush=True)
+    for obj, _ in live.values():
+        if hasattr(obj, "close"):
+            obj.close()
+    return best
+
+
 def cycle(loader):
     while True:
         yield from loader
@@ -351,27 +378,7 @@ def main(argv=None):
         cases = [c for c in cases if c[0].startswith(("(a) ", "(b) "))]
     for p in (paths["lossless"], paths["jpeg"], paths["wds"], paths["memmap"]):
         warm(p)
-    best: dict[tuple[str, int], float] = {}
-    live = {}
-    for rnd in range(a.rounds):  # interleaved rounds, best of each: the machine is shared
-        for name, w, make, batches in cases:
-            if (name, w) not in live:
-                obj = make()
-                live[(name, w)] = (obj, obj if isinstance(obj, Ceiling) else cycle(obj))
-                if name == "(a) store, lossless":
-                    # the store's files are mapped lazily in each worker: the first pass over the
-                    # data pays the page-table faults, later epochs run at the mapped speed
-                    first = measure(live[(name, w)][1], len(obj) - 1, 0)
-                    best[(name + ", first pass over the data", w)] = first
-            obj, it = live[(name, w)]
-            time.sleep(0.3)  # let a loader's prefetching of the last case settle
-            v = it() if isinstance(it, Ceiling) else measure(it, batches, 2 * max(w, 1) + 1)
-            best[(name, w)] = max(best.get((name, w), 0.0), v)
-        print(f"round {rnd + 1}/{a.rounds} done", flush=True)
-    for obj, _ in live.values():
-        if hasattr(obj, "close"):
-            obj.close()
-    live.clear()
+    best = best_of_rounds(cases, a.rounds, frozenset({"(a) store, lossless"}))
     if not a.verify_only:
         warm(root / "training")
         for w in workers:  # slow: one round
@@ -451,22 +458,8 @@ def codecs_main(a) -> None:
             elif codec == "jpeg":
                 cases.append((codec + " ceiling", p, lambda p=p, s=src: Ceiling(
                     "jpeg", p, [f[:2] for f in s], n, isolated=True)))
-    best: dict = {}
-    live = {}
-    for rnd in range(a.rounds):
-        for name, w, make in cases:
-            if (name, w) not in live:
-                obj = make()
-                live[(name, w)] = (obj, obj if isinstance(obj, Ceiling) else cycle(obj))
-            obj, it = live[(name, w)]
-            time.sleep(0.3)
-            batches = a.batches if name == "raw" else max(4, a.batches // 4)
-            v = it() if isinstance(it, Ceiling) else measure(it, batches, 2 * max(w, 1) + 1)
-            best[(name, w)] = max(best.get((name, w), 0.0), v)
-        print(f"round {rnd + 1}/{a.rounds} done", flush=True)
-    for obj, _ in live.values():
-        if hasattr(obj, "close"):
-            obj.close()
+    best = best_of_rounds([(name, w, make, a.batches if name == "raw" else max(4, a.batches // 4))
+                           for name, w, make in cases], a.rounds)
     raw_bytes = sum(info["raw"]["bytes"].values())
     print(f"\nimage codecs, best of {a.rounds} rounds ({ds0.num_frames} frames, two cameras "
           f"200x200 + 84x84, windows of history {H}, batch {B}; load average "
