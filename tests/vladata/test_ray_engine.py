@@ -198,23 +198,31 @@ def test_ray_conversion_equals_local_bit_for_bit(cluster, data, tmp_path):
     vladata.open(out)
 
 
+def _convert_in_thread(src, pids, out, delay: float):
+    """Start converting ``src`` to ``out`` on the Ray engine in a thread, its readers slowed by
+    ``delay`` s per episode and recording their pids in ``pids``; -> (thread, result) with
+    result["summary"] or result["error"] once the thread ends."""
+    result = {}
+
+    def run():
+        try:
+            result["summary"] = vladata.convert(TestSource(str(src), pid_dir=str(pids), delay=delay),
+                                                out, engine="ray", part_frames=PART,
+                                                progress=False)
+        except BaseException as e:  # noqa: BLE001 -- reported by the caller's assertions
+            result["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, result
+
+
 def test_a_killed_worker_s_part_is_retried(cluster, data, tmp_path):
     src, ref = data
     pids = tmp_path / "pids"
     pids.mkdir()
     out = tmp_path / "ray.vla"
-    result = {}
-
-    def run():
-        try:
-            result["summary"] = vladata.convert(TestSource(str(src), pid_dir=str(pids), delay=0.05),
-                                                out, engine="ray", part_frames=PART,
-                                                progress=False)
-        except BaseException as e:  # noqa: BLE001 -- reported by the assertion below
-            result["error"] = e
-
-    t = threading.Thread(target=run)
-    t.start()
+    t, result = _convert_in_thread(src, pids, out, delay=0.05)
     deadline = time.monotonic() + 60
     while not any(pids.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -295,20 +303,9 @@ def test_a_lost_node_s_parts_run_again_elsewhere(cluster, data, tmp_path):
     pids = tmp_path / "pids"
     pids.mkdir()
     out = tmp_path / "ray.vla"
-    result = {}
     worker_node = [n for n in ray.nodes() if n["Alive"] and n["NodeManagerAddress"] == WORKER_IP]
     assert worker_node
-
-    def run():
-        try:
-            result["summary"] = vladata.convert(TestSource(str(src), pid_dir=str(pids), delay=0.1),
-                                                out, engine="ray", part_frames=PART,
-                                                progress=False)
-        except VladataError as e:
-            result["error"] = e
-
-    t = threading.Thread(target=run)
-    t.start()
+    t, result = _convert_in_thread(src, pids, out, delay=0.1)
     deadline = time.monotonic() + 60
     while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)  # both nodes are reading
