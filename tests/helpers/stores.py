@@ -62,19 +62,24 @@ def calvin_rgb_store(tmp_path_factory):
     return d / "calvin.vla"
 
 
-@pytest.fixture(scope="session")
-def mw_store(tmp_path_factory):
-    """Three scripted Meta-World `reach` episodes (32x32 cameras), the last one validation."""
+def collect_metaworld(path, tasks=("reach",), **settings):
+    """Scripted Meta-World episodes of ``tasks`` converted to a store at ``path`` (the
+    ``MetaWorldSource`` ``settings``: episodes_per_task, image_size, cameras, ...)."""
     pytest.importorskip("metaworld")
     import os
     os.environ.setdefault("MUJOCO_GL", "egl")
     from vlaenv.metaworld_demos import MetaWorldSource
     from vladata.store.writer import convert
-    d = tmp_path_factory.mktemp("mw")
-    source = MetaWorldSource(("reach",), episodes_per_task=3, image_size=32, seed=1,
-                             val_fraction=0.34, max_steps=120)
+    source = MetaWorldSource(tuple(tasks), progress=False, **settings)
     try:
-        convert(source, d / "reach.vla", progress=False)
+        convert(source, path, progress=False)
     finally:
         source.close()
-    return d / "reach.vla"
+    return path
+
+
+@pytest.fixture(scope="session")
+def mw_store(tmp_path_factory):
+    """Three scripted Meta-World `reach` episodes (32x32 cameras), the last one validation."""
+    return collect_metaworld(tmp_path_factory.mktemp("mw") / "reach.vla", episodes_per_task=3,
+                             image_size=32, seed=1, val_fraction=0.34, max_steps=120)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from tests.helpers.stores import collect_metaworld
 from vlatrain.rollout import PolicySpec, wilson
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -128,14 +129,8 @@ def test_refusals_are_clean(tmp_path):
 
 
 def _collect(path, cameras, size):
-    from vladata.store.writer import convert
-    from vlaenv.metaworld_demos import MetaWorldSource
-    source = MetaWorldSource(("reach",), episodes_per_task=2, image_size=size, cameras=cameras,
-                             val_fraction=0.5, max_steps=120, progress=False)
-    try:
-        convert(source, path, progress=False)
-    finally:
-        source.close()
+    return collect_metaworld(path, episodes_per_task=2, image_size=size, cameras=cameras,
+                             val_fraction=0.5, max_steps=120)
 
 
 def test_a_checkpoint_is_rolled_out_with_the_cameras_it_was_trained_on(tmp_path):

@@ -139,9 +139,10 @@ class ConvEncoder(nn.Module):
             if self.film is not None and cond is not None:
                 gamma, beta = self.film[i](cond).chunk(2, dim=-1)  # (N, C) each
                 x = x * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
-            if self.keypoints is not None and i == len(self.blocks) - 1:
-                return self.proj(self.pool(self.keypoints(x)))
-            x = torch.relu(x)
+            if self.keypoints is None or i < len(self.blocks) - 1:
+                x = torch.relu(x)
+        if self.keypoints is not None:  # "learned": keypoint maps from the pre-ReLU features
+            x = self.keypoints(x)
         return self.proj(self.pool(x))
 
 
