@@ -40,6 +40,10 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 FPS = 80.0  # Meta-World's control rate: frame_skip 5 x timestep 0.0025 s
 STATE_NAMES = ("hand_x", "hand_y", "hand_z", "gripper_opening")
+#: ``environment_state``: Meta-World's object poses and goal (privileged: never a policy input)
+ENV_STATE_NAMES = tuple(f"{o}_{c}" for o in ("obj1", "obj2")
+                        for c in ("x", "y", "z", "q0", "q1", "q2", "q3")) + ("goal_x", "goal_y",
+                                                                            "goal_z")
 CAMERAS = ("corner2", "gripperPOV")  # the default pair; any of KNOWN_CAMERAS may be chosen
 KNOWN_CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper",
                  "gripperPOV")  # the cameras every v3 task's model defines
@@ -217,8 +221,20 @@ class MetaWorldEnv:
 
     # -- the Env protocol ------------------------------------------------------------------------
     def reset(self, seed: int) -> dict[str, np.ndarray]:
-        self._env.seed(int(seed))
-        self._state39, _ = self._env.reset()
+        import mujoco
+        env = self._env
+        env.seed(int(seed))
+        env.reset()
+        # Meta-World's reset runs reset_model twice (its own call, then gymnasium's after
+        # mj_resetData), each drawing a new scene, and the second moves the goal marker and
+        # some bodies (peg-insert-side's box, window-open's window) after its last forward
+        # pass: their world positions stay those of the first draw until the first step, so the
+        # first frame showed a goal where there was none and the 39-D state could lag by
+        # centimetres. mj_forward recomputes them (qpos/qvel, and so the physics, untouched);
+        # the state is then read again, the current frame standing in for the previous one.
+        mujoco.mj_forward(env.model, env.data)
+        env._prev_obs = env._get_curr_obs_combined_no_goal()
+        self._state39 = env._get_obs()  # [current, current again (no earlier frame), goal]
         self._t = 0
         return self._observe()
 
@@ -245,6 +261,14 @@ class MetaWorldEnv:
     def privileged_state(self) -> np.ndarray:
         """Meta-World's full 39-D state (hand, objects, goal): for the scripted expert only."""
         return np.array(self._state39)
+
+    def environment_state(self) -> np.ndarray:
+        """The object poses and the goal, float32 (17,) named :data:`ENV_STATE_NAMES`: the 39-D
+        state without the hand, the gripper and the previous frame. Privileged, as
+        :meth:`privileged_state`: collection records it as a training target
+        (``observation.environment_state``), observations never carry it."""
+        s = np.asarray(self._state39, np.float32)  # [4:18] objects (pos + quat, zero-padded)
+        return np.concatenate([s[4:18], s[36:39]])
 
     def expert(self) -> "ExpertPolicy":
         return ExpertPolicy(self)

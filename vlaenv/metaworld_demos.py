@@ -14,7 +14,9 @@ simulator reports success or the step limit ends it.
 
 Frames: ``observation.images.<camera>`` and ``observation.state`` exactly as the environment
 returns them, ``action`` the expert's clean action (7-D, clipped to [-1, 1]) and
-``action.executed`` what was sent to the simulator: the same, or the action plus Gaussian noise on
+``observation.environment_state`` the object poses and goal
+(:meth:`~vlaenv.metaworld.MetaWorldEnv.environment_state`: privileged, for auxiliary training
+targets such as ``data.aux_targets``; no policy input reads it), ``action.executed`` what was sent to the simulator: the same, or the action plus Gaussian noise on
 xyz in the ``noise_fraction`` of episodes chosen for it (DART-style noise injection: the policy
 sees states off the expert's path, labelled with the expert's correction). One language segment
 per episode: the task's instruction. The last ``val_fraction`` of each task's episodes are split
@@ -126,9 +128,13 @@ class MetaWorldSource:
 
     # -- features ----------------------------------------------------------------------------------
     def features(self) -> dict[str, FeatureSpec]:
-        from vlaenv.metaworld import make_spec
+        from vlaenv.metaworld import ENV_STATE_NAMES, make_spec
         spec = make_spec(self.image_size, self.cameras, max_steps=self.max_steps)
         feats = dict(spec.features)
+        feats[ENV_STATE] = FeatureSpec(
+            "float32", (len(ENV_STATE_NAMES),), names=ENV_STATE_NAMES,
+            description="privileged: object poses (m, quaternion; zero-padded) and goal (m) from "
+                        "the simulator -- a training target, never a policy input")
         feats["action"] = spec.action
         feats["action.executed"] = FeatureSpec("float32", (7,), names=spec.action.names,
                                                description="the action sent to the simulator "
@@ -172,6 +178,9 @@ class MetaWorldSource:
                 "action.executed": "what the simulator received (noise on xyz in noisy episodes)"}
 
 
+#: The privileged object-and-goal feature every collected frame carries.
+ENV_STATE = "observation.environment_state"
+
 #: Efforts above it are "close": Meta-World's experts emit 0 (relaxed, fingers stay open) while
 #: approaching and 0.6 or 1 to grasp; the midpoint 0 would make every relaxed step a close.
 GRIPPER_THRESHOLD = 0.3
@@ -198,7 +207,8 @@ def run_expert(env, seed: int, noisy: bool, noise_std: float, *, render_from: in
         if noisy:
             sent[:3] = np.clip(sent[:3] + noise.normal(0.0, noise_std, 3), -1.0, 1.0)
         if t >= render_from:
-            for k, v in (*obs.items(), ("action", clean), ("action.executed", sent)):
+            for k, v in (*obs.items(), (ENV_STATE, env.environment_state()), ("action", clean),
+                         ("action.executed", sent)):
                 keep.setdefault(k, []).append(v)
         env.render = renders and render_from <= t + 1 < end
         obs, _, done, info = env.step(sent)

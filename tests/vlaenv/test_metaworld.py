@@ -65,6 +65,29 @@ def test_seeds_give_fresh_reproducible_initial_states(env):
     assert len(collect) == len(held_out) == 500 and not collect & held_out
 
 
+@pytest.mark.parametrize("task", ["reach-v3", "window-open-v3"])
+def test_the_first_frame_shows_the_scene_the_state_describes(task):
+    """Meta-World's reset draws the scene twice and moves the goal marker (and window-open's
+    window) after its last forward pass: without a fresh one, the first frame rendered the goal
+    of the discarded first draw, and the state lagged. After ``reset`` the marker sits at the
+    goal, and another forward pass changes neither the image nor the state."""
+    import mujoco
+    env = MetaWorldEnv(task, image_size=48, cameras=("topview",))
+    try:
+        for k in range(2):
+            obs = env.reset(episode_seed("eval", 0, task, k))
+            state, e = env.privileged_state(), env._env
+            assert np.allclose(e.data.site("goal").xpos, e._target_pos)
+            assert np.allclose(state[36:], e._target_pos)
+            assert np.array_equal(state[:18], state[18:36])  # no earlier frame: repeated
+            mujoco.mj_forward(e.model, e.data)
+            assert np.array_equal(env._images()["observation.images.topview"],
+                                  obs["observation.images.topview"])
+            assert np.array_equal(e._get_curr_obs_combined_no_goal(), state[:18])
+    finally:
+        env.close()
+
+
 def test_gripper_convention_plus_one_closes(env):
     env.reset(5)
     for _ in range(15):

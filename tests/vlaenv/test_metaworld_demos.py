@@ -54,13 +54,20 @@ def test_store_frames_equal_what_the_env_produced(collected):
         env = MetaWorldEnv(task, image_size=32)
         try:
             want = run_expert(env, seed, is_noisy, source.noise_std)
+            env.reset(seed)  # the privileged feature holds the objects and the goal of the scene
+            goal, obj = env._env._target_pos, env._env._get_pos_objects()[:3]
         finally:
             env.close()
+        assert "observation.environment_state" not in env.spec.features  # never observed
         got = ds.episode(i)
         assert want["success"] and want["length"] == row["length"]
         for name in ("observation.images.corner2", "observation.images.gripperPOV",
-                     "observation.state", "action", "action.executed"):
+                     "observation.state", "observation.environment_state", "action",
+                     "action.executed"):
             assert np.array_equal(got[name], want[name]), (i, name)
+        env_state = np.asarray(got["observation.environment_state"])
+        assert np.allclose(env_state[:, 14:], goal, atol=1e-6)  # the goal never moves
+        assert np.allclose(env_state[0, :3], obj, atol=1e-6)
         assert np.array_equal(got["action"], got["action.executed"]) == (not is_noisy)
     assert any(noisy)
     seg = ds.segments
