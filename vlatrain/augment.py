@@ -44,6 +44,8 @@ class Targets:
     bins: Tensor | None = None    # int64 (B, h, c, A): bin of each token (discrete heads)
     tokens: Tensor | None = None  # int64 (B, h, T): target sequences (autoregressive heads)
     token_mask: Tensor | None = None  # bool (B, h, T): the tokens that count in the loss
+    aux: Tensor | None = None     # float (B, h, D): data.aux_targets, normalised, concatenated
+    obs_mask: Tensor | None = None  # bool (B, h): the history steps that exist (aux targets)
 
 
 def _uniform(n: int, lo: float, hi: float, gen: torch.Generator, device) -> Tensor:
@@ -121,6 +123,8 @@ class BatchPreparer:
         if discrete or self.sequence_bins:  # token id -> bin, for any injective layout: sort ids
             ids = torch.tensor(spec.token_ids, dtype=torch.long, device=device)
             self.sorted_ids, self.order = torch.sort(ids)
+        self.aux = [(t["key"], torch.tensor(t["dims"], dtype=torch.long, device=device))
+                    for t in spec.extra.get("aux_targets") or []]
         self.checks_left = 3  # the first batches' tokens are checked against the layout
         self.copies: list = []  # CUDA events of host->device copies still in flight
 
@@ -174,8 +178,12 @@ class BatchPreparer:
         if nb:
             self.copies.append(torch.cuda.Event())
             self.copies[-1].record()
+        aux = None
+        if self.aux:  # (B, h, D): the auxiliary targets' dims, as the loader normalised them
+            aux = torch.cat([batch[k].to(dev, non_blocking=nb).float().index_select(-1, d)
+                             for k, d in self.aux], dim=-1)
         return obs, Targets(action=action, mask=mask, bins=bins, tokens=tokens,
-                            token_mask=token_mask)
+                            token_mask=token_mask, aux=aux, obs_mask=obs.mask)
 
     def observation(self, batch: dict, *, train: bool, gen: torch.Generator | None = None,
                     ) -> Observation:

@@ -27,8 +27,8 @@ from vlatrain.rollout_config import RolloutConfig
 from vlatrain.typed import apply_overrides, build, choice, parse_overrides
 from vlatrain.vlm.vlm_config import HISTORY_MODES, VLMConfig
 
-__all__ = ["AugmentConfig", "DataConfig", "ViewConfig", "ModelConfig", "OptimConfig",
-           "TrainConfig", "RolloutConfig", "EvalConfig", "LogConfig", "Config", "ConfigError",
+__all__ = ["AugmentConfig", "AuxTarget", "DataConfig", "ViewConfig", "ModelConfig",
+           "OptimConfig", "TrainConfig", "RolloutConfig", "EvalConfig", "LogConfig", "Config", "ConfigError",
            "load_config", "parse_overrides", "apply_overrides"]
 
 
@@ -70,6 +70,31 @@ class MixtureEntry:
 
 
 @dataclass
+class AuxTarget:
+    """An auxiliary training target (``data.aux_targets`` entries): the model learns to predict
+    the low-dim store feature ``key`` (its ``dims``, or all; normalised with the store's
+    statistics) at every history step from its backbone features, by a linear layer, with MSE
+    weighted ``weight`` in the loss. Training only: no policy input reads the feature and a
+    deployed policy never needs it -- e.g. a simulator's privileged object and goal positions
+    (``observation.environment_state``), which teach the image encoder where the objects are."""
+
+    key: str = ""
+    dims: Optional[list[int]] = None
+    weight: float = 1.0
+
+    def validate(self) -> list[str]:
+        errs = [] if self.key else ["key: expected a store feature (observation.environment_state)"]
+        if self.key.startswith("observation.images."):
+            errs.append(f"key: {self.key!r} is an image; auxiliary targets are low-dim features")
+        if self.dims is not None and (not self.dims or min(self.dims) < 0
+                                      or len(set(self.dims)) != len(self.dims)):
+            errs.append(f"dims: expected distinct indices >= 0 (or null), got {self.dims}")
+        if not (self.weight >= 0 and self.weight != float("inf")):
+            errs.append(f"weight: expected a finite number >= 0, got {self.weight}")
+        return errs
+
+
+@dataclass
 class DataConfig:
     """Where the windows come from and how they are cut (see ``vladata.loading.windows``).
 
@@ -101,6 +126,8 @@ class DataConfig:
     # chunk (the store's meta/fast_tokenizer.json, `vladata stats --fast`; model.head=autoregressive)
     action_tokens: str = field(default="bins", metadata=choice("bins", "fast"))
     language_augmentation: float = 0.0  # train: P(instruction -> another phrasing of its task)
+    # features predicted by an auxiliary head, training only: [{key, dims, weight}] (AuxTarget)
+    aux_targets: Optional[list[AuxTarget]] = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> list[str]:
@@ -139,6 +166,13 @@ class DataConfig:
                             "not for a mixture")
         elif self.balance:
             errs.append("balance: only applies to data.mixture")
+        for i, t in enumerate(self.aux_targets or []):
+            errs += [f"aux_targets[{i}].{e}" for e in t.validate()]
+        keys = [t.key for t in self.aux_targets or []]
+        if len(set(keys)) != len(keys):
+            errs.append(f"aux_targets: one entry per feature, got {keys}")
+        if self.aux_targets and self.mixture is not None:
+            errs.append("aux_targets: read from one store (data.path), not from a mixture")
         if not 0 <= self.language_augmentation <= 1:
             errs.append(f"language_augmentation: a probability in [0, 1], got "
                         f"{self.language_augmentation}")
@@ -193,6 +227,9 @@ class ModelConfig:
     # tiny backbone: what its spatial softmax reads: "relu" (the last block's ReLU output) or
     # "learned" (a 1x1 convolution of the pre-ReLU output, learnable temperature)
     keypoints: str = field(default="relu", metadata=choice("relu", "learned"))
+    # what the auxiliary head (data.aux_targets) reads: the backbone "features" or, tiny backbone
+    # only, its spatial-softmax "keypoints" (a linear read-out of positions: it cannot memorise)
+    aux_input: str = field(default="features", metadata=choice("features", "keypoints"))
     width: int = 128               # F: the feature width the backbone hands to the head
     hidden: int = 256              # head hidden width
     layers: int = 2                # head depth (MLP layers / LSTM layers / transformer blocks)
@@ -227,6 +264,9 @@ class ModelConfig:
         if self.vlm.autoregressive and self.history == "interleaved":
             errs.append("vlm.autoregressive: not with history=interleaved (a later step would "
                         "read the earlier steps' target tokens); use one-step or history")
+        if self.aux_input == "keypoints" and self.backbone != "tiny":
+            errs.append("aux_input: 'keypoints' are the tiny backbone's; a VLM's auxiliary head "
+                        "reads its features")
         if self.backbone == "tiny" and self.history == "interleaved":
             errs.append("history: 'interleaved' needs a VLM backbone (use history)")
         if not 0 <= self.dropout < 1:

@@ -132,7 +132,8 @@ def windows(ds, cfg: DataConfig, split: str, observation_norm=OBSERVATION_MODE):
         split = cfg.train_split
     return ds.windows(history=cfg.history, chunk=cfg.chunk, cameras=cfg.cameras, split=split,
                       over=cfg.over, normalize_observations=observation_norm,
-                      fast_tokens=cfg.action_tokens == "fast", episodes=episodes)
+                      fast_tokens=cfg.action_tokens == "fast", episodes=episodes,
+                      extra_keys=[t["key"] for t in aux_targets(ds, cfg)])
 
 
 def held_out(ds, cfg: DataConfig) -> tuple[list[int], list[int]]:
@@ -190,16 +191,47 @@ def spec_from_store(ds, cfg: DataConfig, win=None) -> DataSpec:
         token_ids = tuple(int(i) for i in t.id_of_bin(np.arange(t.bins)))
         centres = tuple(float(c) for c in t.centres())
     norm = win.observation_norm
+    aux = aux_targets(ds, cfg)
+    unnormalised = [t["key"] for t in aux if norm is None or t["key"] not in norm.keys]
+    if unnormalised:
+        raise StoreError(f"{ds.path}: the windows do not normalise {unnormalised}")
     fast = getattr(win, "fast", None)
     tokens = {"action_tokens": cfg.action_tokens, **({"fast": fast.to_json()} if fast else {})}
     extra = {"source": ds.info.get("source"), "tokenizer": tok,
-             "normalization": ds.info["normalization"], **deployment_facts(ds, win), **tokens}
+             "normalization": ds.info["normalization"], **deployment_facts(ds, win), **tokens,
+             **({"aux_targets": aux} if aux else {})}
     return DataSpec(cameras=cams, image_shapes=shapes, state_dim=state_dim, action_dim=a_dim,
                     action_names=names, gripper_dims=grip,
                     language_dim=int(win.embeddings.shape[1]), history=cfg.history,
                     chunk=cfg.chunk, token_ids=token_ids, bin_centers=centres, state_index=index,
                     extra=extra,
                     observation_norm={} if norm is None else norm.to_dict())
+
+
+def aux_targets(ds, cfg: DataConfig) -> list[dict]:
+    """``data.aux_targets`` checked against the store: ``[{key, dims, names, weight}]`` with the
+    dims resolved (``DataSpec.extra["aux_targets"]``; the policy sizes its auxiliary head by it).
+
+    A target must be a float vector feature of the store, and its dims must exist."""
+    feats, out = ds.info["features"], []
+    for t in cfg.aux_targets or []:
+        f = feats.get(t.key)
+        if f is None:
+            raise StoreError(f"{ds.path}: data.aux_targets names {t.key!r}, which the store does "
+                             f"not have (features: {sorted(feats)})")
+        if (f.get("kind", "lowdim") != "lowdim" or len(f["shape"]) != 1
+                or not np.issubdtype(np.dtype(f["dtype"]), np.floating)):
+            raise StoreError(f"{ds.path}: data.aux_targets {t.key!r} must be a float vector "
+                             f"feature (D,); it is {f['dtype']} {list(f['shape'])}")
+        width = int(f["shape"][0])
+        dims = list(range(width)) if t.dims is None else list(t.dims)
+        if max(dims) >= width:
+            raise StoreError(f"{ds.path}: data.aux_targets {t.key!r} dims {dims} go beyond its "
+                             f"{width} dims ({f.get('names')})")
+        names = list(f.get("names") or (f"{t.key}[{i}]" for i in range(width)))
+        out.append({"key": t.key, "dims": dims, "names": [names[i] for i in dims],
+                    "weight": float(t.weight)})
+    return out
 
 
 def deployment_facts(ds, win) -> dict:

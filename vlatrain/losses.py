@@ -69,9 +69,41 @@ def discrete_loss(logits: Tensor, bins: Tensor, mask: Tensor, *,
     return {"loss": ce, "ce": ce.detach()}
 
 
+def aux_loss(pred: Tensor, target: Tensor, mask: Tensor, widths: list[int],
+             weights: list[float]) -> tuple[Tensor, Tensor]:
+    """Auxiliary targets: pred, target (B, h, D) with D = sum(widths); mask (B, h) bool ->
+    (sum over targets of weight x MSE over the valid steps and the target's dims, the plain MSE
+    over all dims). Padded history steps contribute nothing."""
+    w = mask.float()
+    err = F.mse_loss(pred.float(), torch.where(mask[..., None], target, pred.detach().float()),
+                     reduction="none")  # (B, h, D)
+    total, lo = pred.new_zeros(()).float(), 0
+    for width, weight in zip(widths, weights):
+        total = total + weight * _wmean(err[..., lo:lo + width].mean(-1), mask, w)
+        lo += width
+    return total, _wmean(err.mean(-1), mask, w).detach()
+
+
 def make_loss(cfg, policy, device: torch.device):
     """The loss of ``policy`` as the run's ``cfg.train`` configures it: (head output, Targets) ->
-    parts (``discrete_loss`` for discrete heads, ``continuous_loss`` otherwise)."""
+    parts (``discrete_loss`` for discrete heads, ``continuous_loss`` otherwise), plus the
+    auxiliary targets' weighted MSE (part ``aux``) when the policy has an auxiliary head."""
+    base = _action_loss(cfg, policy, device)
+    targets = policy.spec.extra.get("aux_targets") or []
+    if getattr(policy, "aux_head", None) is None or not targets:
+        return base
+    widths = [len(t["dims"]) for t in targets]
+    weights = [float(t["weight"]) for t in targets]
+
+    def with_aux(out, tgt):
+        parts = base(out, tgt)
+        pred, policy.aux_pred = policy.aux_pred, None  # this forward's, used once
+        total, mse = aux_loss(pred, tgt.aux, tgt.obs_mask, widths, weights)
+        return {**parts, "loss": parts["loss"] + total, "aux": mse}
+    return with_aux
+
+
+def _action_loss(cfg, policy, device: torch.device):
     spec, t = policy.spec, cfg.train
     weights = (torch.tensor(t.history_weights, dtype=torch.float32, device=device)
                if t.history_weights is not None else None)

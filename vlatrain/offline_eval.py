@@ -15,7 +15,8 @@ units and compared with the target over the valid chunk steps:
   *generated* (:meth:`Policy.predict`) and ``val/decodable`` is the share of generated chunks
   that decoded without the FAST fallback; the autoregressive VLM LM head likewise generates its
   actions while ``val/token_acc`` is teacher forced;
-- ``val/loss``: the training loss over every valid step of the window.
+- ``val/loss``: the training loss over every valid step of the window (auxiliary part included);
+- ``val/aux_mse``: with ``data.aux_targets``, the auxiliary head's MSE (normalised units).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def evaluate(policy, loader, prep: BatchPreparer, loss_fn: Callable, *,
     base_err = torch.zeros_like(abs_err)
     grip_ok = base_ok = tok_ok = tok_n = n = torch.zeros((), dtype=torch.float64, device=dev)
     dec_ok = dec_n = torch.zeros((), dtype=torch.float64, device=dev)
-    loss_sum, batches = 0.0, 0
+    loss_sum, aux_sum, batches = 0.0, None, 0
     mean_u = mean_action.to(dev)
     base_open = mean_action_norm.to(dev)[grip] > 0 if grip else None
     for i, batch in enumerate(loader):
@@ -55,7 +56,10 @@ def evaluate(policy, loader, prep: BatchPreparer, loss_fn: Callable, *,
         prep.release()
         with autocast():
             out = policy(obs)
-        loss_sum += float(loss_fn(out, tgt)["loss"])
+        parts = loss_fn(out, tgt)
+        loss_sum += float(parts["loss"])
+        if "aux" in parts:  # the auxiliary targets' MSE (normalised units)
+            aux_sum = (aux_sum or 0.0) + float(parts["aux"])
         batches += 1
         if obs.action_tokens is not None:              # teacher forced: generate the actions
             pred = policy.predict(obs)[:, -1]          # (B, c, A) normalised
@@ -89,6 +93,8 @@ def evaluate(policy, loader, prep: BatchPreparer, loss_fn: Callable, *,
     mae, base = (abs_err / count).tolist(), (base_err / count).tolist()
     names = spec.action_names
     metrics = {"val/loss": loss_sum / batches, "val/samples": count}
+    if aux_sum is not None:
+        metrics["val/aux_mse"] = aux_sum / batches
     for d in arm:
         metrics[f"val/mae/{names[d]}"] = mae[d]
         metrics[f"val/mae_baseline/{names[d]}"] = base[d]

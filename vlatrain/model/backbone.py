@@ -63,6 +63,8 @@ class BackboneOutput:
     features: Tensor                     # (B, h, F)
     mask: Tensor                         # bool (B, h)
     lm_logits: Tensor | None = None      # (B, h, c*A, V): action-token logits of an LM head
+    keypoints: Tensor | None = None      # (B, h, K): the tiny backbone's spatial-softmax
+    #                                      keypoints, every camera's (an auxiliary head's input)
 
 
 @runtime_checkable
@@ -132,7 +134,8 @@ class ConvEncoder(nn.Module):
         self.pool = SpatialSoftmax(learned=keypoints == "learned")
         self.proj = nn.Linear(2 * c4, width)
 
-    def forward(self, x: Tensor, cond: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
+        """-> (features (N, F), keypoints (N, 2C): each channel's expected x then y)."""
         x = self.stem(x)
         for i, block in enumerate(self.blocks):
             x = block(x)
@@ -143,7 +146,8 @@ class ConvEncoder(nn.Module):
                 x = torch.relu(x)
         if self.keypoints is not None:  # "learned": keypoint maps from the pre-ReLU features
             x = self.keypoints(x)
-        return self.proj(self.pool(x))
+        kp = self.pool(x)
+        return self.proj(kp), kp
 
 
 class HashedTextEncoder(nn.Module):
@@ -206,6 +210,7 @@ class TinyBackbone(nn.Module):
         self.cams = nn.ModuleDict({c: ConvEncoder(w, cond, stride=cfg.encoder_stride,
                                                   keypoints=cfg.keypoints)
                                    for c in spec.cameras})
+        self.keypoint_dim = sum(enc.proj.in_features for enc in self.cams.values())  # 2C each
         self.state = (nn.Linear(spec.state_dim, w) if cfg.use_state and spec.state_dim else None)
         parts = len(self.cams) + (self.state is not None) + (cond > 0)
         self.mix = nn.Sequential(nn.Linear(parts * w, w), nn.GELU(), nn.Linear(w, w),
@@ -233,13 +238,16 @@ class TinyBackbone(nn.Module):
         device = obs.mask.device
         lang = self.encode_language(obs, b, device)  # (B, F) or None
         cond = lang.repeat_interleave(h, dim=0) if lang is not None else None  # (B*h, F)
-        parts = []
+        parts, keypoints = [], []
         for cam, enc in self.cams.items():
             x = obs.images[cam]  # (B, h, 3, S, S)
-            parts.append(enc(x.flatten(0, 1), cond).view(b, h, -1))
+            feat, kp = enc(x.flatten(0, 1), cond)
+            parts.append(feat.view(b, h, -1))
+            keypoints.append(kp.view(b, h, -1))
         if self.state is not None:
             parts.append(self.state(obs.state))  # (B, h, F)
         if lang is not None:
             parts.append(lang[:, None].expand(b, h, -1))
         feats = self.mix(torch.cat(parts, dim=-1))  # (B, h, F)
-        return BackboneOutput(features=feats, mask=obs.mask)
+        return BackboneOutput(features=feats, mask=obs.mask,
+                              keypoints=torch.cat(keypoints, dim=-1) if keypoints else None)

@@ -53,11 +53,24 @@ HEADS: dict[str, Callable[[ModelConfig, int, DataSpec], PolicyHead]] = {
 
 
 class Policy(nn.Module):
-    """Backbone and head; ``forward(obs)`` -> the head's output tensor."""
+    """Backbone and head; ``forward(obs)`` -> the head's output tensor.
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, spec: DataSpec):
+    With auxiliary targets (``data.aux_targets``, recorded in ``spec.extra["aux_targets"]``) a
+    linear ``aux_head`` reads the backbone features too (or, ``model.aux_input=keypoints``, the
+    tiny backbone's spatial-softmax keypoints), and ``forward`` leaves its prediction
+    (B, h, D) in :attr:`aux_pred` for the loss (``vlatrain.losses.make_loss``); the actions never
+    depend on it, and a deployed policy ignores it.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, spec: DataSpec,
+                 aux_input: str = "features"):
         super().__init__()
         self.backbone, self.head, self.spec = backbone, head, spec
+        aux_dim = sum(len(t["dims"]) for t in spec.extra.get("aux_targets") or [])
+        self.aux_input = aux_input
+        width = backbone.keypoint_dim if aux_input == "keypoints" else backbone.feature_dim
+        self.aux_head = nn.Linear(width, aux_dim) if aux_dim else None
+        self.aux_pred: Tensor | None = None
         self.discrete = bool(head.discrete)
         self.autoregressive = bool(getattr(head, "autoregressive", False))
         self.decodable = None  # autoregressive: (B, h) bool of the last decode (FAST fallback)
@@ -65,9 +78,13 @@ class Policy(nn.Module):
                                                          dtype=torch.float32), persistent=False)
 
     def forward(self, obs: Observation) -> Tensor:
+        feats = self.backbone(obs)
+        if self.aux_head is not None:  # (B, h, D)
+            self.aux_pred = self.aux_head(feats.keypoints if self.aux_input == "keypoints"
+                                          else feats.features)
         if self.autoregressive:
-            return self.head(self.backbone(obs), obs.action_tokens)
-        return self.head(self.backbone(obs))
+            return self.head(feats, obs.action_tokens)
+        return self.head(feats)
 
     @torch.no_grad()
     def generate(self, obs: Observation) -> Tensor:
@@ -114,4 +131,4 @@ def build_policy(cfg: ModelConfig, spec: DataSpec) -> Policy:
                            f"{', '.join(sorted(HEADS))}"])
     backbone = BACKBONES[cfg.backbone](cfg, spec)
     head = HEADS[cfg.head](cfg, backbone.feature_dim, spec)
-    return Policy(backbone, head, spec)
+    return Policy(backbone, head, spec, aux_input=cfg.aux_input)
