@@ -12,7 +12,16 @@ TASKS=${TASKS:-reach,drawer-close,button-press-topdown}
 EPISODES=${EPISODES:-10}      # demonstrations per task
 STEPS=${STEPS:-300}           # training steps
 ROLLOUTS=${ROLLOUTS:-5}       # held-out episodes per task
-rm -rf "$OUT"
+# Replace only what an earlier run of this script wrote: an OUT holding anything else is refused.
+if [ -d "$OUT" ]; then
+    other=$(ls -A "$OUT" | grep -vxE 'demo\.vla|run|videos' || true)
+    if [ -n "$other" ]; then
+        echo "sim_demo: $OUT holds files this script did not write ($(echo $other)); set OUT to a" \
+             "new directory" >&2
+        exit 2
+    fi
+    rm -rf "$OUT/demo.vla" "$OUT/run" "$OUT/videos"
+fi
 mkdir -p "$OUT"
 vladata collect metaworld "$OUT/demo.vla" --tasks "$TASKS" --episodes-per-task "$EPISODES" \
     --workers 2 --noise-fraction 0.8 --val-fraction 0.2 --cameras corner2,topview,gripperPOV
