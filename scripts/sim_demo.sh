@@ -10,7 +10,7 @@ export MUJOCO_GL=${MUJOCO_GL:-egl}
 OUT=${OUT:-demo/sim}
 TASKS=${TASKS:-reach,drawer-close,button-press-topdown}
 EPISODES=${EPISODES:-10}      # demonstrations per task
-STEPS=${STEPS:-300}           # training steps
+STEPS=${STEPS:-600}           # training steps
 ROLLOUTS=${ROLLOUTS:-5}       # held-out episodes per task
 # Replace only what an earlier run of this script wrote: an OUT holding anything else is refused.
 if [ -d "$OUT" ]; then
