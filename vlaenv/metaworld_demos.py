@@ -13,14 +13,14 @@ simulator reports success or the step limit ends it.
   planned step.
 
 Frames: ``observation.images.<camera>`` and ``observation.state`` exactly as the environment
-returns them, ``action`` the expert's clean action (7-D, clipped to [-1, 1]) and
-``observation.environment_state`` the object poses and goal
+returns them, ``observation.environment_state`` the object poses and goal
 (:meth:`~vlaenv.metaworld.MetaWorldEnv.environment_state`: privileged, for auxiliary training
-targets such as ``data.aux_targets``; no policy input reads it), ``action.executed`` what was sent to the simulator: the same, or the action plus Gaussian noise on
-xyz in the ``noise_fraction`` of episodes chosen for it (DART-style noise injection: the policy
-sees states off the expert's path, labelled with the expert's correction). One language segment
-per episode: the task's instruction. The last ``val_fraction`` of each task's episodes are split
-``validation``.
+targets such as ``data.aux_targets``; no policy input reads it), ``action`` the expert's clean
+action (7-D, clipped to [-1, 1]) and ``action.executed`` what was sent to the simulator: the
+same, or the action plus Gaussian noise on xyz in the ``noise_fraction`` of episodes chosen for
+it (DART-style noise injection: the policy sees states off the expert's path, labelled with the
+expert's correction). One language segment per episode: the task's instruction. The last
+``val_fraction`` of each task's episodes are split ``validation``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ from tqdm.auto import tqdm
 
 from vladata.episode import EpisodeInfo, FeatureSpec, Segment
 from vladata.errors import SourceFormatError
+
+#: The privileged object-and-goal feature every collected frame carries.
+ENV_STATE = "observation.environment_state"
 
 
 @dataclass
@@ -177,9 +180,6 @@ class MetaWorldSource:
                 "action": "expert's clean action: xyz mocap delta (x 1 cm), rotation 0, gripper",
                 "action.executed": "what the simulator received (noise on xyz in noisy episodes)"}
 
-
-#: The privileged object-and-goal feature every collected frame carries.
-ENV_STATE = "observation.environment_state"
 
 #: Efforts above it are "close": Meta-World's experts emit 0 (relaxed, fingers stay open) while
 #: approaching and 0.6 or 1 to grasp; the midpoint 0 would make every relaxed step a close.

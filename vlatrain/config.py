@@ -28,8 +28,8 @@ from vlatrain.typed import apply_overrides, build, choice, parse_overrides
 from vlatrain.vlm.vlm_config import HISTORY_MODES, VLMConfig
 
 __all__ = ["AugmentConfig", "AuxTarget", "DataConfig", "ViewConfig", "ModelConfig",
-           "OptimConfig", "TrainConfig", "RolloutConfig", "EvalConfig", "LogConfig", "Config", "ConfigError",
-           "load_config", "parse_overrides", "apply_overrides"]
+           "OptimConfig", "TrainConfig", "RolloutConfig", "EvalConfig", "LogConfig", "Config",
+           "ConfigError", "load_config", "parse_overrides", "apply_overrides"]
 
 
 @dataclass
