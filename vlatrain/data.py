@@ -218,7 +218,8 @@ def aux_targets(ds, cfg: DataConfig) -> list[dict]:
         f = feats.get(t.key)
         if f is None:
             raise StoreError(f"{ds.path}: data.aux_targets names {t.key!r}, which the store does "
-                             f"not have (features: {sorted(feats)})")
+                             f"not have (features: {sorted(feats)}); re-collect the store with "
+                             f"it, or train without: data.aux_targets=null")
         if (f.get("kind", "lowdim") != "lowdim" or len(f["shape"]) != 1
                 or not np.issubdtype(np.dtype(f["dtype"]), np.floating)):
             raise StoreError(f"{ds.path}: data.aux_targets {t.key!r} must be a float vector "
