@@ -6,7 +6,7 @@ A backbone turns one observation window into one feature vector per history step
       images[cam]    float (B, h, 3, H, W)          features  (B, h, F)
       mask           bool  (B, h)                    mask      (B, h)
       state          float (B, h, D) or None         lm_logits (B, h, c*A, V) or None
-      language       float (B, E) or None
+      language       float (B, E) or None          keypoints (B, h, K) or None (tiny backbone)
       language_mask  bool  (B,) or None
       instruction    list[str] (B)
 
@@ -111,7 +111,8 @@ class SpatialSoftmax(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-    """A small CNN with FiLM conditioning on the last blocks: (N, 3, S, S), (N, L) -> (N, F)."""
+    """A small CNN with FiLM conditioning on the last blocks: (N, 3, S, S), (N, L) ->
+    (features (N, F), spatial-softmax keypoints (N, 2C))."""
 
     def __init__(self, width: int, cond_dim: int, channels=(16, 32, 64, 64), stride: int = 8,
                  keypoints: str = "relu"):
