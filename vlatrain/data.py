@@ -219,7 +219,7 @@ def aux_targets(ds, cfg: DataConfig) -> list[dict]:
         if f is None:
             raise StoreError(f"{ds.path}: data.aux_targets names {t.key!r}, which the store does "
                              f"not have (features: {sorted(feats)}); re-collect the store with "
-                             f"it, or train without: data.aux_targets=null")
+                             f"it, or train without auxiliary targets (data.aux_targets=null)")
         if (f.get("kind", "lowdim") != "lowdim" or len(f["shape"]) != 1
                 or not np.issubdtype(np.dtype(f["dtype"]), np.floating)):
             raise StoreError(f"{ds.path}: data.aux_targets {t.key!r} must be a float vector "
